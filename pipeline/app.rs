@@ -1,0 +1,233 @@
+//! Runs one command and maps its result to the exit status of the contract: 0 when every
+//! requested job ended verified, 1 when any failed or was left unverified, 2 for usage or
+//! configuration errors.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use stages::source::SourceClient;
+use stages::store::{self, jobs, municipalities};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::backfill::{owner_id, Backfill};
+use crate::cli::{check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs};
+use crate::report;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_INCOMPLETE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+/// Logs go to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A failure that should exit with status 2.
+#[derive(Debug)]
+struct UsageError(String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+pub async fn run(cli: Cli) -> u8 {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || e.chain().any(|c| {
+                    c.downcast_ref::<stages::store::StoreError>()
+                        .is_some_and(|s| matches!(s, stages::store::StoreError::BadUrl(_)))
+                });
+            error!("{e:#}");
+            if usage {
+                EXIT_USAGE
+            } else {
+                EXIT_INCOMPLETE
+            }
+        }
+    }
+}
+
+async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = store::connect_options(cli.database_url.as_deref())
+        .map_err(|e| UsageError(e.to_string()))?;
+    Ok(store::connect(options, max_connections).await?)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Migrate => {
+            connect(&cli, 1).await?;
+            info!("The database is migrated.");
+            Ok(EXIT_OK)
+        }
+        Command::Municipalities(MunicipalitiesCommand::Sync { from }) => {
+            sync_municipalities(&cli, from).await
+        }
+        Command::Backfill(args) => backfill(&cli, args.clone()).await,
+        Command::Status(args) => status(&cli, args).await,
+        Command::Digest => {
+            let pool = connect(&cli, 1).await?;
+            let d = stages::store::digest(&pool).await?;
+            println!("{} pages, digest {}", d.pages, d.digest);
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
+    check_template(&cli.source_url).map_err(UsageError)?;
+    if cli.spool.is_some() {
+        warn!("--spool is not supported yet; batches are not spooled in this run.");
+    }
+    let client = SourceClient::new(cli.source_config(&args)).context("building the HTTP client")?;
+    // Each running job holds at most one connection for its batch transaction; leave room
+    // for claims, heartbeats and verification.
+    let pool = connect(cli, u32::from(args.concurrency) + 3).await?;
+    let cancel = CancellationToken::new();
+    let backfill = Arc::new(Backfill {
+        pool: pool.clone(),
+        client,
+        args: args.clone(),
+        owner: owner_id(),
+        cancel: cancel.clone(),
+    });
+    let ids = backfill
+        .plan()
+        .await
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    info!(jobs = ids.len(), owner = %backfill.owner, "Planned the backfill.");
+
+    if args.verify_only {
+        return verify_only(&backfill, &ids).await;
+    }
+
+    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    let result = backfill.run(ids.clone()).await?;
+    signals.abort();
+
+    println!("{}", report::summary_table(&result.jobs, result.wall));
+    println!("{}", report::stage_breakdown(&result.jobs));
+    let rows = jobs::list(&pool, Some(&ids)).await?;
+    let unfinished: Vec<_> = rows
+        .iter()
+        .filter(|j| j.status != "completed" || j.verified_at.is_none())
+        .collect();
+    if result.interrupted {
+        println!("Stopped: in-flight batches were committed and unfinished jobs are paused. Run the same command again (or add --resume) to continue from their checkpoints.");
+        return Ok(EXIT_INCOMPLETE);
+    }
+    if unfinished.is_empty() {
+        println!("All {} jobs completed and verified.", rows.len());
+        Ok(EXIT_OK)
+    } else {
+        println!(
+            "{} of {} jobs are not completed and verified:",
+            unfinished.len(),
+            rows.len()
+        );
+        for j in &unfinished {
+            println!(
+                "  {}/{}: {}{}",
+                j.subdomain,
+                j.document_type,
+                j.status,
+                j.last_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        println!("See `civicload status --incomplete`; rerun the same command to continue them.");
+        Ok(EXIT_INCOMPLETE)
+    }
+}
+
+async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
+    let mut all_verified = true;
+    for row in jobs::list(&backfill.pool, Some(ids)).await? {
+        let key = row.key();
+        let r = stages::reconcile::reconcile(&backfill.pool, &backfill.client, &key).await?;
+        all_verified &= r.verdict == stages::reconcile::Verdict::Verified;
+        println!("{key}: {}", r.describe());
+    }
+    Ok(if all_verified {
+        EXIT_OK
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
+/// First Ctrl-C / SIGTERM: stop fetching, commit what is in flight, pause the jobs.
+async fn stop_on_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            cancel.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    warn!("Stopping: no new fetches; committing the batches in flight, then pausing the jobs.");
+    cancel.cancel();
+}
+
+async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
+    let pool = connect(cli, 1).await?;
+    let rows: Vec<_> = jobs::list(&pool, None)
+        .await?
+        .into_iter()
+        .filter(|j| !args.failed || j.status == "failed")
+        .filter(|j| !args.incomplete || j.status != "completed" || j.verified_at.is_none())
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("No jobs match. Start with `civicload backfill --subdomain <SUB>`.");
+    } else {
+        println!("{}", report::status_table(&rows));
+    }
+    Ok(EXIT_OK)
+}
+
+async fn sync_municipalities(cli: &Cli, from: &str) -> anyhow::Result<u8> {
+    let sites = if from.starts_with("http://") || from.starts_with("https://") {
+        let client = SourceClient::new(stages::source::SourceConfig {
+            service_secret: cli.service_secret.clone().map(stages::Secret::new),
+            ..Default::default()
+        })?;
+        client
+            .sites(from)
+            .await
+            .with_context(|| format!("reading the sites table at {from}"))?
+    } else {
+        let text = std::fs::read_to_string(from).with_context(|| format!("reading {from}"))?;
+        stages::store::municipalities::parse_sites(&text, from)
+            .map_err(|e| UsageError(format!("{from}: {e}")))?
+    };
+    if sites.is_empty() {
+        return Err(UsageError(format!("{from} lists no municipalities")).into());
+    }
+    let pool = connect(cli, 1).await?;
+    let (inserted, updated) = municipalities::upsert_sites(&pool, &sites).await?;
+    let pages: i64 = sites.iter().filter_map(|s| s.pages).sum();
+    println!("Synced {} municipalities from {from}: {inserted} new, {updated} updated; {pages} pages expected in all.", sites.len());
+    Ok(EXIT_OK)
+}

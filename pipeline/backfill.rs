@@ -1,0 +1,387 @@
+//! `civicload backfill`: plans the jobs, claims them through the job table, runs each as
+//! fetch -> transform -> load tasks joined by bounded channels, reconciles, and reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use stages::fetch::{Fetch, Transform};
+use stages::load::{Load, LoadConfig, LoadObserver, LoadReport};
+use stages::reconcile::{reconcile, Verdict};
+use stages::source::SourceClient;
+use stages::store::jobs::{self, JobRow, Outcome};
+use stages::store::municipalities;
+use stages::{DocumentType, JobKey};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::BackfillArgs;
+use crate::progress::Progress;
+use crate::report::JobResult;
+
+/// Batches in flight between two stages: enough to overlap fetch with load, small enough
+/// that memory stays flat (a batch is ~1000 pages, a few MB).
+const CHANNEL_CAPACITY: usize = 2;
+
+/// Everything a backfill run needs.
+pub struct Backfill {
+    pub pool: PgPool,
+    pub client: SourceClient,
+    pub args: BackfillArgs,
+    /// This worker's identity in job leases.
+    pub owner: String,
+    pub cancel: CancellationToken,
+}
+
+/// The result of a run: per-job results in the order they finished.
+pub struct RunResult {
+    pub jobs: Vec<JobResult>,
+    pub interrupted: bool,
+    pub wall: Duration,
+}
+
+impl Backfill {
+    /// Registers and lists the requested jobs.
+    pub async fn plan(&self) -> anyhow::Result<Vec<i64>> {
+        let doc_types: Vec<DocumentType> = match self.args.document_type {
+            Some(d) => vec![d.into()],
+            None => DocumentType::ALL.to_vec(),
+        };
+        let mut municipality_ids = Vec::new();
+        if self.args.subdomain.iter().any(|s| s == "all") {
+            let all = municipalities::all(&self.pool).await?;
+            if all.is_empty() {
+                anyhow::bail!("`--subdomain all` found no municipalities: load the list first with `civicload municipalities sync --from <sites URL or file>`");
+            }
+            municipality_ids.extend(all.iter().map(|m| m.id));
+        }
+        for sub in self.args.subdomain.iter().filter(|s| s.as_str() != "all") {
+            let sub = sub.trim().to_ascii_lowercase();
+            if sub.is_empty() || sub.contains('/') || sub.contains(char::is_whitespace) {
+                anyhow::bail!(
+                    "{sub:?} is not a municipality subdomain (expected something like oakland.ca)"
+                );
+            }
+            municipality_ids.push(municipalities::ensure(&self.pool, &sub).await?);
+        }
+        municipality_ids.sort_unstable();
+        municipality_ids.dedup();
+        let mut ids = Vec::new();
+        for m in municipality_ids {
+            for d in &doc_types {
+                ids.push(jobs::ensure(&self.pool, m, *d).await?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Runs every planned job to an end (completed, failed or paused).
+    pub async fn run(self: Arc<Self>, ids: Vec<i64>) -> anyhow::Result<RunResult> {
+        let started = Instant::now();
+        if !self.args.resume {
+            let reset = jobs::start_fresh_pass_for_completed(&self.pool, &ids).await?;
+            if reset > 0 {
+                info!(jobs = reset, "Starting a fresh pass for jobs completed earlier (unchanged pages are left untouched).");
+            }
+        }
+        let released = release_dead_local_leases(&self.pool, &ids).await?;
+        if released > 0 {
+            info!(
+                jobs = released,
+                "Took over jobs whose worker on this machine is gone."
+            );
+        }
+        for (sub, doc, owner, since) in jobs::held_by_others(&self.pool, &ids, &self.owner).await? {
+            warn!("{sub}/{doc} is being loaded by {owner} (last heartbeat {since}); this run will wait for it or take it over if that worker stops renewing its lease.");
+        }
+
+        let planned = jobs::list(&self.pool, Some(&ids)).await?;
+        let todo = planned.iter().filter(|j| j.status != "completed").count() as u64;
+        let expected: Option<u64> = None;
+        let progress = Progress::new(todo, expected, Progress::terminal());
+        let stop_logging = CancellationToken::new();
+        tokio::spawn(
+            progress
+                .clone()
+                .log_periodically(Duration::from_secs(10), stop_logging.clone()),
+        );
+        let heartbeat = tokio::spawn(heartbeat(
+            self.pool.clone(),
+            self.owner.clone(),
+            self.lease(),
+            stop_logging.clone(),
+        ));
+
+        let mut workers = JoinSet::new();
+        let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+        for _ in 0..self.args.concurrency {
+            let me = self.clone();
+            let ids = ids.clone();
+            let attempted = attempted.clone();
+            let progress = progress.clone();
+            workers.spawn(async move { me.worker(ids, attempted, progress).await });
+        }
+        let mut results = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = workers.join_next().await {
+            match joined.context("a backfill worker panicked")? {
+                Ok(mut r) => results.append(&mut r),
+                Err(e) => {
+                    // A worker that cannot reach the job table stops; the others go on.
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        stop_logging.cancel();
+        let _ = heartbeat.await;
+        progress.finish();
+        if let Some(e) = first_error {
+            if results.is_empty() {
+                return Err(e);
+            }
+            warn!("A worker stopped early: {e:#}");
+        }
+        Ok(RunResult {
+            jobs: results,
+            interrupted: self.cancel.is_cancelled(),
+            wall: started.elapsed(),
+        })
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.args.lease_seconds.max(5))
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        ids: Vec<i64>,
+        attempted: Arc<std::sync::Mutex<Vec<i64>>>,
+        progress: Arc<Progress>,
+    ) -> anyhow::Result<Vec<JobResult>> {
+        let mut results = Vec::new();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(results);
+            }
+            let skip = attempted.lock().expect("attempted lock").clone();
+            let claimed = with_db_retries(|| {
+                jobs::claim_next(&self.pool, &ids, &skip, &self.owner, self.lease())
+            })
+            .await?;
+            let Some(job) = claimed else {
+                // Nothing claimable: wait while other workers hold jobs of this run, so a
+                // dead worker's job is taken over when its lease expires.
+                let others = jobs::held_by_others(&self.pool, &ids, &self.owner).await?;
+                let waiting: Vec<_> = others.iter().filter(|_| true).collect();
+                if waiting.is_empty() {
+                    return Ok(results);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    _ = self.cancel.cancelled() => return Ok(results),
+                }
+            };
+            attempted.lock().expect("attempted lock").push(job.id);
+            results.push(self.run_job(job, &progress).await);
+        }
+    }
+
+    /// One job: the three stages, then the job's end state and verification.
+    async fn run_job(&self, row: JobRow, progress: &Arc<Progress>) -> JobResult {
+        let job = Arc::new(row.key());
+        let started = Instant::now();
+        progress.job_started(&job, row.pages_fetched as u64);
+        let (raw_tx, raw_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let fetch = Fetch {
+            client: self.client.clone(),
+            start_after: row.last_cursor.clone(),
+            last_seq: row.batch_seq,
+        };
+        let load = Load::new(
+            self.pool.clone(),
+            LoadConfig {
+                owner: self.owner.clone(),
+                bulk: false,
+                retry_for: Duration::from_secs(300),
+            },
+        );
+        let observer: Arc<dyn LoadObserver> = progress.clone();
+        let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
+        let transform_task = tokio::spawn(Transform.run(job.clone(), raw_rx, batch_tx));
+        let load_task = tokio::spawn(load.run(job.clone(), batch_rx, observer));
+
+        let load_result = load_task.await;
+        let transform_time = transform_task.await.unwrap_or_default();
+        let fetch_result = fetch_task.await;
+
+        let mut result = JobResult::new(&job, &row);
+        result.transform_time = transform_time;
+        let (outcome, error): (Outcome, Option<String>) = match (fetch_result, load_result) {
+            (_, Err(e)) | (Err(e), _) => (Outcome::Failed, Some(format!("internal error: {e}"))),
+            (_, Ok(Err(e))) => (Outcome::Failed, Some(format!("{e}. Fix the database problem, then rerun the same command: the job continues from its last checkpoint."))),
+            (Ok(Err(e)), Ok(Ok(load))) => {
+                result.absorb(&load);
+                (
+                    Outcome::Failed,
+                    Some(format!(
+                        "{job}: {e}. Pages up to the last checkpoint are committed; rerun the same command (or add --resume) to continue from there{}.",
+                        if e.is_transient() { " once the source is reachable" } else { "" }
+                    )),
+                )
+            }
+            (Ok(Ok(fetch)), Ok(Ok(load))) => {
+                result.absorb(&load);
+                result.fetch_time = fetch.fetch_time;
+                if fetch.reached_end {
+                    (Outcome::Completed, None)
+                } else {
+                    (Outcome::Paused, None)
+                }
+            }
+        };
+        result.seconds = started.elapsed().as_secs_f64();
+        match jobs::release(
+            &self.pool,
+            job.job_id,
+            &self.owner,
+            outcome,
+            error.as_deref(),
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(job = %job, "The job's lease was lost before it could be released; another worker holds it.")
+            }
+            Err(e) => {
+                warn!(job = %job, error = %e, "Could not record the job's end; its lease will expire and it can be resumed.")
+            }
+        }
+        result.status = match outcome {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Paused => "paused",
+        }
+        .into();
+        result.error = error.clone();
+        if outcome == Outcome::Completed {
+            let verify_started = Instant::now();
+            match reconcile(&self.pool, &self.client, &job).await {
+                Ok(r) => {
+                    if matches!(r.verdict, Verdict::Short { .. }) {
+                        result.status = "failed".into();
+                    }
+                    result.verified = r.verdict == Verdict::Verified;
+                    result.verification = r.describe();
+                }
+                Err(e) => result.verification = format!("verification failed: {e}"),
+            }
+            result.verify_time = verify_started.elapsed();
+        } else if let Some(e) = &error {
+            warn!(job = %job, "Job failed: {e}");
+        }
+        progress.job_finished(&job, &result.one_line());
+        result
+    }
+}
+
+/// Renews this worker's leases until stopped.
+async fn heartbeat(pool: PgPool, owner: String, lease: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 4);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = jobs::heartbeat(&pool, &owner, lease).await {
+                    warn!(error = %e, "Could not renew job leases; retrying.");
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A lease owner id: host, process id and a random part.
+pub fn owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Clears leases held by processes of this machine that no longer exist (a `kill -9`),
+/// so a resume on the same machine does not wait for the lease to expire.
+async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
+    let me = owner_id();
+    let host = me.split('/').next().unwrap_or_default().to_string();
+    let mut released = 0;
+    for row in jobs::list(pool, Some(ids)).await? {
+        let Some(owner) = row.lease_owner.as_deref() else {
+            continue;
+        };
+        let mut parts = owner.split('/');
+        let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if h == host && !alive {
+            let r = sqlx::query("UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
+                .bind(row.id)
+                .bind(owner)
+                .execute(pool)
+                .await?;
+            released += r.rows_affected();
+        }
+    }
+    Ok(released)
+}
+
+/// Retries a job-table call through a lost connection or a restarting server.
+async fn with_db_retries<T, F, Fut>(mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if stages::store::is_transient_sql(&e) && Instant::now() < deadline => {
+                attempt += 1;
+                warn!(attempt, error = %e, "Database unavailable; retrying.");
+                tokio::time::sleep(stages::source::backoff_delay(
+                    attempt,
+                    Duration::from_millis(250),
+                    Duration::from_secs(10),
+                    None,
+                ))
+                .await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl JobResult {
+    fn absorb(&mut self, load: &LoadReport) {
+        self.fetched = load.totals.fetched;
+        self.created = load.totals.created;
+        self.updated = load.totals.updated;
+        self.unchanged = load.totals.unchanged;
+        self.rejected = load.totals.rejected;
+        self.load_time = load.load_time;
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(job: JobKey) -> impl Send {
+    job
+}

@@ -1,0 +1,163 @@
+//! The command line (DESIGN.md, "Command-line contract"): flags win over environment.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stages::source::SourceConfig;
+use stages::{DocumentType, Secret};
+
+pub const DEFAULT_SOURCE_TEMPLATE: &str = "https://{subdomain}.civic.band/meetings/{table}.json";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "civicload",
+    version,
+    about = "Mirror civic.band's meeting pages into PostgreSQL, exactly."
+)]
+pub struct Cli {
+    /// PostgreSQL URL; default: the local server's socket, database `civicload`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Source URL template with {subdomain} and {table}.
+    #[arg(long, env = "CIVICLOAD_SOURCE_URL", global = true, default_value = DEFAULT_SOURCE_TEMPLATE)]
+    pub source_url: String,
+
+    /// civic.band's service secret, sent as X-Service-Secret (never logged).
+    #[arg(
+        long,
+        env = "CIVICBAND_SERVICE_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub service_secret: Option<String>,
+
+    /// Where to spool fetched batches as Parquet (file://, s3://, memory://).
+    #[arg(long, env = "CIVICLOAD_SPOOL", global = true)]
+    pub spool: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Manage the municipality list.
+    #[command(subcommand)]
+    Municipalities(MunicipalitiesCommand),
+    /// Load municipalities' pages from the source.
+    Backfill(BackfillArgs),
+    /// Show every job's status, counters and verification.
+    Status(StatusArgs),
+    /// Content digest of the pages held (order-independent).
+    Digest,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MunicipalitiesCommand {
+    /// Read a `sites` table (Datasette table JSON URL, or a CSV/JSON file) into `municipalities`.
+    Sync {
+        #[arg(long)]
+        from: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DocTypeArg {
+    Agenda,
+    Minutes,
+}
+
+impl From<DocTypeArg> for DocumentType {
+    fn from(d: DocTypeArg) -> Self {
+        match d {
+            DocTypeArg::Agenda => DocumentType::Agenda,
+            DocTypeArg::Minutes => DocumentType::Minutes,
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackfillArgs {
+    /// Municipalities: `all` (those synced into `municipalities`) or a comma-separated list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub subdomain: Vec<String>,
+    /// Only this document type (default: both).
+    #[arg(long, value_enum)]
+    pub document_type: Option<DocTypeArg>,
+    /// Rows per source request and per committed batch (at most 1000, Datasette's maximum).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Only continue unfinished jobs from their checkpoints; leave completed jobs alone.
+    #[arg(long)]
+    pub resume: bool,
+    /// Recount and re-verify the jobs without fetching pages.
+    #[arg(long)]
+    pub verify_only: bool,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub http_timeout: u64,
+    /// Retries of a failed request before the job fails.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+    /// Lease length, seconds: a worker that stops renewing it loses its jobs to others.
+    #[arg(long, default_value_t = 60, hide = true)]
+    pub lease_seconds: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Only failed jobs.
+    #[arg(long)]
+    pub failed: bool,
+    /// Only jobs that are not completed and verified.
+    #[arg(long)]
+    pub incomplete: bool,
+}
+
+impl Cli {
+    pub fn source_config(&self, args: &BackfillArgs) -> SourceConfig {
+        SourceConfig {
+            template: self.source_url.clone(),
+            service_secret: self
+                .service_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            timeout: Duration::from_secs(args.http_timeout.max(1)),
+            max_retries: args.max_retries,
+            page_size: usize::from(args.batch_size),
+            ..SourceConfig::default()
+        }
+    }
+}
+
+/// Checks the source template before any work starts (a usage error, exit 2).
+pub fn check_template(template: &str) -> Result<(), String> {
+    if !template.contains("{subdomain}") || !template.contains("{table}") {
+        return Err(format!(
+            "--source-url {template:?} must contain both {{subdomain}} and {{table}}, e.g. {DEFAULT_SOURCE_TEMPLATE}"
+        ));
+    }
+    let probe = template
+        .replace("{subdomain}", "example.ca")
+        .replace("{table}", "minutes");
+    match url::Url::parse(&probe) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        Ok(u) => Err(format!(
+            "--source-url must be http or https, not {}",
+            u.scheme()
+        )),
+        Err(e) => Err(format!(
+            "--source-url {template:?} is not a URL template: {e}"
+        )),
+    }
+}

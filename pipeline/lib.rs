@@ -1,0 +1,8 @@
+//! civicload's orchestration: the command line, job planning and leases, wiring the stages,
+//! progress and reports. SQL and HTTP details live in the `stages` crate.
+
+pub mod app;
+pub mod backfill;
+pub mod cli;
+pub mod progress;
+pub mod report;

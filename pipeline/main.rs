@@ -1,0 +1,20 @@
+//! The `civicload` binary: glue between the command line and `civicload::app`.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = civicload::cli::Cli::parse();
+    civicload::app::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(civicload::app::run(cli));
+    std::process::ExitCode::from(code)
+}

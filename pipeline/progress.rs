@@ -1,0 +1,172 @@
+//! Progress of long work: bars per job and overall on a terminal, plain periodic log lines
+//! otherwise (CI, cron, a pipe).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stages::load::{BatchOutcome, LoadObserver};
+use stages::JobKey;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Shared progress of one backfill run.
+pub struct Progress {
+    bars: Option<Bars>,
+    pages: AtomicU64,
+    jobs_done: AtomicU64,
+    jobs_total: u64,
+    expected_pages: Option<u64>,
+    started: Instant,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    jobs: Mutex<HashMap<i64, ProgressBar>>,
+}
+
+impl Progress {
+    /// Bars when stderr is a terminal (and not under CI), log lines otherwise.
+    pub fn new(
+        jobs_total: u64,
+        expected_pages: Option<u64>,
+        multi: Option<MultiProgress>,
+    ) -> Arc<Self> {
+        let bars = multi.map(|multi| {
+            let overall = match expected_pages {
+                Some(n) => multi.add(ProgressBar::new(n)).with_style(
+                    ProgressStyle::with_template("{prefix:>24} [{bar:30}] {human_pos}/{human_len} pages {per_sec} eta {eta} {msg}")
+                        .expect("static template")
+                        .progress_chars("=> "),
+                ),
+                None => multi.add(ProgressBar::no_length()).with_style(
+                    ProgressStyle::with_template("{prefix:>24} {spinner} {human_pos} pages {per_sec} {msg}").expect("static template"),
+                ),
+            };
+            overall.set_prefix("all jobs");
+            overall.enable_steady_tick(Duration::from_millis(250));
+            Bars { multi, overall, jobs: Mutex::new(HashMap::new()) }
+        });
+        let p = Arc::new(Progress {
+            bars,
+            pages: AtomicU64::new(0),
+            jobs_done: AtomicU64::new(0),
+            jobs_total,
+            expected_pages,
+            started: Instant::now(),
+        });
+        p.set_message();
+        p
+    }
+
+    /// The MultiProgress to draw on, when stderr is an interactive terminal.
+    pub fn terminal() -> Option<MultiProgress> {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        (std::io::stderr().is_terminal() && !ci)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)))
+    }
+
+    pub fn job_started(&self, job: &JobKey, already: u64) {
+        if let Some(b) = &self.bars {
+            let bar = b.multi.add(ProgressBar::no_length()).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>24} {spinner} {human_pos} pages {per_sec} {msg}",
+                )
+                .expect("static template"),
+            );
+            bar.set_prefix(truncate(&job.to_string(), 24));
+            bar.set_position(already);
+            bar.enable_steady_tick(Duration::from_millis(250));
+            b.jobs
+                .lock()
+                .expect("progress lock")
+                .insert(job.job_id, bar);
+        } else {
+            info!(job = %job, resumed_at = already, "Job started.");
+        }
+    }
+
+    pub fn job_finished(&self, job: &JobKey, summary: &str) {
+        self.jobs_done.fetch_add(1, Ordering::Relaxed);
+        self.set_message();
+        if let Some(b) = &self.bars {
+            if let Some(bar) = b.jobs.lock().expect("progress lock").remove(&job.job_id) {
+                bar.finish_and_clear();
+                b.multi.remove(&bar);
+            }
+            let _ = b.multi.println(format!("{job}: {summary}"));
+        } else {
+            info!(job = %job, "Job finished: {summary}");
+        }
+    }
+
+    fn set_message(&self) {
+        if let Some(b) = &self.bars {
+            b.overall.set_message(format!(
+                "jobs {}/{}",
+                self.jobs_done.load(Ordering::Relaxed),
+                self.jobs_total
+            ));
+        }
+    }
+
+    /// Logs a line every `every` until cancelled, when there are no bars.
+    pub async fn log_periodically(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        if self.bars.is_some() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let pages = self.pages.load(Ordering::Relaxed);
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = pages as f64 / secs;
+            let eta = self
+                .expected_pages
+                .filter(|&n| n > pages && rate > 0.0)
+                .map(|n| format!(", eta {:.0} s", (n - pages) as f64 / rate))
+                .unwrap_or_default();
+            info!(
+                "Progress: {pages} pages in {secs:.0} s ({rate:.0} pages/s{eta}), jobs {}/{} done.",
+                self.jobs_done.load(Ordering::Relaxed),
+                self.jobs_total
+            );
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bars {
+            b.overall.finish_and_clear();
+            let _ = b.multi.clear();
+        }
+    }
+}
+
+impl LoadObserver for Progress {
+    fn batch_committed(&self, job: &JobKey, outcome: &BatchOutcome) {
+        self.pages.fetch_add(outcome.fetched, Ordering::Relaxed);
+        if let Some(b) = &self.bars {
+            b.overall.inc(outcome.fetched);
+            if let Some(bar) = b.jobs.lock().expect("progress lock").get(&job.job_id) {
+                bar.inc(outcome.fetched);
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(n - 1).collect();
+        format!("{head}…")
+    }
+}

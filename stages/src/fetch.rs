@@ -1,0 +1,139 @@
+//! Fetch: pages through one source table in id order, from the job's checkpoint to the
+//! end, and hands each validated page to transform. Stops fetching when cancelled (the
+//! page in hand still goes downstream so it can be committed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::instrument;
+
+use crate::batch::{JobKey, PageBatch};
+use crate::source::{SourceClient, SourceError};
+use crate::transform::PageBuilder;
+
+/// One page of source rows, validated, not yet transformed.
+#[derive(Debug)]
+pub struct RawPage {
+    pub seq: i64,
+    pub rows: Vec<Box<RawValue>>,
+    pub columns: Option<Vec<String>>,
+    pub cursor_after: Option<String>,
+    pub last: bool,
+    pub fetch_time: Duration,
+}
+
+/// What a fetch run did.
+#[derive(Clone, Debug, Default)]
+pub struct FetchReport {
+    pub pages: u64,
+    pub rows: u64,
+    pub fetch_time: Duration,
+    /// The source said there is nothing more.
+    pub reached_end: bool,
+    /// The run stopped because it was cancelled.
+    pub cancelled: bool,
+}
+
+/// The fetch stage for one job.
+pub struct Fetch {
+    pub client: SourceClient,
+    /// Continue after this source id (the job's checkpoint); None starts at the beginning.
+    pub start_after: Option<String>,
+    /// The sequence number of the last committed batch.
+    pub last_seq: i64,
+}
+
+impl Fetch {
+    #[instrument(skip_all, fields(job = %job))]
+    pub async fn run(
+        self,
+        job: Arc<JobKey>,
+        output: mpsc::Sender<RawPage>,
+        cancel: CancellationToken,
+    ) -> Result<FetchReport, SourceError> {
+        let table = job.document_type.table();
+        let columns = tokio::select! {
+            c = self.client.columns(&job.subdomain, table) => c?,
+            _ = cancel.cancelled() => return Ok(FetchReport { cancelled: true, ..FetchReport::default() }),
+        };
+        let mut report = FetchReport::default();
+        let mut after = self.start_after;
+        let mut seq = self.last_seq;
+        loop {
+            let started = Instant::now();
+            let page = tokio::select! {
+                p = self.client.page(&job.subdomain, table, &columns, after.as_deref()) => p?,
+                _ = cancel.cancelled() => {
+                    report.cancelled = true;
+                    return Ok(report);
+                }
+            };
+            let fetch_time = started.elapsed();
+            report.fetch_time += fetch_time;
+            report.pages += 1;
+            report.rows += page.rows.len() as u64;
+            let last = !page.has_more;
+            if !page.rows.is_empty() {
+                seq += 1;
+                after = page.last_id.clone();
+                let raw = RawPage {
+                    seq,
+                    rows: page.rows,
+                    columns: page.columns,
+                    cursor_after: page.last_id,
+                    last,
+                    fetch_time,
+                };
+                if output.send(raw).await.is_err() {
+                    // Downstream stopped (it failed); its error is the one to report.
+                    return Ok(report);
+                }
+            }
+            if last {
+                report.reached_end = true;
+                return Ok(report);
+            }
+        }
+    }
+}
+
+/// The transform stage: raw source pages in, page batches out.
+pub struct Transform;
+
+impl Transform {
+    #[instrument(skip_all, fields(job = %job))]
+    pub async fn run(
+        self,
+        job: Arc<JobKey>,
+        mut input: mpsc::Receiver<RawPage>,
+        output: mpsc::Sender<PageBatch>,
+    ) -> Duration {
+        let mut builder = PageBuilder::new();
+        let mut busy = Duration::ZERO;
+        while let Some(raw) = input.recv().await {
+            let started = Instant::now();
+            for row in &raw.rows {
+                builder.push(row, raw.columns.as_deref());
+            }
+            let t = builder.finish();
+            busy += started.elapsed();
+            let batch = PageBatch {
+                job: job.clone(),
+                seq: raw.seq,
+                cursor_after: raw.cursor_after,
+                last: raw.last,
+                fetched: raw.rows.len(),
+                rows: t.rows,
+                rejects: t.rejects,
+                fetch_time: raw.fetch_time,
+            };
+            if output.send(batch).await.is_err() {
+                break;
+            }
+        }
+        busy
+    }
+}

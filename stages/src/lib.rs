@@ -1,0 +1,16 @@
+//! civicload's stages: the source client and the pieces of the per-job pipeline
+//! (fetch -> transform -> load -> reconcile), plus the batch type that moves between them
+//! and the SQL for the tables they share. Nothing here knows about the command line.
+
+pub mod batch;
+pub mod copy;
+pub mod fetch;
+pub mod load;
+pub mod reconcile;
+pub mod secret;
+pub mod source;
+pub mod store;
+pub mod transform;
+
+pub use batch::{DocumentType, JobKey, PageBatch, Reject};
+pub use secret::Secret;

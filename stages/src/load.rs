@@ -1,0 +1,325 @@
+//! Load: each page batch goes into PostgreSQL in ONE transaction with its rejects and the
+//! job checkpoint, so a crash at any instant resumes from the last committed cursor and
+//! re-fetched rows upsert to the same result (exactly-once by construction).
+//!
+//! Per batch: binary COPY into a temporary staging table (ON COMMIT DROP: no session state
+//! survives the transaction, which keeps PgBouncer's transaction pooling usable), then
+//! set-based upserts of documents and pages that count created / updated / unchanged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use tokio::sync::mpsc;
+use tracing::{instrument, warn};
+
+use crate::batch::{JobKey, PageBatch};
+use crate::copy::{encode_pages, STAGING_COLUMNS};
+use crate::store::is_transient_sql;
+
+/// How the load stage writes.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// The lease owner the checkpoint update must match.
+    pub owner: String,
+    /// Skip the per-row search-vector trigger for this stage's own transactions.
+    pub bulk: bool,
+    /// How long to keep retrying a batch through a lost connection or a restarting server.
+    pub retry_for: Duration,
+}
+
+/// What one committed batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub fetched: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+}
+
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, o: Self) {
+        self.fetched += o.fetched;
+        self.created += o.created;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.rejected += o.rejected;
+    }
+}
+
+/// Totals of a load stage run.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub totals: BatchOutcome,
+    pub batches: u64,
+    pub load_time: Duration,
+    /// The source said the last batch was the end of the table.
+    pub reached_end: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("writing batch {seq} of {job} failed: {source}")]
+    Sql {
+        job: String,
+        seq: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{job}: this worker no longer holds the job (its lease expired and another worker took it over, or the job was reset); batch {seq} was not committed")]
+    LeaseLost { job: String, seq: i64 },
+}
+
+/// Called after each committed batch (progress bars, logs).
+pub trait LoadObserver: Send + Sync {
+    fn batch_committed(&self, job: &JobKey, outcome: &BatchOutcome);
+}
+
+/// The load stage.
+pub struct Load {
+    pool: PgPool,
+    config: LoadConfig,
+}
+
+impl Load {
+    pub fn new(pool: PgPool, config: LoadConfig) -> Self {
+        Load { pool, config }
+    }
+
+    /// Commits batches until the input closes. Ends at the first batch it cannot commit:
+    /// everything before it is committed with its checkpoint, nothing after it is.
+    #[instrument(skip_all, fields(job = %job))]
+    pub async fn run(
+        self,
+        job: Arc<JobKey>,
+        mut input: mpsc::Receiver<PageBatch>,
+        observer: Arc<dyn LoadObserver>,
+    ) -> Result<LoadReport, LoadError> {
+        let mut report = LoadReport::default();
+        let mut last_commit = Instant::now();
+        while let Some(batch) = input.recv().await {
+            let started = Instant::now();
+            let elapsed = last_commit.elapsed();
+            let outcome = self.commit_with_retries(&batch, elapsed).await?;
+            last_commit = Instant::now();
+            report.load_time += started.elapsed();
+            report.totals += outcome;
+            report.batches += 1;
+            report.reached_end |= batch.last;
+            observer.batch_committed(&job, &outcome);
+        }
+        Ok(report)
+    }
+
+    async fn commit_with_retries(
+        &self,
+        batch: &PageBatch,
+        elapsed: Duration,
+    ) -> Result<BatchOutcome, LoadError> {
+        let deadline = Instant::now() + self.config.retry_for;
+        let mut attempt = 0u32;
+        loop {
+            match self.commit(batch, elapsed).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(LoadError::Sql { source, .. })
+                    if is_transient_sql(&source) && Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    let delay = crate::source::backoff_delay(
+                        attempt,
+                        Duration::from_millis(250),
+                        Duration::from_secs(10),
+                        None,
+                    );
+                    warn!(job = %batch.job, seq = batch.seq, attempt, error = %source, "Database unavailable; retrying the batch.");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one batch, its rejects and the checkpoint in one transaction.
+    pub async fn commit(
+        &self,
+        batch: &PageBatch,
+        elapsed: Duration,
+    ) -> Result<BatchOutcome, LoadError> {
+        let job = &batch.job;
+        let sql_err = |source| LoadError::Sql {
+            job: job.to_string(),
+            seq: batch.seq,
+            source,
+        };
+        let mut conn = self.pool.acquire().await.map_err(sql_err)?;
+        let mut tx = conn.begin().await.map_err(sql_err)?;
+        let outcome = match self.write(&mut tx, batch, elapsed).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                drop(tx);
+                return self.already_committed(batch).await;
+            }
+            Err(e) => return Err(sql_err(e)),
+        };
+        tx.commit().await.map_err(sql_err)?;
+        Ok(outcome)
+    }
+
+    /// The checkpoint guard refused the batch: either our own earlier attempt did commit
+    /// (the COMMIT's answer was lost with the connection), or we lost the lease.
+    async fn already_committed(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
+                .bind(batch.job.job_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|source| LoadError::Sql {
+                    job: batch.job.to_string(),
+                    seq: batch.seq,
+                    source,
+                })?;
+        match row {
+            Some((seq, Some(owner))) if seq == batch.seq && owner == self.config.owner => {
+                Ok(BatchOutcome {
+                    fetched: batch.fetched as u64,
+                    ..BatchOutcome::default()
+                })
+            }
+            _ => Err(LoadError::LeaseLost {
+                job: batch.job.to_string(),
+                seq: batch.seq,
+            }),
+        }
+    }
+
+    /// Returns None when the checkpoint guard did not match (nothing must be committed).
+    async fn write(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &PageBatch,
+        elapsed: Duration,
+    ) -> Result<Option<BatchOutcome>, sqlx::Error> {
+        let job = &batch.job;
+        let doc_type = job.document_type.as_str();
+        if self.config.bulk {
+            sqlx::query("SET LOCAL civicload.bulk = 'on'")
+                .execute(&mut **tx)
+                .await?;
+        }
+        let (mut created, mut updated) = (0i64, 0i64);
+        let pages = batch.rows.num_rows();
+        if pages > 0 {
+            sqlx::query(
+                "CREATE TEMP TABLE civicload_stage (
+                    source_id text, meeting text, meeting_date date, page_number int,
+                    text text, page_image text, entities jsonb, votes jsonb
+                 ) ON COMMIT DROP",
+            )
+            .execute(&mut **tx)
+            .await?;
+            let mut copy = tx
+                .copy_in_raw(&format!(
+                    "COPY civicload_stage ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?;
+            if let Err(e) = copy.send(encode_pages(&batch.rows).freeze()).await {
+                let _ = copy.abort("encoding failed").await;
+                return Err(e);
+            }
+            copy.finish().await?;
+
+            sqlx::query(
+                "INSERT INTO meeting_documents (municipality_id, document_type, meeting_name, meeting_date)
+                 SELECT DISTINCT $1::bigint, $2::text, meeting, meeting_date FROM civicload_stage
+                 ON CONFLICT (municipality_id, document_type, meeting_name, meeting_date) DO NOTHING",
+            )
+            .bind(job.municipality_id)
+            .bind(doc_type)
+            .execute(&mut **tx)
+            .await?;
+
+            (created, updated) = sqlx::query_as(
+                "WITH written AS (
+                    INSERT INTO meeting_pages AS p
+                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes)
+                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes
+                    FROM civicload_stage s
+                    JOIN meeting_documents d
+                      ON d.municipality_id = $1 AND d.document_type = $2
+                     AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
+                    ON CONFLICT (document_id, page_number) DO UPDATE SET
+                        source_id = EXCLUDED.source_id, text = EXCLUDED.text,
+                        page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
+                        votes = EXCLUDED.votes, updated_at = now()
+                    WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
+                          IS DISTINCT FROM
+                          (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)
+                    RETURNING (xmax = 0) AS created
+                 )
+                 SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written",
+            )
+            .bind(job.municipality_id)
+            .bind(doc_type)
+            .fetch_one(&mut **tx)
+            .await?;
+        }
+
+        if !batch.rejects.is_empty() {
+            let ids: Vec<Option<&str>> = batch
+                .rejects
+                .iter()
+                .map(|r| r.source_id.as_deref())
+                .collect();
+            let raws: Vec<&str> = batch.rejects.iter().map(|r| r.raw.as_str()).collect();
+            let reasons: Vec<&str> = batch.rejects.iter().map(|r| r.reason.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO page_rejects (municipality_id, document_type, source_id, raw, reason, job_id)
+                 SELECT $1, $2, s, r::jsonb, why, $3 FROM unnest($4::text[], $5::text[], $6::text[]) AS t(s, r, why)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(job.municipality_id)
+            .bind(doc_type)
+            .bind(job.job_id)
+            .bind(&ids)
+            .bind(&raws)
+            .bind(&reasons)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        let unchanged = pages as i64 - created - updated;
+        let rejected = batch.rejects.len() as i64;
+        let moved = sqlx::query(
+            "UPDATE backfill_jobs SET
+                last_cursor = coalesce($4, last_cursor), batch_seq = $3,
+                pages_fetched = pages_fetched + $5, pages_created = pages_created + $6,
+                pages_updated = pages_updated + $7, pages_unchanged = pages_unchanged + $8,
+                pages_rejected = pages_rejected + $9, elapsed_seconds = elapsed_seconds + $10,
+                heartbeat_at = now(), updated_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND batch_seq = $3 - 1",
+        )
+        .bind(job.job_id)
+        .bind(&self.config.owner)
+        .bind(batch.seq)
+        .bind(batch.cursor_after.as_deref())
+        .bind(batch.fetched as i64)
+        .bind(created)
+        .bind(updated)
+        .bind(unchanged)
+        .bind(rejected)
+        .bind(elapsed.as_secs_f64())
+        .execute(&mut **tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(None);
+        }
+        Ok(Some(BatchOutcome {
+            fetched: batch.fetched as u64,
+            created: created as u64,
+            updated: updated as u64,
+            unchanged: unchanged as u64,
+            rejected: rejected as u64,
+        }))
+    }
+}

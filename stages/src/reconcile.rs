@@ -1,0 +1,142 @@
+//! Reconcile: after a job, the expected row count from the source (exact, with the route
+//! that gave it) against pages stored plus rejects.
+
+use sqlx::PgPool;
+
+use crate::batch::JobKey;
+use crate::source::{SourceClient, SourceCount, SourceError};
+use crate::store::jobs;
+
+/// The verdict on one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub expected: Option<SourceCount>,
+    pub stored: i64,
+    pub rejected: i64,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// stored + rejected == expected.
+    Verified,
+    /// Short by more than 1% (the seeds' rule): the job is failed.
+    Short { missing: i64 },
+    /// Any other difference, with its sign: positive = more here than upstream.
+    Differs { difference: i64 },
+    /// No exact expected count could be had.
+    Unknown { reason: String },
+}
+
+impl Reconciliation {
+    pub fn describe(&self) -> String {
+        let route = self.expected.as_ref().map(|e| e.route).unwrap_or("none");
+        let expected = self
+            .expected
+            .as_ref()
+            .map(|e| e.rows.to_string())
+            .unwrap_or_else(|| "?".into());
+        match &self.verdict {
+            Verdict::Verified => format!("verified: {} pages + {} rejects = {expected} expected ({route})", self.stored, self.rejected),
+            Verdict::Short { missing } => format!("short by {missing}: {} pages + {} rejects < {expected} expected ({route}); rerun the backfill, then `civicload verify --deep`", self.stored, self.rejected),
+            Verdict::Differs { difference } => format!("differs by {difference:+}: {} pages + {} rejects vs {expected} expected ({route}); `civicload verify --deep` shows which pages", self.stored, self.rejected),
+            Verdict::Unknown { reason } => format!("unverified: no exact expected count ({reason})"),
+        }
+    }
+}
+
+/// Compares stored + rejected with expected.
+pub fn judge(expected: Option<&SourceCount>, stored: i64, rejected: i64) -> Verdict {
+    let Some(expected) = expected else {
+        return Verdict::Unknown {
+            reason: "the source gave no count".into(),
+        };
+    };
+    let expected = expected.rows as i64;
+    let have = stored + rejected;
+    if have == expected {
+        Verdict::Verified
+    } else if have < expected && (expected - have) * 100 > expected {
+        Verdict::Short {
+            missing: expected - have,
+        }
+    } else {
+        Verdict::Differs {
+            difference: have - expected,
+        }
+    }
+}
+
+/// Counts, judges and records the verdict on the job row.
+pub async fn reconcile(
+    pool: &PgPool,
+    client: &SourceClient,
+    job: &JobKey,
+) -> Result<Reconciliation, ReconcileError> {
+    let expected = match client
+        .exact_count(&job.subdomain, job.document_type.table())
+        .await
+    {
+        Ok(c) => Some(c),
+        Err(e) if e.is_transient() || matches!(e, SourceError::RetriesExhausted { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let stored = jobs::count_pages(pool, job.municipality_id, job.document_type).await?;
+    let rejected = jobs::count_rejects(pool, job.municipality_id, job.document_type).await?;
+    let verdict = judge(expected.as_ref(), stored, rejected);
+    let r = Reconciliation {
+        expected,
+        stored,
+        rejected,
+        verdict,
+    };
+    let failed = matches!(r.verdict, Verdict::Short { .. }).then(|| r.describe());
+    jobs::record_verification(
+        pool,
+        job.job_id,
+        r.expected.as_ref().map(|e| (e.rows as i64, e.route)),
+        stored,
+        r.verdict == Verdict::Verified,
+        failed.as_deref(),
+    )
+    .await?;
+    Ok(r)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("counting pages in PostgreSQL failed: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(n: u64) -> SourceCount {
+        SourceCount {
+            rows: n,
+            route: "test",
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_one_percent_rule() {
+        assert_eq!(judge(Some(&c(1000)), 990, 10), Verdict::Verified);
+        assert_eq!(
+            judge(Some(&c(1000)), 985, 0),
+            Verdict::Short { missing: 15 }
+        );
+        assert_eq!(
+            judge(Some(&c(1000)), 995, 0),
+            Verdict::Differs { difference: -5 }
+        );
+        assert_eq!(
+            judge(Some(&c(1000)), 1003, 0),
+            Verdict::Differs { difference: 3 }
+        );
+        assert!(matches!(judge(None, 1, 0), Verdict::Unknown { .. }));
+    }
+}

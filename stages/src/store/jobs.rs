@@ -1,0 +1,280 @@
+//! The `backfill_jobs` table: one row per (municipality, document type) holding its status,
+//! checkpoint, counters, verification and lease.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED` and a lease that the holder renews (heartbeat): any
+//! number of processes on any number of machines share the work, and a dead worker's job
+//! is taken over once its lease expires. Nothing relies on session state, so it works
+//! through PgBouncer in transaction pooling mode.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::batch::{DocumentType, JobKey};
+
+/// A job row with its municipality's subdomain.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub municipality_id: i64,
+    pub subdomain: String,
+    pub document_type: String,
+    pub status: String,
+    pub last_cursor: Option<String>,
+    pub batch_seq: i64,
+    pub pass: i32,
+    pub pages_fetched: i64,
+    pub pages_created: i64,
+    pub pages_updated: i64,
+    pub pages_unchanged: i64,
+    pub pages_rejected: i64,
+    pub errors_encountered: i64,
+    pub expected_count: Option<i64>,
+    pub expected_source: Option<String>,
+    pub actual_count: Option<i64>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub retry_count: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub elapsed_seconds: f64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    pub fn key(&self) -> JobKey {
+        JobKey {
+            job_id: self.id,
+            municipality_id: self.municipality_id,
+            subdomain: self.subdomain.clone(),
+            document_type: DocumentType::parse(&self.document_type)
+                .expect("document_type is checked by the schema"),
+        }
+    }
+}
+
+const JOB_COLUMNS: &str =
+    "j.id, j.municipality_id, m.subdomain, j.document_type, j.status, j.last_cursor,
+    j.batch_seq, j.pass, j.pages_fetched, j.pages_created, j.pages_updated, j.pages_unchanged,
+    j.pages_rejected, j.errors_encountered, j.expected_count, j.expected_source, j.actual_count,
+    j.verified_at, j.last_error, j.retry_count, j.started_at, j.finished_at, j.elapsed_seconds,
+    j.lease_owner, j.lease_expires_at";
+
+/// Registers the job for (municipality, document type) if new; returns its id.
+pub async fn ensure(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO backfill_jobs (municipality_id, document_type) VALUES ($1, $2)
+         ON CONFLICT (municipality_id, document_type) DO UPDATE SET document_type = EXCLUDED.document_type
+         RETURNING id",
+    )
+    .bind(municipality_id)
+    .bind(document_type.as_str())
+    .fetch_one(pool)
+    .await
+}
+
+/// Starts a fresh pass for the given jobs that are completed (a rerun re-reads the source
+/// and upserts; unchanged pages stay untouched). Jobs that are not completed keep their
+/// checkpoint and continue from it. Returns how many were reset.
+pub async fn start_fresh_pass_for_completed(
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE backfill_jobs SET status = 'pending', last_cursor = NULL, batch_seq = 0, pass = pass + 1,
+            pages_fetched = 0, pages_created = 0, pages_updated = 0, pages_unchanged = 0,
+            pages_rejected = 0, errors_encountered = 0, verified_at = NULL, last_error = NULL,
+            retry_count = 0, started_at = NULL, finished_at = NULL, elapsed_seconds = 0, updated_at = now()
+         WHERE id = ANY($1) AND status = 'completed'
+           AND (lease_owner IS NULL OR lease_expires_at < now())",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Claims the next job among `candidates` (not in `skip`) that is not completed and not
+/// leased by a live worker; big jobs first so a run does not end waiting on one giant.
+pub async fn claim_next(
+    pool: &PgPool,
+    candidates: &[i64],
+    skip: &[i64],
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let sql = format!(
+        "WITH next AS (
+            SELECT j.id FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
+            WHERE j.id = ANY($1) AND NOT (j.id = ANY($2)) AND j.status <> 'completed'
+              AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
+            ORDER BY coalesce(j.expected_count, m.pages, 0) DESC, j.id
+            LIMIT 1
+            FOR UPDATE OF j SKIP LOCKED
+         )
+         UPDATE backfill_jobs j SET
+            status = 'running', lease_owner = $3,
+            lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(),
+            retry_count = j.retry_count + CASE WHEN j.status IN ('failed', 'paused', 'running') THEN 1 ELSE 0 END,
+            started_at = coalesce(j.started_at, now()), finished_at = NULL, updated_at = now()
+         FROM next, municipalities m
+         WHERE j.id = next.id AND m.id = j.municipality_id
+         RETURNING {JOB_COLUMNS}"
+    );
+    sqlx::query_as(&sql)
+        .bind(candidates)
+        .bind(skip)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Renews the leases of every running job this worker holds.
+pub async fn heartbeat(pool: &PgPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE backfill_jobs SET lease_expires_at = now() + make_interval(secs => $2), heartbeat_at = now()
+         WHERE lease_owner = $1 AND status = 'running'",
+    )
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// How a worker leaves a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Paused,
+}
+
+impl Outcome {
+    fn status(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Paused => "paused",
+        }
+    }
+}
+
+/// Ends this worker's hold on a job. Returns false when the lease had been lost.
+pub async fn release(
+    pool: &PgPool,
+    job_id: i64,
+    owner: &str,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE backfill_jobs SET status = $3, last_error = coalesce($4, CASE WHEN $3 = 'completed' THEN NULL ELSE last_error END),
+            errors_encountered = errors_encountered + CASE WHEN $4 IS NULL THEN 0 ELSE 1 END,
+            finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END,
+            lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .bind(outcome.status())
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records a verification result on a job.
+pub async fn record_verification(
+    pool: &PgPool,
+    job_id: i64,
+    expected: Option<(i64, &str)>,
+    actual: i64,
+    verified: bool,
+    failed_reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE backfill_jobs SET expected_count = $2, expected_source = $3, actual_count = $4,
+            verified_at = CASE WHEN $5 THEN now() ELSE NULL END,
+            status = CASE WHEN $6::text IS NOT NULL THEN 'failed' ELSE status END,
+            last_error = CASE WHEN $6::text IS NOT NULL THEN $6 WHEN $5 THEN NULL ELSE last_error END,
+            updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(expected.map(|e| e.0))
+    .bind(expected.map(|e| e.1))
+    .bind(actual)
+    .bind(verified)
+    .bind(failed_reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Jobs among `ids` leased by another live worker: (subdomain, document type, owner, since).
+pub async fn held_by_others(
+    pool: &PgPool,
+    ids: &[i64],
+    owner: &str,
+) -> Result<Vec<(String, String, String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.subdomain, j.document_type, j.lease_owner, coalesce(j.heartbeat_at, j.updated_at)
+         FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
+         WHERE j.id = ANY($1) AND j.lease_owner IS NOT NULL AND j.lease_owner <> $2
+           AND j.lease_expires_at >= now()
+         ORDER BY m.subdomain, j.document_type",
+    )
+    .bind(ids)
+    .bind(owner)
+    .fetch_all(pool)
+    .await
+}
+
+/// Job rows, by id list or all.
+pub async fn list(pool: &PgPool, ids: Option<&[i64]>) -> Result<Vec<JobRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
+         WHERE $1::bigint[] IS NULL OR j.id = ANY($1)
+         ORDER BY m.subdomain, j.document_type"
+    );
+    sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
+}
+
+/// Pages stored for a job (municipality + document type).
+pub async fn count_pages(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
+         WHERE d.municipality_id = $1 AND d.document_type = $2",
+    )
+    .bind(municipality_id)
+    .bind(document_type.as_str())
+    .fetch_one(pool)
+    .await
+}
+
+/// Distinct rejected source rows recorded for a job's table.
+pub async fn count_rejects(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM page_rejects WHERE municipality_id = $1 AND document_type = $2",
+    )
+    .bind(municipality_id)
+    .bind(document_type.as_str())
+    .fetch_one(pool)
+    .await
+}
