@@ -168,8 +168,8 @@ pub async fn digest(pool: &PgPool) -> Result<Digest, sqlx::Error> {
     let (pages, digest): (i64, Option<String>) = sqlx::query_as(
         "SELECT count(*), md5(string_agg(h, '' ORDER BY h)) FROM (
             SELECT md5(concat_ws(chr(31), m.subdomain, d.document_type, d.meeting_name, d.meeting_date::text,
-                   p.page_number::text, p.source_id, p.text, coalesce(p.page_image, chr(0x2400)),
-                   coalesce(p.entities::text, chr(0x2400)), coalesce(p.votes::text, chr(0x2400)))) AS h
+                   p.page_number::text, p.source_id, p.text, coalesce(p.page_image, chr(9216)),
+                   coalesce(p.entities::text, chr(9216)), coalesce(p.votes::text, chr(9216)))) AS h
             FROM meeting_pages p
             JOIN meeting_documents d ON d.id = p.document_id
             JOIN municipalities m ON m.id = d.municipality_id
