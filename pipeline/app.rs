@@ -33,7 +33,7 @@ pub fn init_logging() {
 
 /// A failure that should exit with status 2.
 #[derive(Debug)]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
-async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = store::connect_options(cli.database_url.as_deref())
         .map_err(|e| UsageError(e.to_string()))?;
     Ok(store::connect(options, max_connections).await?)
@@ -78,6 +78,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Backfill(args) => backfill(&cli, args.clone()).await,
         Command::Status(args) => status(&cli, args).await,
+        Command::Replay(args) => crate::archive::replay(&cli, args).await,
+        Command::Reload(args) => crate::archive::reload(&cli, args).await,
         Command::Digest => {
             let pool = connect(&cli, 1).await?;
             let d = stages::store::digest(&pool).await?;
@@ -89,9 +91,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 
 async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     check_template(&cli.source_url).map_err(UsageError)?;
-    if cli.spool.is_some() {
-        warn!("--spool is not supported yet; batches are not spooled in this run.");
-    }
+    let spool = crate::archive::open_spool(cli)?;
     let client = SourceClient::new(cli.source_config(&args)).context("building the HTTP client")?;
     // Each running job holds at most one connection for its batch transaction; leave room
     // for claims, heartbeats and verification.
@@ -103,6 +103,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         args: args.clone(),
         owner: owner_id(),
         cancel: cancel.clone(),
+        spool: spool.clone(),
     });
     let ids = backfill
         .plan()
@@ -115,8 +116,13 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     }
 
     let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    let run_started = chrono::Utc::now();
+    let owner = backfill.owner.clone();
     let result = backfill.run(ids.clone()).await?;
     signals.abort();
+    if let Some(archive) = &spool {
+        crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
+    }
 
     println!("{}", report::summary_table(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
@@ -171,7 +177,7 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
 }
 
 /// First Ctrl-C / SIGTERM: stop fetching, commit what is in flight, pause the jobs.
-async fn stop_on_signal(cancel: CancellationToken) {
+pub(crate) async fn stop_on_signal(cancel: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

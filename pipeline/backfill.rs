@@ -34,6 +34,8 @@ pub struct Backfill {
     /// This worker's identity in job leases.
     pub owner: String,
     pub cancel: CancellationToken,
+    /// Where batches are spooled as Parquet before they are loaded (`--spool`).
+    pub spool: Option<stages::archive::Archive>,
 }
 
 /// The result of a run: per-job results in the order they finished.
@@ -212,6 +214,16 @@ impl Backfill {
         let observer: Arc<dyn LoadObserver> = progress.clone();
         let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
         let transform_task = tokio::spawn(Transform.run(job.clone(), raw_rx, batch_tx));
+        // With a spool, transform -> spool -> load: a batch reaches load only once its
+        // Parquet file is durable.
+        let (batch_rx, spool_task) = match &self.spool {
+            Some(archive) => {
+                let (spooled_tx, spooled_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                let spool = stages::spool::Spool::new(archive.clone(), job.clone(), row.pass);
+                (spooled_rx, Some(tokio::spawn(spool.run(batch_rx, spooled_tx))))
+            }
+            None => (batch_rx, None),
+        };
         let load_task = tokio::spawn(load.run(job.clone(), batch_rx, observer));
 
         let load_result = load_task.await;
@@ -220,7 +232,7 @@ impl Backfill {
 
         let mut result = JobResult::new(&job, &row);
         result.transform_time = transform_time;
-        let (outcome, error): (Outcome, Option<String>) = match (fetch_result, load_result) {
+        let (mut outcome, mut error): (Outcome, Option<String>) = match (fetch_result, load_result) {
             (_, Err(e)) | (Err(e), _) => (Outcome::Failed, Some(format!("internal error: {e}"))),
             (_, Ok(Err(e))) => (Outcome::Failed, Some(format!("{e}. Fix the database problem, then rerun the same command: the job continues from its last checkpoint."))),
             (Ok(Err(e)), Ok(Ok(load))) => {
@@ -243,6 +255,17 @@ impl Backfill {
                 }
             }
         };
+        if let Some(task) = spool_task {
+            let spool_error = match task.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("internal error in the spool stage: {e}")),
+            };
+            if let Some(e) = spool_error {
+                outcome = Outcome::Failed;
+                error = Some(e);
+            }
+        }
         result.seconds = started.elapsed().as_secs_f64();
         match jobs::release(
             &self.pool,
@@ -318,7 +341,7 @@ pub fn owner_id() -> String {
 
 /// Clears leases held by processes of this machine that no longer exist (a `kill -9`),
 /// so a resume on the same machine does not wait for the lease to expire.
-async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
+pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
     let me = owner_id();
     let host = me.split('/').next().unwrap_or_default().to_string();
     let mut released = 0;

@@ -53,6 +53,48 @@ pub enum Command {
     Status(StatusArgs),
     /// Content digest of the pages held (order-independent).
     Digest,
+    /// Load spooled Parquet files into the database (no source API calls); resumable.
+    Replay(ReplayArgs),
+    /// Load exactly a manifest's files into an empty database, then print the digest.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReplayArgs {
+    /// The spool archive to replay (file://, s3://); default: --spool / CIVICLOAD_SPOOL.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only these municipalities (comma-separated); default: every job in the archive.
+    #[arg(long, value_delimiter = ',')]
+    pub subdomain: Vec<String>,
+    #[command(flatten)]
+    pub load: ReplayLoadArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReloadArgs {
+    /// URL of a run or job manifest (e.g. s3://bucket/prefix/_runs/<run>.json).
+    #[arg(long)]
+    pub manifest: String,
+    /// Empty a database that is not empty without asking.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub load: ReplayLoadArgs,
+}
+
+/// How replay and reload load files.
+#[derive(Debug, Args, Clone)]
+pub struct ReplayLoadArgs {
+    /// Jobs loaded at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Files read and decoded ahead of the load, per job.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub read_ahead: u16,
+    /// Lease length, seconds.
+    #[arg(long, default_value_t = 60, hide = true)]
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]

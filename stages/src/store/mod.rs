@@ -3,6 +3,7 @@
 
 pub mod jobs;
 pub mod municipalities;
+pub mod replay;
 
 use std::str::FromStr;
 use std::time::Duration;
