@@ -96,7 +96,7 @@ pub async fn replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<u8> {
         .ok_or_else(|| {
             UsageError("replay needs the archive: --from <file:///... | s3://bucket/prefix> (or --spool / CIVICLOAD_SPOOL)".into())
         })?;
-    let archive = Archive::open(&url).map_err(|e| UsageError(e.to_string()))?;
+    let archive = Archive::open_existing(&url).map_err(|e| UsageError(e.to_string()))?;
     let subdomains: Vec<String> = args
         .subdomain
         .iter()

@@ -42,7 +42,7 @@ pub const JOB_MANIFEST: &str = "manifest.json";
 pub enum ArchiveError {
     #[error("the spool URL {url:?} is not usable: {reason}. Use file:///absolute/folder, s3://bucket/prefix (endpoint, region and keys from AWS_* variables) or memory://")]
     BadUrl { url: String, reason: String },
-    #[error("{url} does not exist in the archive")]
+    #[error("{url} does not exist (check the URL; for s3://, the bucket, the prefix and AWS_ENDPOINT_URL)")]
     Missing { url: String },
     #[error("{op} {url} failed: {source}. Check that the object store is reachable and the credentials (AWS_* variables) allow it")]
     Store {
@@ -71,6 +71,9 @@ pub struct Archive {
     root: Path,
     /// The archive URL as given, without a trailing slash (for messages).
     url: String,
+    /// The folder of a file:// archive: object_store's local store does not fsync, so the
+    /// spool does it itself before a batch may be checkpointed.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl Archive {
@@ -79,6 +82,16 @@ impl Archive {
     /// AWS_SECRET_ACCESS_KEY, ...); plain http is allowed for a loopback endpoint or with
     /// AWS_ALLOW_HTTP=true. `memory://` lives as long as the process (tests, dry runs).
     pub fn open(url: &str) -> Result<Self, ArchiveError> {
+        Self::open_with(url, true)
+    }
+
+    /// Opens an archive to read it: a file:// folder that does not exist is `Missing`
+    /// (rather than created empty).
+    pub fn open_existing(url: &str) -> Result<Self, ArchiveError> {
+        Self::open_with(url, false)
+    }
+
+    fn open_with(url: &str, create: bool) -> Result<Self, ArchiveError> {
         let bad = |reason: String| ArchiveError::BadUrl {
             url: url.to_string(),
             reason,
@@ -90,13 +103,20 @@ impl Archive {
                 let dir = parsed
                     .to_file_path()
                     .map_err(|_| bad("a file URL needs an absolute path".into()))?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                if create {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                } else if !dir.is_dir() {
+                    return Err(ArchiveError::Missing {
+                        url: url.to_string(),
+                    });
+                }
                 let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
                 Ok(Archive {
                     store: Arc::new(fs),
                     root: Path::default(),
                     url: trimmed,
+                    local_dir: Some(dir),
                 })
             }
             "s3" | "s3a" => {
@@ -121,12 +141,14 @@ impl Archive {
                     store: Arc::new(s3),
                     root: Path::from(parsed.path().trim_matches('/')),
                     url: trimmed,
+                    local_dir: None,
                 })
             }
             "memory" => Ok(Archive {
                 store: Arc::new(InMemory::new()),
                 root: Path::from(parsed.path().trim_matches('/')),
                 url: trimmed,
+                local_dir: None,
             }),
             other => Err(bad(format!("the scheme {other}:// is not supported"))),
         }
@@ -138,6 +160,7 @@ impl Archive {
             store: self.store.clone(),
             root,
             url,
+            local_dir: None,
         }
     }
 
@@ -183,6 +206,29 @@ impl Archive {
         if let Err(e) = self.store.rename(&tmp, &dest).await {
             let _ = self.store.delete(&tmp).await;
             return Err(ArchiveError::store("committing", self.url_of(rel), e));
+        }
+        if let Some(dir) = &self.local_dir {
+            let file = rel.split('/').fold(dir.clone(), |p, part| p.join(part));
+            let synced = tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&file)?.sync_all()?;
+                // The rename itself is durable once its folder is synced.
+                match file.parent() {
+                    Some(folder) => std::fs::File::open(folder)?.sync_all(),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .expect("fsync does not panic");
+            if let Err(e) = synced {
+                return Err(ArchiveError::Store {
+                    op: "syncing",
+                    url: self.url_of(rel),
+                    source: object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    },
+                });
+            }
         }
         Ok(())
     }
@@ -297,7 +343,7 @@ impl Archive {
             url: url.to_string(),
             reason: "expected the URL of a manifest .json file".into(),
         })?;
-        let folder = Archive::open(dir)?;
+        let folder = Archive::open_existing(dir)?;
         let bytes = folder.get(name).await?;
         let manifest = Manifest::parse(&bytes, url)?;
         // Walk up `root` ("..", "../..") from the manifest's folder to the archive root.
@@ -331,7 +377,7 @@ impl Archive {
             }
         }
         let archive = if folder.url.starts_with("file:") {
-            Archive::open(&root_url)?
+            Archive::open_existing(&root_url)?
         } else {
             folder.rooted_at(Path::from_iter(root_parts), root_url)
         };

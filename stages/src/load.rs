@@ -351,7 +351,7 @@ impl Load {
                 unchanged: unchanged as u64,
                 rejected: rejected as u64,
             };
-            let recorded = checkpoint.record(&mut **tx, batch, &outcome, elapsed).await?;
+            let recorded = checkpoint.record(tx, batch, &outcome, elapsed).await?;
             return Ok(recorded.then_some(outcome));
         }
         let moved = sqlx::query(
