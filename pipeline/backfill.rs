@@ -220,7 +220,10 @@ impl Backfill {
             Some(archive) => {
                 let (spooled_tx, spooled_rx) = mpsc::channel(CHANNEL_CAPACITY);
                 let spool = stages::spool::Spool::new(archive.clone(), job.clone(), row.pass);
-                (spooled_rx, Some(tokio::spawn(spool.run(batch_rx, spooled_tx))))
+                (
+                    spooled_rx,
+                    Some(tokio::spawn(spool.run(batch_rx, spooled_tx))),
+                )
             }
             None => (batch_rx, None),
         };
