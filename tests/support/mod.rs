@@ -209,10 +209,24 @@ pub fn free_port() -> u16 {
 }
 
 impl Datasette {
-    pub fn start(corpus: &Corpus) -> Datasette {
-        // Each server gets its own directory for its pid file and log.
+    /// The server for this corpus, shared by the tests of one binary that use it (the
+    /// script keeps one server per corpus folder); stopped when the last user drops it.
+    pub fn start(corpus: &Corpus) -> std::sync::Arc<Datasette> {
+        use std::sync::{Arc, Mutex, OnceLock, Weak};
+        static SERVERS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Weak<Datasette>>>> =
+            OnceLock::new();
+        let mut servers = SERVERS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = servers.get(&corpus.dir).and_then(Weak::upgrade) {
+            return live;
+        }
+        let script = repo_root().join("scripts/fixture-server.sh");
+        // A server left behind by an earlier, killed test run.
+        let _ = Command::new(&script).arg("stop").arg(&corpus.dir).output();
         let port = free_port();
-        let out = Command::new(repo_root().join("scripts/fixture-server.sh"))
+        let out = Command::new(&script)
             .arg("start")
             .arg(&corpus.dir)
             .arg(port.to_string())
@@ -231,11 +245,13 @@ impl Datasette {
             .unwrap()
             .trim()
             .to_string();
-        Datasette {
+        let server = Arc::new(Datasette {
             corpus: corpus.clone(),
             port,
             template,
-        }
+        });
+        servers.insert(corpus.dir.clone(), Arc::downgrade(&server));
+        server
     }
 }
 
@@ -418,4 +434,96 @@ pub fn sum_field(jobs: &[Value], field: &str) -> i64 {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+pub mod proxy;
+
+/// A private PostgreSQL 15 cluster on its own port and socket, for tests that restart the
+/// server (the shared local server must stay up for the other tests).
+pub struct PrivatePostgres {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let dir = PathBuf::from(format!(
+            "/tmp/civicload-pg-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(dir.join("sock")).unwrap();
+        let port = free_port();
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir),
+        );
+        let me = whoami();
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(format!("{PG_BIN}/initdb"))
+                .args(["-A", "trust", "-U", &me, "-D"])
+                .arg(dir.join("data")),
+        );
+        let pg = PrivatePostgres { dir, port };
+        pg.ctl("start");
+        pg
+    }
+
+    fn ctl(&self, action: &str) {
+        let opts = format!(
+            "-p {} -k {} -c fsync=off -c listen_addresses=''",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(format!("{PG_BIN}/pg_ctl"))
+                .args(["-w", "-m", "fast", "-D"])
+                .arg(self.dir.join("data"))
+                .args(["-l"])
+                .arg(self.dir.join("log"))
+                .args(["-o", &opts, action]),
+        );
+    }
+
+    /// Stops and starts the server again (clients lose their connections).
+    pub fn restart(&self) {
+        self.ctl("restart");
+    }
+
+    pub fn db(&self, name: &str) -> TestDb {
+        TestDb {
+            name: name.into(),
+            url: format!(
+                "postgres:///{name}?host={}&port={}",
+                self.dir.join("sock").display(),
+                self.port
+            ),
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn whoami() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
 }
