@@ -90,6 +90,22 @@ impl Progress {
         }
     }
 
+    /// Gives a job's bar its length once the source's count is known.
+    pub fn job_expected(&self, job: &JobKey, rows: u64) {
+        if let Some(b) = &self.bars {
+            if let Some(bar) = b.jobs.lock().expect("progress lock").get(&job.job_id) {
+                bar.set_length(rows);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>24} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta} {msg}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+            }
+        }
+    }
+
     pub fn job_finished(&self, job: &JobKey, summary: &str) {
         self.jobs_done.fetch_add(1, Ordering::Relaxed);
         self.set_message();

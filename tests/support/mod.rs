@@ -74,6 +74,21 @@ impl Corpus {
 
     /// A private, writable copy (for tests that change the source).
     pub fn copy(&self, name: &str) -> Corpus {
+        // Copies left by earlier test processes that are gone.
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let file_name = entry.file_name().to_string_lossy().to_string();
+            let mut parts = file_name.rsplitn(3, '-');
+            let (_, pid) = (
+                parts.next(),
+                parts.next().and_then(|p| p.parse::<u32>().ok()),
+            );
+            if let Some(pid) = pid {
+                if file_name != "corpora" && !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "{name}-{}-{}",
             std::process::id(),
