@@ -290,3 +290,85 @@ async fn three_processes_share_all_municipalities_without_loading_a_job_twice() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_held_by_a_dead_worker_elsewhere_is_taken_over_when_its_lease_expires() {
+    init();
+    let corpus = Corpus::cached(6_000, 5, 12, 0);
+    let server = Datasette::start(&corpus);
+    let db = TestDb::new("takeover");
+    let sub = corpus
+        .subdomains()
+        .into_iter()
+        .max_by_key(|s| {
+            corpus.summary()["municipalities"][s]["pages"]
+                .as_i64()
+                .unwrap()
+        })
+        .unwrap();
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &[
+            "backfill",
+            "--subdomain",
+            &sub,
+            "--document-type",
+            "minutes",
+            "--batch-size",
+            "100",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Simulate a worker on another machine that loaded half the table, then died.
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "UPDATE backfill_jobs SET status = 'running', lease_owner = 'otherhost/4242/deadbeef',
+            lease_expires_at = now() + interval '4 seconds', heartbeat_at = now(),
+            batch_seq = 3, last_cursor = (SELECT source_id FROM meeting_pages ORDER BY source_id OFFSET 299 LIMIT 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "DELETE FROM meeting_pages WHERE source_id > (SELECT last_cursor FROM backfill_jobs)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &[
+            "backfill",
+            "--subdomain",
+            &sub,
+            "--document-type",
+            "minutes",
+            "--resume",
+            "--batch-size",
+            "100",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("otherhost/4242/deadbeef"),
+        "the run must say who holds the job: {}",
+        text(&out)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the lease was not honoured"
+    );
+    let expected: Pages = corpus
+        .expected_pages()
+        .into_iter()
+        .filter(|(k, _)| k.subdomain == sub && k.document_type == "minutes")
+        .collect();
+    assert_same_pages(&expected, &db.pages().await);
+    let job = &status_json(&db)[0];
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["retry_count"], 1, "{job}");
+}
