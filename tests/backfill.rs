@@ -204,3 +204,61 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("{subdomain}"), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sites_table_plans_every_municipality_biggest_first() {
+    init();
+    let corpus = Corpus::cached(6_000, 5, 12, 0);
+    let server = Datasette::start(&corpus);
+    let db = TestDb::new("sites");
+    // From the sites table served by Datasette, then from the JSON file: same list.
+    let url = format!("http://127.0.0.1:{}/sites/sites.json", server.port);
+    let out = civicload(&db, None, &["municipalities", "sync", "--from", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = civicload(
+        &db,
+        None,
+        &[
+            "municipalities",
+            "sync",
+            "--from",
+            path_str(&corpus.dir.join("sites.json")),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("0 new, {} updated", corpus.subdomains().len())),
+        "{}",
+        text(&out)
+    );
+    let expected_pages = db
+        .scalar_i64("SELECT sum(pages)::bigint FROM municipalities")
+        .await;
+    assert_eq!(
+        expected_pages,
+        corpus.summary()["totals"]["rows"].as_i64().unwrap()
+    );
+
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", "all", "--concurrency", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_pages(&corpus.expected_pages(), &db.pages().await);
+    // One worker claims the biggest municipality's jobs first.
+    let order: Vec<String> = {
+        let mut conn = db.connect().await;
+        sqlx::query_scalar("SELECT m.subdomain FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id ORDER BY j.started_at LIMIT 1").fetch_all(&mut conn).await.unwrap()
+    };
+    let biggest = corpus
+        .subdomains()
+        .into_iter()
+        .max_by_key(|s| {
+            corpus.summary()["municipalities"][s]["pages"]
+                .as_i64()
+                .unwrap()
+        })
+        .unwrap();
+    assert_eq!(order, vec![biggest]);
+}
