@@ -402,3 +402,23 @@ pub async fn refresh_stats(pool: &PgPool) -> Result<(), sqlx::Error> {
         .await?;
     Ok(())
 }
+
+/// The rows still to fetch for these jobs, when known: each job's expected count, or the
+/// sites list's `pages` (agendas + minutes) when both of a municipality's jobs are planned.
+pub async fn expected_remaining(pool: &PgPool, ids: &[i64]) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH per_muni AS (
+            SELECT j.municipality_id, count(*) AS jobs, count(j.expected_count) AS counted,
+                   sum(j.expected_count) AS expected, sum(j.pages_fetched) AS fetched, max(m.pages) AS site_pages
+            FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
+            WHERE j.id = ANY($1) AND j.status <> 'completed'
+            GROUP BY j.municipality_id
+         )
+         SELECT CASE WHEN bool_and(counted = jobs OR (jobs = 2 AND site_pages IS NOT NULL))
+                THEN sum(greatest(CASE WHEN counted = jobs THEN expected ELSE site_pages END - fetched, 0))::bigint END
+         FROM per_muni",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+}
