@@ -76,7 +76,9 @@ impl Backfill {
 
         let planned = jobs::list(&self.pool, Some(&ids)).await?;
         let todo = planned.iter().filter(|j| j.status != "completed").count() as u64;
-        let expected = jobs::expected_remaining(&self.pool, &ids).await?.map(|n| n as u64);
+        let expected = jobs::expected_remaining(&self.pool, &ids)
+            .await?
+            .map(|n| n as u64);
         let progress = Progress::new(todo, expected, Progress::terminal());
         let stop_logging = CancellationToken::new();
         tokio::spawn(
