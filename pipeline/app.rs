@@ -13,7 +13,9 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::backfill::{owner_id, Backfill};
-use crate::cli::{check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs};
+use crate::cli::{
+    check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, VerifyArgs,
+};
 use crate::report;
 
 pub const EXIT_OK: u8 = 0;
@@ -78,6 +80,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Backfill(args) => backfill(&cli, args.clone()).await,
         Command::Status(args) => status(&cli, args).await,
+        Command::Verify(args) => verify(&cli, args).await,
         Command::Replay(args) => crate::archive::replay(&cli, args).await,
         Command::Reload(args) => crate::archive::reload(&cli, args).await,
         Command::Digest => {
@@ -92,7 +95,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     check_template(&cli.source_url).map_err(UsageError)?;
     let spool = crate::archive::open_spool(cli)?;
-    let client = SourceClient::new(cli.source_config(&args)).context("building the HTTP client")?;
+    let client =
+        SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, args.batch_size))
+            .context("building the HTTP client")?;
     // Each running job holds at most one connection for its batch transaction; leave room
     // for claims, heartbeats and verification.
     let pool = connect(cli, u32::from(args.concurrency) + 3).await?;
@@ -124,6 +129,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
     }
 
+    if let Err(e) = jobs::refresh_stats(&pool).await {
+        warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
+    }
     println!("{}", report::summary_table(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
     let rows = jobs::list(&pool, Some(&ids)).await?;
@@ -195,8 +203,57 @@ pub(crate) async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
+    check_template(&cli.source_url).map_err(UsageError)?;
+    let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))?;
+    let pool = connect(cli, 4).await?;
+    let ids =
+        crate::backfill::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into))
+            .await
+            .map_err(|e| UsageError(format!("{e:#}")))?;
+    let opts = crate::verify::VerifyOptions {
+        deep: args.deep,
+        repair: args.repair,
+        force: args.force,
+        max_delete_share: args.max_delete_percent / 100.0,
+    };
+    let owner = owner_id();
+    let mut all_verified = true;
+    for row in jobs::list(&pool, Some(&ids)).await? {
+        match crate::verify::verify_job(&pool, &client, &row, &owner, &opts).await {
+            Ok(v) => {
+                all_verified &= v.verified;
+                for line in &v.lines {
+                    println!("{}: {line}", v.job);
+                }
+            }
+            Err(e) => {
+                all_verified = false;
+                println!("{}/{}: FAILED: {e:#}", row.subdomain, row.document_type);
+            }
+        }
+    }
+    if args.repair || args.deep {
+        jobs::refresh_stats(&pool).await?;
+    }
+    Ok(if all_verified {
+        EXIT_OK
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
 async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let pool = connect(cli, 1).await?;
+    if args.totals {
+        let totals = jobs::totals(&pool).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&totals)?);
+        } else {
+            println!("{}", report::totals_table(&totals));
+        }
+        return Ok(EXIT_OK);
+    }
     let rows: Vec<_> = jobs::list(&pool, None)
         .await?
         .into_iter()

@@ -122,7 +122,15 @@ pub async fn replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<u8> {
     info!(archive = %url, jobs = jobs.len(), files, "Replaying the archive.");
     let pool = connect(cli, u32::from(args.load.concurrency) + 3).await?;
     let outcome = load_jobs(&pool, &archive, jobs, &args.load).await?;
+    refresh_stats(&pool).await;
     Ok(outcome.print())
+}
+
+/// The page statistics view is derived from the pages: rebuild it after loading.
+async fn refresh_stats(pool: &PgPool) {
+    if let Err(e) = jobs::refresh_stats(pool).await {
+        warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
+    }
 }
 
 /// `civicload reload --manifest URL [--yes]`.
@@ -154,7 +162,7 @@ pub async fn reload(cli: &Cli, args: &ReloadArgs) -> anyhow::Result<u8> {
     info!(manifest = %args.manifest, archive = %archive.url(), jobs = manifest.jobs.len(), files = manifest.file_count(), "Reloading the manifest's files.");
     let outcome = load_jobs(&pool, &archive, manifest.jobs, &args.load).await?;
     let code = outcome.print();
-    store::replay::refresh_stats(&pool).await?;
+    refresh_stats(&pool).await;
     let d = store::digest(&pool).await?;
     println!("{} pages, digest {}", d.pages, d.digest);
     Ok(code)

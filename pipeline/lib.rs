@@ -7,3 +7,4 @@ pub mod backfill;
 pub mod cli;
 pub mod progress;
 pub mod report;
+pub mod verify;

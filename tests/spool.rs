@@ -118,9 +118,8 @@ impl Drop for TestDb {
     }
 }
 
-/// A generated corpus served by Datasette on `port`. Tests use at most 2 bad rows: the
-/// generator's third kind, a duplicate (meeting, date, page) under another id, is only
-/// rejected when both rows fall in one batch, and these tests use small batches.
+/// A generated corpus served by Datasette on `port`, with `bad` bad rows (bad dates, bad
+/// pages, duplicate pages: every kind of reject travels through the archive).
 struct Source {
     dir: tempfile::TempDir,
     template: String,
@@ -362,7 +361,7 @@ fn archive_dir(tmp: &tempfile::TempDir) -> (PathBuf, String) {
 
 #[test]
 fn a_file_archive_replays_and_reloads_to_exactly_the_source_pages() {
-    let mut source = Source::start(4000, 5, 2, 8851);
+    let mut source = Source::start(4000, 5, 6, 8851);
     let tmp = tempfile::tempdir().unwrap();
     let (dir, url) = archive_dir(&tmp);
     let live = TestDb::new("file_live");
@@ -494,7 +493,7 @@ fn an_s3_archive_replays_and_reloads_with_the_source_stopped() {
 
 #[test]
 fn a_killed_replay_resumes_to_the_same_digest() {
-    let mut source = Source::start(8000, 4, 2, 8853);
+    let mut source = Source::start(8000, 4, 6, 8853);
     let tmp = tempfile::tempdir().unwrap();
     let (dir, url) = archive_dir(&tmp);
     let live = TestDb::new("kill_live");

@@ -176,6 +176,23 @@ impl Load {
         }
     }
 
+    /// Writes pages and rejects outside the job's batch sequence (repairs): no checkpoint.
+    pub async fn commit_unguarded(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
+        let sql_err = |source| LoadError::Sql {
+            job: batch.job.to_string(),
+            seq: batch.seq,
+            source,
+        };
+        let mut conn = self.pool.acquire().await.map_err(sql_err)?;
+        let mut tx = conn.begin().await.map_err(sql_err)?;
+        let outcome = self
+            .write(&mut tx, batch, Duration::ZERO, false)
+            .await
+            .map_err(sql_err)?;
+        tx.commit().await.map_err(sql_err)?;
+        Ok(outcome.expect("no checkpoint guard without a checkpoint"))
+    }
+
     /// Writes one batch, its rejects and the checkpoint in one transaction.
     pub async fn commit(
         &self,
@@ -190,7 +207,7 @@ impl Load {
         };
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
         let mut tx = conn.begin().await.map_err(sql_err)?;
-        let outcome = match self.write(&mut tx, batch, elapsed).await {
+        let outcome = match self.write(&mut tx, batch, elapsed, true).await {
             Ok(Some(o)) => o,
             Ok(None) => {
                 drop(tx);
@@ -252,6 +269,7 @@ impl Load {
         tx: &mut Transaction<'_, Postgres>,
         batch: &PageBatch,
         elapsed: Duration,
+        checkpoint: bool,
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
         let job = &batch.job;
         let doc_type = job.document_type.as_str();
@@ -343,15 +361,18 @@ impl Load {
 
         let unchanged = pages as i64 - created - updated;
         let rejected = batch.rejects.len() as i64;
-        if let Some(checkpoint) = &self.checkpoint {
-            let outcome = BatchOutcome {
-                fetched: batch.fetched as u64,
-                created: created as u64,
-                updated: updated as u64,
-                unchanged: unchanged as u64,
-                rejected: rejected as u64,
-            };
-            let recorded = checkpoint.record(tx, batch, &outcome, elapsed).await?;
+        let outcome = BatchOutcome {
+            fetched: batch.fetched as u64,
+            created: created as u64,
+            updated: updated as u64,
+            unchanged: unchanged as u64,
+            rejected: rejected as u64,
+        };
+        if !checkpoint {
+            return Ok(Some(outcome));
+        }
+        if let Some(custom) = &self.checkpoint {
+            let recorded = custom.record(tx, batch, &outcome, elapsed).await?;
             return Ok(recorded.then_some(outcome));
         }
         let moved = sqlx::query(
@@ -378,12 +399,6 @@ impl Load {
         if moved.rows_affected() != 1 {
             return Ok(None);
         }
-        Ok(Some(BatchOutcome {
-            fetched: batch.fetched as u64,
-            created: created as u64,
-            updated: updated as u64,
-            unchanged: unchanged as u64,
-            rejected: rejected as u64,
-        }))
+        Ok(Some(outcome))
     }
 }

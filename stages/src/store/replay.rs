@@ -157,11 +157,3 @@ pub async fn empty(pool: &PgPool) -> Result<(), sqlx::Error> {
     .await?;
     Ok(())
 }
-
-/// Rebuilds the page statistics after a reload (the view is derived from the pages).
-pub async fn refresh_stats(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("REFRESH MATERIALIZED VIEW meeting_page_stats")
-        .execute(pool)
-        .await?;
-    Ok(())
-}
