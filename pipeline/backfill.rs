@@ -266,6 +266,26 @@ impl Backfill {
                 error = Some(e);
             }
         }
+        // Verify while still holding the lease, then release with the verdict: a kill in
+        // between leaves the job running at its final cursor, and a resume re-verifies it.
+        let (mut outcome, mut error) = (outcome, error);
+        if outcome == Outcome::Completed {
+            let verify_started = Instant::now();
+            match reconcile(&self.pool, &self.client, &job).await {
+                Ok(r) => {
+                    if matches!(r.verdict, Verdict::Short { .. }) {
+                        outcome = Outcome::Failed;
+                        error = Some(r.describe());
+                    }
+                    result.verified = r.verdict == Verdict::Verified;
+                    result.verification = r.describe();
+                }
+                Err(e) => result.verification = format!("verification failed: {e}"),
+            }
+            result.verify_time = verify_started.elapsed();
+        } else if let Some(e) = &error {
+            warn!(job = %job, "Job failed: {e}");
+        }
         result.seconds = started.elapsed().as_secs_f64();
         match jobs::release(
             &self.pool,
@@ -290,23 +310,7 @@ impl Backfill {
             Outcome::Paused => "paused",
         }
         .into();
-        result.error = error.clone();
-        if outcome == Outcome::Completed {
-            let verify_started = Instant::now();
-            match reconcile(&self.pool, &self.client, &job).await {
-                Ok(r) => {
-                    if matches!(r.verdict, Verdict::Short { .. }) {
-                        result.status = "failed".into();
-                    }
-                    result.verified = r.verdict == Verdict::Verified;
-                    result.verification = r.describe();
-                }
-                Err(e) => result.verification = format!("verification failed: {e}"),
-            }
-            result.verify_time = verify_started.elapsed();
-        } else if let Some(e) = &error {
-            warn!(job = %job, "Job failed: {e}");
-        }
+        result.error = error;
         progress.job_finished(&job, &result.one_line());
         result
     }

@@ -241,17 +241,17 @@ impl SourceClient {
             .append_pair("_size", "1")
             .append_pair("_extra", "columns")
             .append_pair("_sort", "id");
-        let (body, shown) = self.get_with_retries(url).await?;
-        let env = parse_envelope(&body, &shown)?;
-        let present = match env.columns {
-            Some(cols) => cols,
-            None => {
-                return Err(SourceError::InvalidPage {
-                    url: shown,
-                    message: "no `columns` in the answer".into(),
-                })
-            }
-        };
+        let shown = url.to_string();
+        let present = self
+            .get_parsed(url, |body, shown| {
+                parse_envelope(body, shown)?
+                    .columns
+                    .ok_or_else(|| SourceError::InvalidPage {
+                        url: shown.into(),
+                        message: "no `columns` in the answer".into(),
+                    })
+            })
+            .await?;
         let missing: Vec<String> = REQUIRED_COLUMNS
             .iter()
             .filter(|c| !present.iter().any(|p| p == *c))
@@ -294,20 +294,8 @@ impl SourceClient {
         }
         // A page that fails validation is retried like a transport error: it is never
         // taken as the end of the data.
-        let mut attempt = 0u32;
-        loop {
-            let result = match self.get_once(url.clone()).await {
-                Ok((body, shown)) => parse_page(&body, &shown, after),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(page) => return Ok(page),
-                Err(e) => {
-                    attempt += 1;
-                    self.backoff_or_fail(e, attempt).await?;
-                }
-            }
-        }
+        self.get_parsed(url, |body, shown| parse_page(body, shown, after))
+            .await
     }
 
     /// An exact count when one is cheap (Datasette's count below its cap, or the SQL
@@ -324,29 +312,27 @@ impl SourceClient {
             url.query_pairs_mut()
                 .append_pair("_size", "0")
                 .append_pair("_extra", "count");
-            if let Ok((body, shown)) = self.get_with_retries(url).await {
-                if let Ok(env) = parse_envelope(&body, &shown) {
-                    if let Some(n) = env
-                        .filtered_table_rows_count
-                        .as_ref()
-                        .and_then(|v| v.as_u64())
-                    {
-                        return Some(SourceCount {
-                            rows: n,
-                            route: "datasette_filtered_count",
-                        });
-                    }
-                    if let Some(n) = env
-                        .count
-                        .as_ref()
-                        .and_then(|v| v.as_u64())
-                        .filter(|n| *n < DATASETTE_COUNT_CAP)
-                    {
-                        return Some(SourceCount {
-                            rows: n,
-                            route: "datasette_count",
-                        });
-                    }
+            if let Ok(env) = self.get_parsed(url, parse_envelope).await {
+                if let Some(n) = env
+                    .filtered_table_rows_count
+                    .as_ref()
+                    .and_then(|v| v.as_u64())
+                {
+                    return Some(SourceCount {
+                        rows: n,
+                        route: "datasette_filtered_count",
+                    });
+                }
+                if let Some(n) = env
+                    .count
+                    .as_ref()
+                    .and_then(|v| v.as_u64())
+                    .filter(|n| *n < DATASETTE_COUNT_CAP)
+                {
+                    return Some(SourceCount {
+                        rows: n,
+                        route: "datasette_count",
+                    });
                 }
             }
         }
@@ -363,33 +349,8 @@ impl SourceClient {
         subdomain: &str,
         table: &str,
     ) -> Result<SourceCount, SourceError> {
-        let mut url = self.table_url(subdomain, table)?;
-        url.query_pairs_mut()
-            .append_pair("_size", "0")
-            .append_pair("_extra", "count");
-        if let Ok((body, shown)) = self.get_with_retries(url).await {
-            if let Ok(env) = parse_envelope(&body, &shown) {
-                if let Some(n) = env
-                    .filtered_table_rows_count
-                    .as_ref()
-                    .and_then(|v| v.as_u64())
-                {
-                    return Ok(SourceCount {
-                        rows: n,
-                        route: "datasette_filtered_count",
-                    });
-                }
-                if let Some(n) = env.count.as_ref().and_then(|v| v.as_u64()) {
-                    if n < DATASETTE_COUNT_CAP {
-                        return Ok(SourceCount {
-                            rows: n,
-                            route: "datasette_count",
-                        });
-                    }
-                }
-            }
-        }
-        if let Some(count) = self.cheap_count(subdomain, table, false).await {
+        self.table_url(subdomain, table)?;
+        if let Some(count) = self.cheap_count(subdomain, table, true).await {
             return Ok(count);
         }
         let n = self.id_scan_count(subdomain, table).await?;
@@ -411,12 +372,19 @@ impl SourceClient {
         url.query_pairs_mut()
             .append_pair("sql", &format!("select count(*) as n from [{table}]"))
             .append_pair("_shape", "array");
-        let (body, _) = self.get_with_retries(url).await.ok()?;
         #[derive(Deserialize)]
         struct N {
             n: u64,
         }
-        let rows: Vec<N> = serde_json::from_slice(&body).ok()?;
+        let rows: Vec<N> = self
+            .get_parsed(url, |body, shown| {
+                serde_json::from_slice(body).map_err(|e| SourceError::InvalidPage {
+                    url: shown.into(),
+                    message: format!("not a count ({e})"),
+                })
+            })
+            .await
+            .ok()?;
         rows.first().map(|r| r.n)
     }
 
@@ -481,20 +449,8 @@ impl SourceClient {
             }
             q.append_pair("id__in", &ids.join(","));
         }
-        let mut attempt = 0u32;
-        loop {
-            let result = match self.get_once(url.clone()).await {
-                Ok((body, shown)) => parse_page(&body, &shown, None),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(page) => return Ok(page),
-                Err(e) => {
-                    attempt += 1;
-                    self.backoff_or_fail(e, attempt).await?;
-                }
-            }
-        }
+        self.get_parsed(url, |body, shown| parse_page(body, shown, None))
+            .await
     }
 
     /// Every row of a Datasette `sites` table (its table JSON URL), following `next`.
@@ -521,8 +477,8 @@ impl SourceClient {
                     q.append_pair("subdomain__gt", a);
                 }
             }
-            let (body, shown) = self.get_with_retries(url).await?;
-            let env = parse_envelope(&body, &shown)?;
+            let shown = url.to_string();
+            let env = self.get_parsed(url, parse_envelope).await?;
             let rows = env.rows.ok_or_else(|| SourceError::InvalidPage {
                 url: shown.clone(),
                 message: "no `rows` in the answer".into(),
@@ -547,11 +503,21 @@ impl SourceClient {
         }
     }
 
-    async fn get_with_retries(&self, url: Url) -> Result<(Bytes, String), SourceError> {
+    /// GET and parse, retrying both: a body that does not parse (truncated, not JSON,
+    /// not the expected shape) is a transient failure like a dropped connection.
+    async fn get_parsed<T>(
+        &self,
+        url: Url,
+        parse: impl Fn(&[u8], &str) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
         let mut attempt = 0u32;
         loop {
-            match self.get_once(url.clone()).await {
-                Ok(ok) => return Ok(ok),
+            let result = match self.get_once(url.clone()).await {
+                Ok((body, shown)) => parse(&body, &shown),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(value) => return Ok(value),
                 Err(e) => {
                     attempt += 1;
                     self.backoff_or_fail(e, attempt).await?;
