@@ -53,6 +53,14 @@ pub enum Command {
     Status(StatusArgs),
     /// Content digest of the pages held (order-independent).
     Digest,
+    /// Build the search vectors that are missing (after a bulk load; resumable).
+    Vectorize(crate::vectorize::VectorizeArgs),
+    /// VACUUM (ANALYZE), build missing search indexes, refresh meeting_page_stats.
+    Maintain(crate::maintain::MaintainArgs),
+    /// Database health report (vacuum, dead tuples, indexes, sizes, cache) with verdicts.
+    Health(crate::health::HealthArgs),
+    /// Explain the application's search for a query: plan, index, workers, time.
+    SearchBench(crate::search_bench::SearchBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +116,10 @@ pub struct BackfillArgs {
     /// Lease length, seconds: a worker that stops renewing it loses its jobs to others.
     #[arg(long, default_value_t = 60, hide = true)]
     pub lease_seconds: u64,
+    /// Bulk mode even though meeting_pages is not (nearly) empty: the load skips the
+    /// per-row search-vector trigger, and vectors are built after the load.
+    #[arg(long)]
+    pub bulk: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -4,5 +4,9 @@
 pub mod app;
 pub mod backfill;
 pub mod cli;
+pub mod health;
+pub mod maintain;
 pub mod progress;
 pub mod report;
+pub mod search_bench;
+pub mod vectorize;
