@@ -118,8 +118,12 @@ pub struct BackfillArgs {
     pub lease_seconds: u64,
     /// Bulk mode even though meeting_pages is not (nearly) empty: the load skips the
     /// per-row search-vector trigger, and vectors are built after the load.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_bulk")]
     pub bulk: bool,
+    /// Never bulk mode, even into an empty table: every page gets its vector from the row
+    /// trigger as it is written.
+    #[arg(long)]
+    pub no_bulk: bool,
 }
 
 #[derive(Debug, Args, Clone)]

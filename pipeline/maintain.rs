@@ -209,11 +209,11 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
     Ok(())
 }
 
-/// Decides bulk mode for a backfill run, before any job writes: forced by `--bulk`, or
-/// automatic when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages. In the
+/// Decides bulk mode for a backfill run, before any job writes: forced by `--bulk`, never
+/// with `--no-bulk`, otherwise automatic when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages. In the
 /// automatic case the search indexes are dropped (rebuilt at the end of the run).
 pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<bool> {
-    if args.verify_only {
+    if args.verify_only || args.no_bulk {
         return Ok(false);
     }
     let pages = search::pages_up_to(pool, BULK_THRESHOLD).await?;

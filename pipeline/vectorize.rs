@@ -101,6 +101,10 @@ impl VectorizeReport {
     pub fn describe(&self) -> String {
         let mut s = String::new();
         for t in &self.targets {
+            if t.missing_before == 0 {
+                s.push_str(&format!("No {} lacked a vector.\n", t.target));
+                continue;
+            }
             let rate = if t.seconds > 0.0 {
                 t.updated as f64 / t.seconds
             } else {
@@ -249,74 +253,111 @@ impl Vectorize {
             target.noun()
         );
         // Chunks between VACUUMs, relative to the table so the bloat bound is a fraction.
-        let table_rows = estimated_rows(pool, target.table()).await?.max(missing);
-        let vacuum_every = match self.args.vacuum_every_percent {
-            0 => u64::MAX,
-            p => (table_rows as u64 * u64::from(p) / 100).max(u64::from(self.args.batch_size)),
+        // Batches are small enough that a chunk is many of them on every connection: what
+        // sits in flight when a chunk ends is what its VACUUM cannot reclaim yet.
+        let table_rows = estimated_rows(pool, target.table()).await?.max(missing) as u64;
+        let (chunk, batch) = match self.args.vacuum_every_percent {
+            0 => (u64::MAX, u64::from(self.args.batch_size)),
+            p => {
+                let chunk = (table_rows * u64::from(p) / 100).max(1);
+                let batch =
+                    (chunk / (4 * connections as u64)).clamp(1, u64::from(self.args.batch_size));
+                (chunk, batch)
+            }
         };
         let progress = VectorizeProgress::new(target, missing as u64);
-        let mut since_vacuum = 0u64;
-        loop {
-            report.passes += 1;
-            let updated_in_pass = self
-                .one_pass(
-                    pool,
-                    target,
-                    connections,
-                    flush_stats,
-                    &progress,
-                    (&mut since_vacuum, vacuum_every),
-                )
-                .await;
-            let (updated_in_pass, vacuums, vacuum_time) = match updated_in_pass {
-                Ok(v) => v,
-                Err(e) => {
-                    progress.finish();
-                    return Err(e);
+        let result = async {
+            loop {
+                report.passes += 1;
+                let mut after = 0i64;
+                let mut updated_in_pass = 0u64;
+                loop {
+                    let (updated, last, exhausted) = self
+                        .one_chunk(
+                            pool,
+                            target,
+                            connections,
+                            flush_stats,
+                            &progress,
+                            after,
+                            chunk,
+                            batch,
+                        )
+                        .await?;
+                    updated_in_pass += updated;
+                    after = last;
+                    if self.args.vacuum_every_percent > 0 && updated > 0 && !exhausted {
+                        let t = Instant::now();
+                        let mut conn = pool.acquire().await?;
+                        maintenance::vacuum(&mut conn, target.table(), false).await?;
+                        report.vacuums += 1;
+                        report.vacuum_seconds += t.elapsed().as_secs_f64();
+                        progress.note_vacuum();
+                    }
+                    if exhausted || self.cancel.is_cancelled() {
+                        break;
+                    }
                 }
-            };
-            report.updated += updated_in_pass;
-            report.vacuums += vacuums;
-            report.vacuum_seconds += vacuum_time.as_secs_f64();
-            if self.cancel.is_cancelled() || updated_in_pass == 0 {
-                break;
+                report.updated += updated_in_pass;
+                if self.cancel.is_cancelled() || updated_in_pass == 0 {
+                    break;
+                }
+                // Rows written behind our cursor by a concurrent bulk load: another pass.
+                if search::missing_count(pool, target).await? == 0 {
+                    break;
+                }
             }
-            // Rows written behind our cursor by a concurrent bulk load: another pass.
-            if search::missing_count(pool, target).await? == 0 {
-                break;
-            }
+            anyhow::Ok(())
         }
+        .await;
         progress.finish();
+        result?;
         report.missing_after = search::missing_count(pool, target).await?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
 
-    /// One keyset walk over the rows still missing a vector. `vacuum` is (rows rewritten
-    /// since the last VACUUM, rows between VACUUMs), carried across passes.
-    async fn one_pass(
+    /// One chunk of a keyset walk over the rows still missing a vector: batches of ids
+    /// after `after`, until `chunk` ids were listed, all finished (nothing left in flight)
+    /// when it returns. Returns (rows written, last id listed, no rows left after it).
+    #[allow(clippy::too_many_arguments)]
+    async fn one_chunk(
         &self,
         pool: &PgPool,
         target: VectorTarget,
         connections: usize,
         flush_stats: bool,
         progress: &VectorizeProgress,
-        vacuum: (&mut u64, u64),
-    ) -> anyhow::Result<(u64, u32, Duration)> {
-        let batch = i64::from(self.args.batch_size);
+        after: i64,
+        chunk: u64,
+        batch: u64,
+    ) -> anyhow::Result<(u64, i64, bool)> {
         let cancel = self.cancel.clone();
         let lister = pool.clone();
+        let last = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(after));
+        let exhausted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (last_w, exhausted_w) = (last.clone(), exhausted.clone());
         // The id lister runs ahead of the updates by at most `connections` batches:
         // `try_buffer_unordered` polls it only when a worker slot is free.
-        let ids = futures::stream::try_unfold(0i64, move |after| {
+        let ids = futures::stream::try_unfold((after, 0u64), move |(after, listed)| {
             let pool = lister.clone();
             let cancel = cancel.clone();
+            let (last, exhausted) = (last_w.clone(), exhausted_w.clone());
             async move {
-                if cancel.is_cancelled() {
+                if cancel.is_cancelled() || listed >= chunk {
                     return Ok::<_, anyhow::Error>(None);
                 }
-                let ids = search::next_missing_ids(&pool, target, after, batch).await?;
-                Ok(ids.last().copied().map(|last| (ids, last)))
+                let want = batch.min(chunk - listed) as i64;
+                let ids = search::next_missing_ids(&pool, target, after, want).await?;
+                if (ids.len() as i64) < want {
+                    exhausted.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                let Some(&max) = ids.last() else {
+                    return Ok(None);
+                };
+                last.store(max, std::sync::atomic::Ordering::Relaxed);
+                let n = ids.len() as u64;
+                Ok(Some((ids, (max, listed + n))))
             }
         });
         let updates = ids
@@ -327,23 +368,15 @@ impl Vectorize {
             .try_buffer_unordered(connections);
         let mut updates = std::pin::pin!(updates);
         let mut updated = 0u64;
-        let mut vacuums = 0u32;
-        let mut vacuum_time = Duration::ZERO;
         while let Some(n) = updates.try_next().await? {
             updated += n;
             progress.add(n);
-            *vacuum.0 += n;
-            if *vacuum.0 >= vacuum.1 {
-                *vacuum.0 = 0;
-                let t = Instant::now();
-                let mut conn = pool.acquire().await?;
-                maintenance::vacuum(&mut conn, target.table(), false).await?;
-                vacuums += 1;
-                vacuum_time += t.elapsed();
-                progress.note_vacuum();
-            }
         }
-        Ok((updated, vacuums, vacuum_time))
+        Ok((
+            updated,
+            last.load(std::sync::atomic::Ordering::Relaxed),
+            exhausted.load(std::sync::atomic::Ordering::Relaxed),
+        ))
     }
 }
 
