@@ -124,8 +124,11 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // for claims, heartbeats and verification.
     let pool = connect(cli, u32::from(args.concurrency) + 3).await?;
     // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
-    let bulk = crate::maintain::decide_bulk(&pool, &args).await?;
-    let args = BackfillArgs { bulk, ..args };
+    let load_mode = crate::maintain::decide_bulk(&pool, &args).await?;
+    let args = BackfillArgs {
+        bulk: load_mode.is_bulk(),
+        ..args
+    };
     let cancel = CancellationToken::new();
     let backfill = Arc::new(Backfill {
         pool: pool.clone(),
@@ -152,7 +155,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view.
     if !result.interrupted {
-        crate::maintain::after_backfill(&pool, bulk).await?;
+        crate::maintain::after_backfill(&pool, load_mode).await?;
     }
     let rows = jobs::list(&pool, Some(&ids)).await?;
     let unfinished: Vec<_> = rows

@@ -148,7 +148,7 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
                 index.name,
                 format!("{} {}, fastupdate on", s.method, bytes(s.bytes)),
                 Verdict::Warning,
-                "searches pay for merging its pending list; run `civicload maintain --reindex` after dropping it",
+                "searches also scan its pending list (a vectorize was stopped?); run `civicload maintain`",
             ),
             Some(s) => check(
                 "search index",

@@ -148,6 +148,10 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
             step: format!("search index {}", build.name),
             seconds: build.took.as_secs_f64(),
             detail: match (build.built, build.replaced_invalid) {
+                (false, _) if build.restored_fastupdate_off => format!(
+                    "present ({}); fastupdate set back to off, pending list merged",
+                    bytes(build.bytes)
+                ),
                 (false, _) => format!("present ({})", bytes(build.bytes)),
                 (true, false) => format!("built ({}, fastupdate off)", bytes(build.bytes)),
                 (true, true) => format!(
@@ -209,42 +213,84 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
     Ok(())
 }
 
-/// Decides bulk mode for a backfill run, before any job writes: forced by `--bulk`, never
-/// with `--no-bulk`, otherwise automatic when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages. In the
-/// automatic case the search indexes are dropped (rebuilt at the end of the run).
-pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<bool> {
+/// How a backfill run writes, decided once before any job writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadMode {
+    /// The row trigger builds every vector as pages are written.
+    Ordinary,
+    /// Vectors are left NULL and built after the load; the search index is built
+    /// concurrently at the end if it is missing.
+    Bulk,
+    /// Bulk into an (almost) empty table: the search indexes were dropped and are built at
+    /// the end with a plain, faster CREATE INDEX (nothing is being served yet).
+    InitialBulk,
+}
+
+impl LoadMode {
+    pub fn is_bulk(self) -> bool {
+        self != LoadMode::Ordinary
+    }
+}
+
+/// Decides the load mode: never bulk with `--no-bulk` (or `--verify-only`); bulk with
+/// `--bulk`; otherwise bulk when `meeting_pages` holds fewer than [`BULK_THRESHOLD`]
+/// pages (an initial load), or when the page search index is missing (a bulk load that
+/// has not finished yet: nothing maintains the index, so vectors can wait for the end).
+pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<LoadMode> {
     if args.verify_only || args.no_bulk {
-        return Ok(false);
+        return Ok(LoadMode::Ordinary);
     }
     let pages = search::pages_up_to(pool, BULK_THRESHOLD).await?;
-    let nearly_empty = pages < BULK_THRESHOLD;
-    if nearly_empty {
+    if pages < BULK_THRESHOLD {
         search::drop_search_indexes(pool).await?;
         info!(
             pages,
             "Bulk mode: meeting_pages is nearly empty, so search vectors and indexes are built once after the load."
         );
-    } else if args.bulk {
-        info!("Bulk mode (--bulk): new and changed pages get their search vectors after the load; the search index stays in place.");
+        return Ok(LoadMode::InitialBulk);
     }
-    Ok(args.bulk || nearly_empty)
+    let index_missing = search::index_state(pool, SEARCH_INDEXES[0].name)
+        .await?
+        .is_none_or(|s| !s.valid);
+    if args.bulk || index_missing {
+        info!(
+            "Bulk mode ({}): new and changed pages get their search vectors after the load.",
+            if args.bulk {
+                "--bulk"
+            } else {
+                "the search index is not built yet"
+            }
+        );
+        return Ok(LoadMode::Bulk);
+    }
+    Ok(LoadMode::Ordinary)
 }
 
 /// After the jobs of a backfill run: build the missing vectors (a no-op when none are
 /// missing), then indexes, statistics and the stats view. Prints what it did.
-pub async fn after_backfill(pool: &PgPool, bulk: bool) -> anyhow::Result<()> {
+pub async fn after_backfill(pool: &PgPool, mode: LoadMode) -> anyhow::Result<()> {
     let started = Instant::now();
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let result = finish_load(pool, mode, &cancel, started).await;
+    signals.abort();
+    result
+}
+
+async fn finish_load(
+    pool: &PgPool,
+    mode: LoadMode,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> anyhow::Result<()> {
     let vectorized = Vectorize {
         args: VectorizeArgs::default(),
         final_vacuum: false,
         cancel: cancel.clone(),
     }
     .run(&pool.connect_options())
-    .await;
-    signals.abort();
-    let vectorized = vectorized.context(
+    .await
+    .context(
         "building search vectors after the load (the pages are loaded; run `civicload vectorize`, then `civicload maintain`)",
     )?;
     if vectorized.interrupted {
@@ -252,14 +298,19 @@ pub async fn after_backfill(pool: &PgPool, bulk: bool) -> anyhow::Result<()> {
         println!("Stopped while building search vectors: run `civicload vectorize`, then `civicload maintain`.");
         return Ok(());
     }
-    if vectorized.pages_updated() > 0 || bulk {
+    if vectorized.pages_updated() > 0 || mode.is_bulk() {
         println!("{}", vectorized.describe());
     }
     let table_rows = maintenance::counts(pool).await?.pages_estimated;
-    let plan = after_load_plan(bulk, vectorized.pages_updated(), table_rows);
-    let steps = maintain(pool, &plan).await.context(
-        "preparing the database for search after the load (run `civicload maintain` to finish)",
-    )?;
+    let plan = after_load_plan(mode, vectorized.pages_updated(), table_rows);
+    let steps = tokio::select! {
+        steps = maintain(pool, &plan) => steps.context(
+            "preparing the database for search after the load (run `civicload maintain` to finish)",
+        )?,
+        _ = cancel.cancelled() => anyhow::bail!(
+            "stopped while preparing the database for search: the pages and vectors are in; run `civicload maintain` to finish"
+        ),
+    };
     for s in &steps {
         println!("{s}");
     }
@@ -275,11 +326,12 @@ pub async fn after_backfill(pool: &PgPool, bulk: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bulk load ends with a blocking index build (nothing else should be writing), a
-/// rebuild of the btrees that vectorize churned, and VACUUM (ANALYZE) of everything; an
-/// ordinary run only builds what is missing, concurrently, and leaves vacuuming to
-/// autovacuum.
-fn after_load_plan(bulk: bool, rewritten: u64, table_rows: i64) -> MaintainPlan {
+/// A bulk load ends with a rebuild of the btrees that vectorize churned, the search
+/// indexes (a plain, faster CREATE INDEX after an initial load, when nothing is served
+/// yet; CONCURRENTLY otherwise) and VACUUM (ANALYZE) of everything; an ordinary run only
+/// builds what is missing, concurrently, and leaves vacuuming to autovacuum unless it had
+/// vectors to build.
+fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
     // Vectorize rewrote most rows: each btree of the table holds a second entry for them.
     // (A table never analyzed estimates no rows: a fresh bulk load, so rebuild.)
     let churned = rewritten > 0 && rewritten >= table_rows.max(0) as u64 / 2;
@@ -287,24 +339,19 @@ fn after_load_plan(bulk: bool, rewritten: u64, table_rows: i64) -> MaintainPlan 
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string());
-    if bulk {
-        MaintainPlan {
-            build: BuildMode::Blocking,
-            reindex: if churned {
-                Reindex::PagesBtrees
-            } else {
-                Reindex::None
-            },
-            vacuum: true,
-            maintenance_work_mem,
-        }
-    } else {
-        MaintainPlan {
-            build: BuildMode::Concurrently,
-            reindex: Reindex::None,
-            vacuum: rewritten > 0,
-            maintenance_work_mem,
-        }
+    MaintainPlan {
+        build: if mode == LoadMode::InitialBulk {
+            BuildMode::Blocking
+        } else {
+            BuildMode::Concurrently
+        },
+        reindex: if mode.is_bulk() && churned {
+            Reindex::PagesBtrees
+        } else {
+            Reindex::None
+        },
+        vacuum: mode.is_bulk() || rewritten > 0,
+        maintenance_work_mem,
     }
 }
 

@@ -29,6 +29,10 @@ use stages::store::search::{self, SearchError, VectorTarget};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// From this many missing vectors on, a present search index collects entries in its
+/// pending list while vectorize runs (below it, the per-row cost is small).
+const RELAX_INDEX_FROM: i64 = 100;
+
 /// `civicload vectorize` flags.
 #[derive(Debug, Args, Clone)]
 pub struct VectorizeArgs {
@@ -265,6 +269,11 @@ impl Vectorize {
                 (chunk, batch)
             }
         };
+        // A mass update with the search index present: let it collect entries in its
+        // pending list meanwhile (see `relax_fastupdate`), and switch back at the end, even
+        // after an error. Killed in between, `maintain` switches it back.
+        let relaxed =
+            missing >= RELAX_INDEX_FROM && search::relax_fastupdate(pool, target.index()).await?;
         let progress = VectorizeProgress::new(target, missing as u64);
         let result = async {
             loop {
@@ -311,7 +320,13 @@ impl Vectorize {
         }
         .await;
         progress.finish();
-        result?;
+        if relaxed {
+            let restored = search::restore_fastupdate_off(pool, target.index()).await;
+            result?;
+            restored?;
+        } else {
+            result?;
+        }
         report.missing_after = search::missing_count(pool, target).await?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)

@@ -464,6 +464,23 @@ async fn a_killed_vectorize_resumes_where_it_stopped() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // The server finishes (and commits) a batch whose request was already sent: wait
+    // until the killed client's sessions are gone before counting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar_i64(
+        &pool,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'civicload vectorize'",
+    )
+    .await
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the killed client's sessions linger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let left = scalar_i64(&pool, missing).await;
     assert!(
         left > 0 && left < total,
@@ -488,6 +505,8 @@ async fn a_killed_vectorize_resumes_where_it_stopped() {
         "the rerun vectorized exactly the {left} rows left:\n{out}"
     );
     assert_all_vectors_exact(&pool).await;
+    // The killed run left the search index collecting a pending list; the rerun set it back.
+    assert_search_index_ready(&pool).await;
     pool.close().await;
 }
 
@@ -554,6 +573,14 @@ async fn the_search_uses_the_gin_index_and_maintain_keeps_it_healthy() {
     )
     .await;
     assert_eq!(invalid, 0);
+    // maintain sets a search index left with fastupdate on (a killed vectorize) back off.
+    sqlx::query("ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = on)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(warnings(&health(&db), "search index").len(), 1);
+    run_ok(civicload(&db).arg("maintain"));
+    assert_search_index_ready(&pool).await;
     // maintain also rebuilds a missing search index.
     sqlx::query("DROP INDEX meeting_pages_search_vector_gin")
         .execute(&pool)
