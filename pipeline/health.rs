@@ -35,6 +35,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// ✓, ○ or ⚠.
     pub fn symbol(self) -> &'static str {
         match self {
             Verdict::Good => "✓",

@@ -3,14 +3,17 @@
 //! vectorize -> indexes -> VACUUM (ANALYZE) -> refresh of `meeting_page_stats`.
 //!
 //! When the search (GIN) indexes exist:
-//! - A bulk backfill (into an empty or nearly empty `meeting_pages`, or `--bulk`) builds
-//!   them at its end, after `vectorize`, in one plain CREATE INDEX with a raised
-//!   maintenance_work_mem. When the table was nearly empty it drops them first, so neither
-//!   the load nor vectorize maintains them row by row.
+//! - A backfill into an empty or nearly empty `meeting_pages` (an initial load, bulk by
+//!   default) drops them first, so neither the load nor vectorize maintains them row by
+//!   row, and builds them at its end, after `vectorize`, in one plain CREATE INDEX with a
+//!   raised maintenance_work_mem.
 //! - Any other backfill, and `maintain`, build them with CREATE INDEX CONCURRENTLY if they
-//!   are missing (or invalid), so writes and searches go on meanwhile.
+//!   are missing (or invalid), so writes and searches go on meanwhile. While the page index
+//!   is missing (a bulk load not finished yet), backfill stays in bulk mode.
 //! - Between those moments ordinary writes keep them current: the row trigger computes the
 //!   vector and the index is updated with it (fastupdate = off: no pending list).
+//!   `vectorize` switches a present index to fastupdate = on for its mass update and back
+//!   (see `stages::store::search::relax_fastupdate`).
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +25,7 @@ use sqlx::{ConnectOptions, PgConnection, PgPool};
 use stages::store::maintenance;
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use crate::cli::BackfillArgs;
 use crate::vectorize::{bytes, Vectorize, VectorizeArgs};
@@ -104,6 +107,7 @@ async fn maintenance_session(
 /// Runs the plan: drop leftovers of interrupted rebuilds, REINDEX CONCURRENTLY as asked,
 /// build missing search indexes, VACUUM (ANALYZE) every civicload table, refresh
 /// `meeting_page_stats`.
+#[instrument(skip_all, fields(build = ?plan.build, reindex = ?plan.reindex))]
 pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     let mut conn = maintenance_session(&pool.connect_options(), &plan.maintenance_work_mem).await?;
@@ -215,55 +219,65 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
 
 /// How a backfill run writes, decided once before any job writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoadMode {
-    /// The row trigger builds every vector as pages are written.
-    Ordinary,
-    /// Vectors are left NULL and built after the load; the search index is built
-    /// concurrently at the end if it is missing.
-    Bulk,
-    /// Bulk into an (almost) empty table: the search indexes were dropped and are built at
-    /// the end with a plain, faster CREATE INDEX (nothing is being served yet).
-    InitialBulk,
+pub struct LoadMode {
+    /// The load skips the per-row vector trigger; vectors are built after it.
+    pub bulk: bool,
+    /// `meeting_pages` was (nearly) empty: the search indexes were dropped, and are built
+    /// at the end with a plain, faster CREATE INDEX (nothing is being served yet).
+    pub initial: bool,
 }
 
 impl LoadMode {
+    /// Whether the load skips the per-row vector trigger.
     pub fn is_bulk(self) -> bool {
-        self != LoadMode::Ordinary
+        self.bulk
     }
 }
 
-/// Decides the load mode: never bulk with `--no-bulk` (or `--verify-only`); bulk with
-/// `--bulk`; otherwise bulk when `meeting_pages` holds fewer than [`BULK_THRESHOLD`]
-/// pages (an initial load), or when the page search index is missing (a bulk load that
-/// has not finished yet: nothing maintains the index, so vectors can wait for the end).
+/// Decides the load mode. Bulk: never with `--no-bulk` (or `--verify-only`); always with
+/// `--bulk`; otherwise when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages (an
+/// initial load), or when the page search index is missing (a bulk load that has not
+/// finished yet: nothing maintains the index, so vectors can wait for the end).
+///
+/// Into a nearly empty table the search indexes are dropped in any case: maintained row
+/// by row with fastupdate off they would slow every write ~10x, and rebuilding them over
+/// a few thousand pages costs nothing.
 pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<LoadMode> {
-    if args.verify_only || args.no_bulk {
-        return Ok(LoadMode::Ordinary);
+    if args.verify_only {
+        return Ok(LoadMode {
+            bulk: false,
+            initial: false,
+        });
     }
     let pages = search::pages_up_to(pool, BULK_THRESHOLD).await?;
-    if pages < BULK_THRESHOLD {
+    let initial = pages < BULK_THRESHOLD;
+    if initial {
         search::drop_search_indexes(pool).await?;
-        info!(
-            pages,
-            "Bulk mode: meeting_pages is nearly empty, so search vectors and indexes are built once after the load."
-        );
-        return Ok(LoadMode::InitialBulk);
     }
     let index_missing = search::index_state(pool, SEARCH_INDEXES[0].name)
         .await?
         .is_none_or(|s| !s.valid);
-    if args.bulk || index_missing {
+    let bulk = !args.no_bulk && (args.bulk || initial || index_missing);
+    let why = if args.no_bulk {
+        "--no-bulk"
+    } else if args.bulk {
+        "--bulk"
+    } else if initial {
+        "meeting_pages is nearly empty"
+    } else if index_missing {
+        "the search index is not built yet"
+    } else {
+        "the search index is in service"
+    };
+    if bulk {
         info!(
-            "Bulk mode ({}): new and changed pages get their search vectors after the load.",
-            if args.bulk {
-                "--bulk"
-            } else {
-                "the search index is not built yet"
-            }
+            pages,
+            "Bulk mode ({why}): search vectors are built after the load, then the search index."
         );
-        return Ok(LoadMode::Bulk);
+    } else if initial {
+        info!(pages, "Trigger mode ({why}): every page gets its vector as it is written; the search index is built after the load.");
     }
-    Ok(LoadMode::Ordinary)
+    Ok(LoadMode { bulk, initial })
 }
 
 /// After the jobs of a backfill run: build the missing vectors (a no-op when none are
@@ -328,9 +342,9 @@ async fn finish_load(
 
 /// A bulk load ends with a rebuild of the btrees that vectorize churned, the search
 /// indexes (a plain, faster CREATE INDEX after an initial load, when nothing is served
-/// yet; CONCURRENTLY otherwise) and VACUUM (ANALYZE) of everything; an ordinary run only
-/// builds what is missing, concurrently, and leaves vacuuming to autovacuum unless it had
-/// vectors to build.
+/// yet; CONCURRENTLY otherwise) and VACUUM (ANALYZE) of everything (so does an initial
+/// load in trigger mode); an ordinary run only builds what is missing, concurrently, and
+/// leaves vacuuming to autovacuum unless it had vectors to build.
 fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
     // Vectorize rewrote most rows: each btree of the table holds a second entry for them.
     // (A table never analyzed estimates no rows: a fresh bulk load, so rebuild.)
@@ -340,17 +354,17 @@ fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainP
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string());
     MaintainPlan {
-        build: if mode == LoadMode::InitialBulk {
+        build: if mode.initial {
             BuildMode::Blocking
         } else {
             BuildMode::Concurrently
         },
-        reindex: if mode.is_bulk() && churned {
+        reindex: if mode.bulk && churned {
             Reindex::PagesBtrees
         } else {
             Reindex::None
         },
-        vacuum: mode.is_bulk() || rewritten > 0,
+        vacuum: mode.bulk || mode.initial || rewritten > 0,
         maintenance_work_mem,
     }
 }

@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use stages::store::maintenance::{self, RelSizes};
 use stages::store::search::{self, SearchError, VectorTarget};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 /// From this many missing vectors on, a present search index collects entries in its
 /// pending list while vectorize runs (below it, the per-row cost is small).
@@ -93,6 +93,7 @@ pub struct VectorizeReport {
 }
 
 impl VectorizeReport {
+    /// Page vectors written by this run.
     pub fn pages_updated(&self) -> u64 {
         self.targets
             .iter()
@@ -232,6 +233,7 @@ impl Vectorize {
         Ok(report)
     }
 
+    #[instrument(skip_all, fields(table = target.table()))]
     async fn run_target(
         &self,
         pool: &PgPool,

@@ -267,6 +267,7 @@ pub struct ServerStats {
     pub server_version: String,
 }
 
+/// Database size and the server settings the report shows.
 pub async fn server_stats(pool: &PgPool) -> Result<ServerStats, SearchError> {
     let row: (String, i64, String, String, String, String, String, String) = sqlx::query_as(
         "SELECT current_database()::text, pg_database_size(current_database()),
@@ -298,6 +299,7 @@ pub struct Counts {
     pub pages_estimated: i64,
 }
 
+/// Reads [`Counts`].
 pub async fn counts(pool: &PgPool) -> Result<Counts, SearchError> {
     let (pages, docs, est): (Option<i64>, Option<i64>, Option<f32>) = sqlx::query_as(
         "SELECT (SELECT sum(page_count)::bigint FROM meeting_page_stats),

@@ -67,8 +67,10 @@ impl VectorTarget {
         }
     }
 
+    /// Meeting names first: few rows, and documents are what page results join to.
     pub const ALL: [VectorTarget; 2] = [VectorTarget::MeetingNames, VectorTarget::Pages];
 
+    /// The table holding these vectors.
     pub fn table(self) -> &'static str {
         match self {
             VectorTarget::Pages => "meeting_pages",
@@ -221,7 +223,9 @@ pub async fn pages_up_to(pool: &PgPool, limit: i64) -> Result<i64, SearchError> 
 /// A GIN index civicload builds after the data is in.
 #[derive(Clone, Copy, Debug)]
 pub struct SearchIndex {
+    /// Index name (a contract: `health` and the acceptance checks look for it).
     pub name: &'static str,
+    /// Table and column it indexes.
     pub table: &'static str,
     pub column: &'static str,
     create: &'static str,
@@ -275,6 +279,7 @@ pub struct IndexState {
 }
 
 impl IndexState {
+    /// Whether the index was built (or altered) WITH (fastupdate = off).
     pub fn fastupdate_off(&self) -> bool {
         self.options
             .iter()
