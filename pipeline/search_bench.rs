@@ -74,7 +74,12 @@ pub fn analyze_plan(explain: &Value) -> BenchReport {
 
 fn walk(node: &Value, depth: usize, r: &mut BenchReport) {
     let kind = node["Node Type"].as_str().unwrap_or("?");
-    let mut line = format!("{}{kind}", "  ".repeat(depth));
+    let parallel = if node["Parallel Aware"].as_bool() == Some(true) {
+        "Parallel "
+    } else {
+        ""
+    };
+    let mut line = format!("{}{parallel}{kind}", "  ".repeat(depth));
     if let Some(rel) = node["Relation Name"].as_str() {
         line.push_str(&format!(" on {rel}"));
     }
@@ -192,6 +197,7 @@ mod tests {
                  "Actual Loops": 1, "Shared Hit Blocks": 40, "Shared Read Blocks": 2,
                  "Plans": [{"Node Type": "Gather Merge", "Workers Planned": 2, "Workers Launched": 1,
                    "Plans": [{"Node Type": "Bitmap Heap Scan", "Relation Name": "meeting_pages",
+                     "Parallel Aware": true,
                      "Plans": [{"Node Type": "Bitmap Index Scan",
                                 "Index Name": "meeting_pages_search_vector_gin"}]}]}]},
                  "Planning Time": 0.5, "Execution Time": 6.25}]"#,
@@ -204,6 +210,7 @@ mod tests {
         assert_eq!(r.rows, 100);
         assert_eq!(r.execution_ms, 6.25);
         assert_eq!(r.plan.len(), 4);
+        assert!(r.plan[2].starts_with("    Parallel Bitmap Heap Scan on meeting_pages"));
         assert!(
             r.plan[3].starts_with("      Bitmap Index Scan using meeting_pages_search_vector_gin")
         );

@@ -511,15 +511,20 @@ pub async fn drop_search_indexes(pool: &PgPool) -> Result<(), SearchError> {
 /// (and an AND query whose terms cannot all be found in the raw text gets no fragment).
 /// Ranking happens in a subquery limited to 100 rows, so `ts_headline` (which re-parses the
 /// page text) runs for those 100 only, not for every match.
+///
+/// The tsquery is written inline, not as a `FROM websearch_to_tsquery(...) q` item: a
+/// function scan joined by nested loop cannot be split across parallel workers, the inline
+/// (stable) expression can. Measured on 200k pages, "budget" (107k matches, ranking
+/// dominates): 2.4 s serial with the FROM form, 0.9 s with 4 workers inline.
 pub const SEARCH_SQL: &str = "
 SELECT top.id, top.rank, m.subdomain, d.document_type, d.meeting_name, d.meeting_date,
        p.page_number,
        ts_headline('simple', public.unaccent(p.text), websearch_to_tsquery('simple', public.unaccent($1)),
                    'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MinWords=8, MaxWords=24') AS headline
 FROM (
-    SELECT p.id, ts_rank(p.search_vector, q) AS rank
-    FROM meeting_pages p, websearch_to_tsquery('simple', public.unaccent($1)) AS q
-    WHERE p.search_vector @@ q
+    SELECT p.id, ts_rank(p.search_vector, websearch_to_tsquery('simple', public.unaccent($1))) AS rank
+    FROM meeting_pages p
+    WHERE p.search_vector @@ websearch_to_tsquery('simple', public.unaccent($1))
     ORDER BY rank DESC, p.id
     LIMIT 100
 ) AS top
