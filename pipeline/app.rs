@@ -89,6 +89,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             println!("{} pages, digest {}", d.pages, d.digest);
             Ok(EXIT_OK)
         }
+        // Search readiness (issue 6): pipeline/vectorize.rs, maintain.rs, health.rs,
+        // search_bench.rs.
+        Command::Vectorize(args) => {
+            let pool = connect(&cli, 2).await?;
+            let finished = crate::maintain::run_vectorize(&pool, args).await?;
+            Ok(if finished { EXIT_OK } else { EXIT_INCOMPLETE })
+        }
+        Command::Maintain(args) => {
+            let pool = connect(&cli, 2).await?;
+            crate::maintain::run_maintain(&pool, args).await?;
+            Ok(EXIT_OK)
+        }
+        Command::Health(args) => {
+            let pool = connect(&cli, 2).await?;
+            crate::health::run(&pool, args).await?;
+            Ok(EXIT_OK)
+        }
+        Command::SearchBench(args) => {
+            let pool = connect(&cli, 2).await?;
+            let report = crate::search_bench::run(&pool, args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", crate::search_bench::render(&report));
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
 
@@ -101,6 +128,12 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // Each running job holds at most one connection for its batch transaction; leave room
     // for claims, heartbeats and verification.
     let pool = connect(cli, u32::from(args.concurrency) + 3).await?;
+    // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
+    let load_mode = crate::maintain::decide_bulk(&pool, &args).await?;
+    let args = BackfillArgs {
+        bulk: load_mode.is_bulk(),
+        ..args
+    };
     let cancel = CancellationToken::new();
     let backfill = Arc::new(Backfill {
         pool: pool.clone(),
@@ -134,6 +167,10 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     }
     println!("{}", report::summary_table(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
+    // Search readiness (issue 6): vectors, indexes, statistics, stats view.
+    if !result.interrupted {
+        crate::maintain::after_backfill(&pool, load_mode).await?;
+    }
     let rows = jobs::list(&pool, Some(&ids)).await?;
     let unfinished: Vec<_> = rows
         .iter()

@@ -203,7 +203,7 @@ impl Backfill {
             self.pool.clone(),
             LoadConfig {
                 owner: self.owner.clone(),
-                bulk: false,
+                bulk: self.args.bulk,
                 retry_for: Duration::from_secs(300),
             },
         );

@@ -59,6 +59,14 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Load exactly a manifest's files into an empty database, then print the digest.
     Reload(ReloadArgs),
+    /// Build the search vectors that are missing (after a bulk load; resumable).
+    Vectorize(crate::vectorize::VectorizeArgs),
+    /// VACUUM (ANALYZE), build missing search indexes, refresh meeting_page_stats.
+    Maintain(crate::maintain::MaintainArgs),
+    /// Database health report (vacuum, dead tuples, indexes, sizes, cache) with verdicts.
+    Health(crate::health::HealthArgs),
+    /// Explain the application's search for a query: plan, index, workers, time.
+    SearchBench(crate::search_bench::SearchBenchArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -152,6 +160,14 @@ pub struct BackfillArgs {
     /// Lease length, seconds: a worker that stops renewing it loses its jobs to others.
     #[arg(long, default_value_t = 60, hide = true)]
     pub lease_seconds: u64,
+    /// Bulk mode even though meeting_pages is not (nearly) empty: the load skips the
+    /// per-row search-vector trigger, and vectors are built after the load.
+    #[arg(long, conflicts_with = "no_bulk")]
+    pub bulk: bool,
+    /// Never bulk mode, even into an empty table: every page gets its vector from the row
+    /// trigger as it is written.
+    #[arg(long)]
+    pub no_bulk: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -2,8 +2,10 @@
 //! use), migrations, municipalities and the job table. Plain SQL with bound parameters.
 
 pub mod jobs;
+pub mod maintenance;
 pub mod municipalities;
 pub mod replay;
+pub mod search;
 
 use std::str::FromStr;
 use std::time::Duration;

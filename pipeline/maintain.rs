@@ -1,0 +1,417 @@
+//! `civicload maintain`, the bulk-mode decision of `backfill`, and what a backfill does
+//! after its jobs so that the database ends searchable, fast and healthy:
+//! vectorize -> indexes -> VACUUM (ANALYZE) -> refresh of `meeting_page_stats`.
+//!
+//! When the search (GIN) indexes exist:
+//! - A backfill into an empty or nearly empty `meeting_pages` (an initial load, bulk by
+//!   default) drops them first, so neither the load nor vectorize maintains them row by
+//!   row, and builds them at its end, after `vectorize`, in one plain CREATE INDEX with a
+//!   raised maintenance_work_mem.
+//! - Any other backfill, and `maintain`, build them with CREATE INDEX CONCURRENTLY if they
+//!   are missing (or invalid), so writes and searches go on meanwhile. While the page index
+//!   is missing (a bulk load not finished yet), backfill stays in bulk mode.
+//! - Between those moments ordinary writes keep them current: the row trigger computes the
+//!   vector and the index is updated with it (fastupdate = off: no pending list).
+//!   `vectorize` switches a present index to fastupdate = on for its mass update and back
+//!   (see `stages::store::search::relax_fastupdate`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection, PgPool};
+use stages::store::maintenance;
+use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::cli::BackfillArgs;
+use crate::vectorize::{bytes, Vectorize, VectorizeArgs};
+
+/// Below this many pages a backfill loads in bulk mode by itself: the table is (nearly)
+/// empty, so building vectors and indexes afterwards is far cheaper than row by row.
+pub const BULK_THRESHOLD: i64 = 10_000;
+
+/// maintenance_work_mem for index builds and VACUUM, unless configured (seed 001's value
+/// for a 16 GB server; see scripts/postgresql.conf.sample for sizing by RAM).
+pub const DEFAULT_MAINTENANCE_WORK_MEM: &str = "1GB";
+
+/// `civicload maintain` flags.
+#[derive(Debug, Args, Clone)]
+pub struct MaintainArgs {
+    /// Also rebuild every civicload index with REINDEX CONCURRENTLY (reclaims index bloat
+    /// without blocking reads or writes).
+    #[arg(long)]
+    pub reindex: bool,
+    /// maintenance_work_mem for this session's index builds and VACUUM (e.g. 512MB, 2GB).
+    #[arg(long, env = "CIVICLOAD_MAINTENANCE_WORK_MEM", default_value = DEFAULT_MAINTENANCE_WORK_MEM)]
+    pub maintenance_work_mem: String,
+}
+
+/// Which indexes to rebuild.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reindex {
+    None,
+    /// Every valid index of civicload's tables.
+    All,
+    /// The btree indexes of `meeting_pages`: a vectorize over most of the table gives
+    /// every row a new version, and each btree a second entry for it.
+    PagesBtrees,
+}
+
+/// What a maintenance run does.
+#[derive(Clone, Debug)]
+pub struct MaintainPlan {
+    pub build: BuildMode,
+    pub reindex: Reindex,
+    pub vacuum: bool,
+    pub maintenance_work_mem: String,
+}
+
+/// One step's outcome, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub step: String,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<44} {:>7.1} s  {}",
+            self.step, self.seconds, self.detail
+        )
+    }
+}
+
+/// A dedicated session for maintenance: its settings must not leak into pooled
+/// connections that the load goes on using.
+async fn maintenance_session(
+    options: &PgConnectOptions,
+    maintenance_work_mem: &str,
+) -> anyhow::Result<PgConnection> {
+    let mut conn = options
+        .clone()
+        .application_name("civicload maintain")
+        .connect()
+        .await
+        .context("opening a maintenance session")?;
+    search::prepare_maintenance_session(&mut conn, maintenance_work_mem).await?;
+    Ok(conn)
+}
+
+/// Runs the plan: drop leftovers of interrupted rebuilds, REINDEX CONCURRENTLY as asked,
+/// build missing search indexes, VACUUM (ANALYZE) every civicload table, refresh
+/// `meeting_page_stats`.
+#[instrument(skip_all, fields(build = ?plan.build, reindex = ?plan.reindex))]
+pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    let mut conn = maintenance_session(&pool.connect_options(), &plan.maintenance_work_mem).await?;
+
+    let t = Instant::now();
+    let leftovers = maintenance::drop_reindex_leftovers(pool, &mut conn).await?;
+    if !leftovers.is_empty() {
+        steps.push(Step {
+            step: "drop leftovers of interrupted rebuilds".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: leftovers.join(", "),
+        });
+    }
+
+    let targets: Vec<_> = maintenance::indexes(pool)
+        .await?
+        .into_iter()
+        .filter(|i| i.valid)
+        .filter(|i| match plan.reindex {
+            Reindex::None => false,
+            Reindex::All => true,
+            Reindex::PagesBtrees => i.table == "meeting_pages" && i.method == "btree",
+        })
+        .collect();
+    for index in targets {
+        let t = Instant::now();
+        maintenance::reindex_concurrently(&mut conn, &index.index).await?;
+        let after = search::index_state(pool, &index.index)
+            .await?
+            .map(|s| s.bytes)
+            .unwrap_or(0);
+        steps.push(Step {
+            step: format!("REINDEX CONCURRENTLY {}", index.index),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: format!("{} -> {}", bytes(index.bytes), bytes(after)),
+        });
+    }
+
+    for index in &SEARCH_INDEXES {
+        let build = search::ensure_search_index(pool, &mut conn, index, plan.build).await?;
+        steps.push(Step {
+            step: format!("search index {}", build.name),
+            seconds: build.took.as_secs_f64(),
+            detail: match (build.built, build.replaced_invalid) {
+                (false, _) if build.restored_fastupdate_off => format!(
+                    "present ({}); fastupdate set back to off, pending list merged",
+                    bytes(build.bytes)
+                ),
+                (false, _) => format!("present ({})", bytes(build.bytes)),
+                (true, false) => format!("built ({}, fastupdate off)", bytes(build.bytes)),
+                (true, true) => format!(
+                    "rebuilt an invalid one ({}, fastupdate off)",
+                    bytes(build.bytes)
+                ),
+            },
+        });
+    }
+
+    if plan.vacuum {
+        for table in maintenance::TABLES {
+            let t = Instant::now();
+            maintenance::vacuum(&mut conn, table, true).await?;
+            steps.push(Step {
+                step: format!("VACUUM (ANALYZE) {table}"),
+                seconds: t.elapsed().as_secs_f64(),
+                detail: String::new(),
+            });
+        }
+    }
+
+    let t = Instant::now();
+    maintenance::refresh_page_stats(&mut conn).await?;
+    steps.push(Step {
+        step: "REFRESH MATERIALIZED VIEW meeting_page_stats".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        detail: "concurrently".into(),
+    });
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(steps)
+}
+
+/// `civicload maintain`.
+pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<()> {
+    let plan = MaintainPlan {
+        build: BuildMode::Concurrently,
+        reindex: if args.reindex {
+            Reindex::All
+        } else {
+            Reindex::None
+        },
+        vacuum: true,
+        maintenance_work_mem: args.maintenance_work_mem.clone(),
+    };
+    let started = Instant::now();
+    let steps = maintain(pool, &plan).await?;
+    for s in &steps {
+        println!("{s}");
+    }
+    println!(
+        "Maintenance done in {:.1} s. `civicload health` shows the result.",
+        started.elapsed().as_secs_f64()
+    );
+    let missing = search::missing_count(pool, search::VectorTarget::Pages).await?;
+    if missing > 0 {
+        println!("{missing} pages have no search vector yet: run `civicload vectorize`.");
+    }
+    Ok(())
+}
+
+/// How a backfill run writes, decided once before any job writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadMode {
+    /// The load skips the per-row vector trigger; vectors are built after it.
+    pub bulk: bool,
+    /// `meeting_pages` was (nearly) empty: the search indexes were dropped, and are built
+    /// at the end with a plain, faster CREATE INDEX (nothing is being served yet).
+    pub initial: bool,
+}
+
+impl LoadMode {
+    /// Whether the load skips the per-row vector trigger.
+    pub fn is_bulk(self) -> bool {
+        self.bulk
+    }
+}
+
+/// Decides the load mode. Bulk: never with `--no-bulk` (or `--verify-only`); always with
+/// `--bulk`; otherwise when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages (an
+/// initial load), or when the page search index is missing (a bulk load that has not
+/// finished yet: nothing maintains the index, so vectors can wait for the end).
+///
+/// Into a nearly empty table the search indexes are dropped in any case: maintained row
+/// by row with fastupdate off they would slow every write ~10x, and rebuilding them over
+/// a few thousand pages costs nothing.
+pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<LoadMode> {
+    if args.verify_only {
+        return Ok(LoadMode {
+            bulk: false,
+            initial: false,
+        });
+    }
+    let pages = search::pages_up_to(pool, BULK_THRESHOLD).await?;
+    let initial = pages < BULK_THRESHOLD;
+    if initial {
+        search::drop_search_indexes(pool).await?;
+    }
+    let index_missing = search::index_state(pool, SEARCH_INDEXES[0].name)
+        .await?
+        .is_none_or(|s| !s.valid);
+    let bulk = !args.no_bulk && (args.bulk || initial || index_missing);
+    let why = if args.no_bulk {
+        "--no-bulk"
+    } else if args.bulk {
+        "--bulk"
+    } else if initial {
+        "meeting_pages is nearly empty"
+    } else if index_missing {
+        "the search index is not built yet"
+    } else {
+        "the search index is in service"
+    };
+    if bulk {
+        info!(
+            pages,
+            "Bulk mode ({why}): search vectors are built after the load, then the search index."
+        );
+    } else if initial {
+        info!(pages, "Trigger mode ({why}): every page gets its vector as it is written; the search index is built after the load.");
+    }
+    Ok(LoadMode { bulk, initial })
+}
+
+/// After the jobs of a backfill run: build the missing vectors (a no-op when none are
+/// missing), then indexes, statistics and the stats view. Prints what it did.
+pub async fn after_backfill(pool: &PgPool, mode: LoadMode) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let result = finish_load(pool, mode, &cancel, started).await;
+    signals.abort();
+    result
+}
+
+async fn finish_load(
+    pool: &PgPool,
+    mode: LoadMode,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let vectorized = Vectorize {
+        args: VectorizeArgs::default(),
+        final_vacuum: false,
+        cancel: cancel.clone(),
+    }
+    .run(&pool.connect_options())
+    .await
+    .context(
+        "building search vectors after the load (the pages are loaded; run `civicload vectorize`, then `civicload maintain`)",
+    )?;
+    if vectorized.interrupted {
+        println!("{}", vectorized.describe());
+        println!("Stopped while building search vectors: run `civicload vectorize`, then `civicload maintain`.");
+        return Ok(());
+    }
+    if vectorized.pages_updated() > 0 || mode.is_bulk() {
+        println!("{}", vectorized.describe());
+    }
+    let table_rows = maintenance::counts(pool).await?.pages_estimated;
+    let plan = after_load_plan(mode, vectorized.pages_updated(), table_rows);
+    let steps = tokio::select! {
+        steps = maintain(pool, &plan) => steps.context(
+            "preparing the database for search after the load (run `civicload maintain` to finish)",
+        )?,
+        _ = cancel.cancelled() => anyhow::bail!(
+            "stopped while preparing the database for search: the pages and vectors are in; run `civicload maintain` to finish"
+        ),
+    };
+    for s in &steps {
+        println!("{s}");
+    }
+    let sizes = maintenance::rel_sizes(pool, "meeting_pages").await?;
+    println!(
+        "Search ready in {:.1} s: meeting_pages heap {}, with TOAST {}, indexes {}, total {}.",
+        started.elapsed().as_secs_f64(),
+        bytes(sizes.heap),
+        bytes(sizes.table),
+        bytes(sizes.indexes),
+        bytes(sizes.total)
+    );
+    Ok(())
+}
+
+/// A bulk load ends with a rebuild of the btrees that vectorize churned, the search
+/// indexes (a plain, faster CREATE INDEX after an initial load, when nothing is served
+/// yet; CONCURRENTLY otherwise) and VACUUM (ANALYZE) of everything (so does an initial
+/// load in trigger mode); an ordinary run only builds what is missing, concurrently, and
+/// leaves vacuuming to autovacuum unless it had vectors to build.
+fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
+    // Vectorize rewrote most rows: each btree of the table holds a second entry for them.
+    // (A table never analyzed estimates no rows: a fresh bulk load, so rebuild.)
+    let churned = rewritten > 0 && rewritten >= table_rows.max(0) as u64 / 2;
+    let maintenance_work_mem = std::env::var("CIVICLOAD_MAINTENANCE_WORK_MEM")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string());
+    MaintainPlan {
+        build: if mode.initial {
+            BuildMode::Blocking
+        } else {
+            BuildMode::Concurrently
+        },
+        reindex: if mode.bulk && churned {
+            Reindex::PagesBtrees
+        } else {
+            Reindex::None
+        },
+        vacuum: mode.bulk || mode.initial || rewritten > 0,
+        maintenance_work_mem,
+    }
+}
+
+/// `civicload vectorize`.
+pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Result<bool> {
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let report = Vectorize {
+        args: args.clone(),
+        final_vacuum: true,
+        cancel,
+    }
+    .run(&pool.connect_options())
+    .await;
+    signals.abort();
+    let report = report?;
+    println!("{}", report.describe());
+    if !report.interrupted {
+        for index in &SEARCH_INDEXES {
+            if search::index_state(pool, index.name).await?.is_none() {
+                println!(
+                    "The search index {} does not exist yet: run `civicload maintain` to build it.",
+                    index.name
+                );
+            }
+        }
+    }
+    Ok(!report.interrupted)
+}
+
+/// First Ctrl-C / SIGTERM: finish the batches in flight, then stop.
+pub async fn cancel_on_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    warn!("Stopping: finishing the batches in flight; run the same command again to continue.");
+    cancel.cancel();
+    // Keep the signal handled (not fatal) until the caller ends.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}

@@ -1,0 +1,620 @@
+//! SQL for search readiness: building search vectors where they are missing (the work of
+//! `civicload vectorize`), the GIN indexes built after a bulk load, and the application's
+//! search query that `civicload search-bench` explains.
+//!
+//! The vector semantics live in the database (`civicload_page_vector`,
+//! `civicload_name_vector`, migrations/0001), so the row triggers, `vectorize` and the
+//! tests can never disagree about what a vector is.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, PgPool};
+
+/// A failure of a search-readiness step, naming the table or index and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    // The cause is part of the message (not a `#[source]`), so the advice comes last.
+    #[error("{step} on {object} failed: {cause}. {advice}")]
+    Sql {
+        step: &'static str,
+        object: &'static str,
+        advice: &'static str,
+        cause: sqlx::Error,
+    },
+}
+
+impl SearchError {
+    fn sql(
+        step: &'static str,
+        object: &'static str,
+        advice: &'static str,
+    ) -> impl FnOnce(sqlx::Error) -> SearchError {
+        move |cause| SearchError::Sql {
+            step,
+            object,
+            advice,
+            cause,
+        }
+    }
+
+    /// A lost connection or a restarting server: the step can simply be run again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SearchError::Sql { cause, .. } => super::is_transient_sql(cause),
+        }
+    }
+}
+
+const RERUN_VECTORIZE: &str =
+    "Nothing is lost: rerun `civicload vectorize` to continue where it stopped.";
+const RERUN_MAINTAIN: &str = "Rerun `civicload maintain`: it rebuilds what is missing or invalid.";
+
+/// Which vectors `vectorize` builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorTarget {
+    /// `meeting_pages.search_vector` from `text`.
+    Pages,
+    /// `meeting_documents.meeting_name_search_vector` from `meeting_name` (CamelCase split).
+    MeetingNames,
+}
+
+impl VectorTarget {
+    /// The search index over this target's vectors.
+    pub fn index(self) -> &'static SearchIndex {
+        match self {
+            VectorTarget::Pages => &SEARCH_INDEXES[0],
+            VectorTarget::MeetingNames => &SEARCH_INDEXES[1],
+        }
+    }
+
+    /// Meeting names first: few rows, and documents are what page results join to.
+    pub const ALL: [VectorTarget; 2] = [VectorTarget::MeetingNames, VectorTarget::Pages];
+
+    /// The table holding these vectors.
+    pub fn table(self) -> &'static str {
+        match self {
+            VectorTarget::Pages => "meeting_pages",
+            VectorTarget::MeetingNames => "meeting_documents",
+        }
+    }
+
+    /// What the user calls these rows in progress lines.
+    pub fn noun(self) -> &'static str {
+        match self {
+            VectorTarget::Pages => "pages",
+            VectorTarget::MeetingNames => "meeting names",
+        }
+    }
+
+    // Each query filters on the same predicate as the partial index
+    // (`... IS NULL`) so the planner can use it: an index-only walk over the rows still to
+    // do, in id order, however large the table.
+    fn count_sql(self) -> &'static str {
+        match self {
+            VectorTarget::Pages => "SELECT count(*) FROM meeting_pages WHERE search_vector IS NULL",
+            VectorTarget::MeetingNames => {
+                "SELECT count(*) FROM meeting_documents WHERE meeting_name_search_vector IS NULL"
+            }
+        }
+    }
+
+    fn next_ids_sql(self) -> &'static str {
+        match self {
+            VectorTarget::Pages => {
+                "SELECT id FROM meeting_pages WHERE search_vector IS NULL AND id > $1
+                 ORDER BY id LIMIT $2"
+            }
+            VectorTarget::MeetingNames => {
+                "SELECT id FROM meeting_documents WHERE meeting_name_search_vector IS NULL AND id > $1
+                 ORDER BY id LIMIT $2"
+            }
+        }
+    }
+
+    // `AND ... IS NULL` again: a row another writer vectorized (or whose text changed and
+    // the trigger recomputed) since we listed it is left alone, so the update is idempotent
+    // and safe beside the load. Under READ COMMITTED a row updated concurrently is
+    // re-checked against its newest version before it is written.
+    fn update_sql(self) -> &'static str {
+        match self {
+            VectorTarget::Pages => {
+                "UPDATE meeting_pages SET search_vector = civicload_page_vector(text)
+                 WHERE id = ANY($1) AND search_vector IS NULL"
+            }
+            VectorTarget::MeetingNames => {
+                "UPDATE meeting_documents SET meeting_name_search_vector = civicload_name_vector(meeting_name)
+                 WHERE id = ANY($1) AND meeting_name_search_vector IS NULL"
+            }
+        }
+    }
+}
+
+/// Rows whose vector is still NULL.
+pub async fn missing_count(pool: &PgPool, target: VectorTarget) -> Result<i64, SearchError> {
+    sqlx::query_scalar(target.count_sql())
+        .fetch_one(pool)
+        .await
+        .map_err(SearchError::sql(
+            "counting rows without a vector",
+            target.table(),
+            RERUN_VECTORIZE,
+        ))
+}
+
+/// Up to `limit` ids after `after` whose vector is NULL, in id order (keyset over the
+/// partial index).
+pub async fn next_missing_ids(
+    pool: &PgPool,
+    target: VectorTarget,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<i64>, SearchError> {
+    sqlx::query_scalar(target.next_ids_sql())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(SearchError::sql(
+            "listing rows without a vector",
+            target.table(),
+            RERUN_VECTORIZE,
+        ))
+}
+
+/// Builds the vectors of these rows (those still NULL) in one transaction of its own;
+/// returns how many rows it wrote.
+///
+/// `flush_stats` asks the server to publish this connection's table statistics right
+/// away (PostgreSQL 15+): otherwise the dead rows these updates leave can be reported
+/// seconds later, after the VACUUM that removed them, and `health` would see phantom
+/// dead tuples.
+pub async fn vectorize_ids(
+    conn: &mut PgConnection,
+    target: VectorTarget,
+    ids: &[i64],
+    flush_stats: bool,
+) -> Result<u64, SearchError> {
+    let err = SearchError::sql("building vectors", target.table(), RERUN_VECTORIZE);
+    let done = sqlx::query(target.update_sql())
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    if flush_stats {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut *conn)
+            .await
+            .map_err(SearchError::sql(
+                "publishing table statistics",
+                target.table(),
+                RERUN_VECTORIZE,
+            ))?;
+    }
+    Ok(done.rows_affected())
+}
+
+/// The server's version number (e.g. 150004).
+pub async fn server_version(pool: &PgPool) -> Result<i32, SearchError> {
+    let v: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
+        .fetch_one(pool)
+        .await
+        .map_err(SearchError::sql(
+            "reading the server version",
+            "server",
+            RERUN_MAINTAIN,
+        ))?;
+    Ok(v.trim().parse().unwrap_or(0))
+}
+
+/// Pages held, estimated or exact when few: `SELECT count(*)` of a 100M-row table takes
+/// minutes, and the bulk decision only needs to know "fewer than `limit`".
+pub async fn pages_up_to(pool: &PgPool, limit: i64) -> Result<i64, SearchError> {
+    sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM meeting_pages LIMIT $1) AS head")
+        .bind(limit)
+        .fetch_one(pool)
+        .await
+        .map_err(SearchError::sql(
+            "counting pages",
+            "meeting_pages",
+            "Check that the database is reachable and migrated (`civicload migrate`).",
+        ))
+}
+
+/// A GIN index civicload builds after the data is in.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchIndex {
+    /// Index name (a contract: `health` and the acceptance checks look for it).
+    pub name: &'static str,
+    /// Table and column it indexes.
+    pub table: &'static str,
+    pub column: &'static str,
+    create: &'static str,
+    create_concurrently: &'static str,
+    drop: &'static str,
+    drop_concurrently: &'static str,
+    fastupdate_on: &'static str,
+    fastupdate_off: &'static str,
+}
+
+/// The search indexes. `fastupdate = off`: no pending list, so a search never pays for
+/// merging one and results never lag behind writes (seed 000); each write updates the
+/// index itself, which is why the bulk load builds them only at its end.
+pub const SEARCH_INDEXES: [SearchIndex; 2] = [
+    SearchIndex {
+        name: "meeting_pages_search_vector_gin",
+        table: "meeting_pages",
+        column: "search_vector",
+        create: "CREATE INDEX IF NOT EXISTS meeting_pages_search_vector_gin
+                 ON meeting_pages USING gin (search_vector) WITH (fastupdate = off)",
+        create_concurrently: "CREATE INDEX CONCURRENTLY IF NOT EXISTS meeting_pages_search_vector_gin
+                 ON meeting_pages USING gin (search_vector) WITH (fastupdate = off)",
+        drop: "DROP INDEX IF EXISTS meeting_pages_search_vector_gin",
+        drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_pages_search_vector_gin",
+        fastupdate_on: "ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = on)",
+        fastupdate_off: "ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = off)",
+    },
+    SearchIndex {
+        name: "meeting_documents_name_vector_gin",
+        table: "meeting_documents",
+        column: "meeting_name_search_vector",
+        create: "CREATE INDEX IF NOT EXISTS meeting_documents_name_vector_gin
+                 ON meeting_documents USING gin (meeting_name_search_vector) WITH (fastupdate = off)",
+        create_concurrently: "CREATE INDEX CONCURRENTLY IF NOT EXISTS meeting_documents_name_vector_gin
+                 ON meeting_documents USING gin (meeting_name_search_vector) WITH (fastupdate = off)",
+        drop: "DROP INDEX IF EXISTS meeting_documents_name_vector_gin",
+        drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_documents_name_vector_gin",
+        fastupdate_on: "ALTER INDEX meeting_documents_name_vector_gin SET (fastupdate = on)",
+        fastupdate_off: "ALTER INDEX meeting_documents_name_vector_gin SET (fastupdate = off)",
+    },
+];
+
+/// What the catalog says about an index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexState {
+    pub valid: bool,
+    /// Storage options, e.g. `fastupdate=off`.
+    pub options: Vec<String>,
+    pub method: String,
+    pub bytes: i64,
+}
+
+impl IndexState {
+    /// Whether the index was built (or altered) WITH (fastupdate = off).
+    pub fn fastupdate_off(&self) -> bool {
+        self.options
+            .iter()
+            .any(|o| o == "fastupdate=off" || o == "fastupdate=false")
+    }
+}
+
+/// The catalog state of an index, None when it does not exist.
+pub async fn index_state(pool: &PgPool, name: &str) -> Result<Option<IndexState>, SearchError> {
+    let row: Option<(bool, Option<Vec<String>>, String, i64)> = sqlx::query_as(
+        "SELECT i.indisvalid, c.reloptions, am.amname::text, pg_relation_size(c.oid)
+         FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_am am ON am.oid = c.relam
+         WHERE c.oid = to_regclass($1)",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .map_err(SearchError::sql(
+        "reading the index catalog",
+        "pg_index",
+        RERUN_MAINTAIN,
+    ))?;
+    Ok(row.map(|(valid, options, method, bytes)| IndexState {
+        valid,
+        options: options.unwrap_or_default(),
+        method,
+        bytes,
+    }))
+}
+
+/// How to build an index that is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildMode {
+    /// Plain CREATE INDEX: one scan, fastest, but writes to the table wait for it. Used at
+    /// the end of a bulk load, when nothing else should be writing.
+    Blocking,
+    /// CREATE INDEX CONCURRENTLY: two scans, writes go on. Used on a database in service.
+    Concurrently,
+}
+
+/// What `ensure_search_index` did.
+#[derive(Clone, Debug)]
+pub struct IndexBuild {
+    pub name: &'static str,
+    /// False when a valid index was already there.
+    pub built: bool,
+    /// An invalid leftover (an interrupted concurrent build) was dropped first.
+    pub replaced_invalid: bool,
+    /// The index had fastupdate on (a vectorize that was killed) and was set back to off,
+    /// its pending list merged.
+    pub restored_fastupdate_off: bool,
+    pub took: Duration,
+    pub bytes: i64,
+}
+
+/// Session settings of a maintenance connection: memory for index builds and VACUUM, and
+/// no statement timeout (a server or role may set one for the application; building a GIN
+/// index over 100M pages takes far longer).
+pub async fn prepare_maintenance_session(
+    conn: &mut PgConnection,
+    maintenance_work_mem: &str,
+) -> Result<(), SearchError> {
+    // client_connection_check_interval (PostgreSQL 14+): if civicload is killed during an
+    // hour-long index build, the server notices within 10 s and stops it, instead of
+    // finishing work nobody waits for.
+    sqlx::query(
+        "SELECT set_config('maintenance_work_mem', $1, false), set_config('statement_timeout', '0', false),
+                CASE WHEN current_setting('server_version_num')::int >= 140000
+                     THEN set_config('client_connection_check_interval', '10s', false) END",
+    )
+    .bind(maintenance_work_mem)
+    .execute(&mut *conn)
+    .await
+    .map_err(SearchError::sql(
+        "setting maintenance_work_mem",
+        "session",
+        "Pass a valid size such as 1GB or 512MB.",
+    ))?;
+    Ok(())
+}
+
+/// Builds the index if it is missing (or invalid), under a transaction-level advisory lock
+/// so two civicload processes finishing at once do not build it twice.
+pub async fn ensure_search_index(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    index: &SearchIndex,
+    mode: BuildMode,
+) -> Result<IndexBuild, SearchError> {
+    let started = Instant::now();
+    let advice = RERUN_MAINTAIN;
+    let err = |step| SearchError::sql(step, index.name, advice);
+    // Session-level lock: CREATE INDEX CONCURRENTLY cannot run inside a transaction.
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(index.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(err("waiting for the index build lock"))?;
+    let result = async {
+        let mut replaced_invalid = false;
+        let existing = index_state(pool, index.name).await?;
+        if let Some(state) = &existing {
+            if state.valid {
+                let restored = restore_fastupdate_off(pool, index).await?;
+                return Ok(IndexBuild {
+                    name: index.name,
+                    built: false,
+                    replaced_invalid: false,
+                    restored_fastupdate_off: restored,
+                    took: started.elapsed(),
+                    bytes: state.bytes,
+                });
+            }
+            // An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index that
+            // IF NOT EXISTS would take for done.
+            let drop = match mode {
+                BuildMode::Blocking => index.drop,
+                BuildMode::Concurrently => index.drop_concurrently,
+            };
+            sqlx::raw_sql(drop)
+                .execute(&mut *conn)
+                .await
+                .map_err(err("dropping an invalid index"))?;
+            replaced_invalid = true;
+        }
+        let create = match mode {
+            BuildMode::Blocking => index.create,
+            BuildMode::Concurrently => index.create_concurrently,
+        };
+        sqlx::raw_sql(create)
+            .execute(&mut *conn)
+            .await
+            .map_err(err("building the index"))?;
+        let bytes = index_state(pool, index.name)
+            .await?
+            .map(|s| s.bytes)
+            .unwrap_or(0);
+        Ok(IndexBuild {
+            name: index.name,
+            built: true,
+            replaced_invalid,
+            restored_fastupdate_off: false,
+            took: started.elapsed(),
+            bytes,
+        })
+    }
+    .await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(index.name)
+        .execute(&mut *conn)
+        .await;
+    let build = result?;
+    unlock.map_err(err("releasing the index build lock"))?;
+    Ok(build)
+}
+
+/// Switches a present, valid search index to fastupdate = on for a mass update of
+/// vectors; returns whether it now has it on (switched here, or left on by a vectorize
+/// that was killed), so the caller switches it back at the end.
+///
+/// With fastupdate off every updated row inserts each of its few hundred lexemes into
+/// the index on the spot: vectorize runs ~10x slower with the index present (measured:
+/// 189 vs 2023 pages/s). With it on, rows go to the pending list, which VACUUM and
+/// [`restore_fastupdate_off`] merge in sorted bulk. Meanwhile searches also read the
+/// pending list (at most gin_pending_list_limit, 4 MB by default), so it is brief.
+pub async fn relax_fastupdate(pool: &PgPool, index: &SearchIndex) -> Result<bool, SearchError> {
+    match index_state(pool, index.name).await? {
+        Some(s) if s.valid && s.fastupdate_off() => {
+            sqlx::raw_sql(index.fastupdate_on)
+                .execute(pool)
+                .await
+                .map_err(SearchError::sql(
+                    "switching fastupdate on",
+                    index.name,
+                    RERUN_MAINTAIN,
+                ))?;
+            Ok(true)
+        }
+        Some(s) => Ok(s.valid),
+        None => Ok(false),
+    }
+}
+
+/// Sets a search index back to fastupdate = off and merges its pending list, if it has
+/// fastupdate on; returns whether it had.
+pub async fn restore_fastupdate_off(
+    pool: &PgPool,
+    index: &SearchIndex,
+) -> Result<bool, SearchError> {
+    let err = |step| SearchError::sql(step, index.name, RERUN_MAINTAIN);
+    match index_state(pool, index.name).await? {
+        Some(s) if !s.fastupdate_off() => {
+            sqlx::raw_sql(index.fastupdate_off)
+                .execute(pool)
+                .await
+                .map_err(err("switching fastupdate off"))?;
+            sqlx::query("SELECT gin_clean_pending_list(to_regclass($1))")
+                .bind(index.name)
+                .execute(pool)
+                .await
+                .map_err(err("merging the pending list"))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Drops the search indexes, so a bulk load into an (almost) empty table does not update
+/// them row by row; they are rebuilt at the end of the load.
+pub async fn drop_search_indexes(pool: &PgPool) -> Result<(), SearchError> {
+    for index in &SEARCH_INDEXES {
+        sqlx::raw_sql(index.drop)
+            .execute(pool)
+            .await
+            .map_err(SearchError::sql(
+                "dropping the index before a bulk load",
+                index.name,
+                "Rerun the backfill; `civicload maintain` rebuilds the index if it is missing.",
+            ))?;
+    }
+    Ok(())
+}
+
+/// The application's search: the top 100 pages by rank for a web-style query, with the
+/// meeting they belong to and a highlighted headline.
+///
+/// The query text goes through `unaccent` like the vectors did, so `café` finds `cafe`;
+/// so does the headline's text, or an accented word would match but not be highlighted
+/// (and an AND query whose terms cannot all be found in the raw text gets no fragment).
+/// Ranking happens in a subquery limited to 100 rows, so `ts_headline` (which re-parses the
+/// page text) runs for those 100 only, not for every match.
+///
+/// The tsquery is written inline, not as a `FROM websearch_to_tsquery(...) q` item: a
+/// function scan joined by nested loop cannot be split across parallel workers, the inline
+/// (stable) expression can. Measured on 200k pages, "budget" (107k matches, ranking
+/// dominates): 2.4 s serial with the FROM form, 0.9 s with 4 workers inline.
+pub const SEARCH_SQL: &str = "
+SELECT top.id, top.rank, m.subdomain, d.document_type, d.meeting_name, d.meeting_date,
+       p.page_number,
+       ts_headline('simple', public.unaccent(p.text), websearch_to_tsquery('simple', public.unaccent($1)),
+                   'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MinWords=8, MaxWords=24') AS headline
+FROM (
+    SELECT p.id, ts_rank(p.search_vector, websearch_to_tsquery('simple', public.unaccent($1))) AS rank
+    FROM meeting_pages p
+    WHERE p.search_vector @@ websearch_to_tsquery('simple', public.unaccent($1))
+    ORDER BY rank DESC, p.id
+    LIMIT 100
+) AS top
+JOIN meeting_pages p ON p.id = top.id
+JOIN meeting_documents d ON d.id = p.document_id
+JOIN municipalities m ON m.id = d.municipality_id
+ORDER BY top.rank DESC, top.id";
+
+/// One search result.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct SearchHit {
+    pub id: i64,
+    pub rank: f32,
+    pub subdomain: String,
+    pub document_type: String,
+    pub meeting_name: String,
+    pub meeting_date: chrono::NaiveDate,
+    pub page_number: i32,
+    pub headline: String,
+}
+
+/// Session settings for a search (seed 000's "parallel search mode"), applied with
+/// SET LOCAL so they end with the transaction (safe behind PgBouncer).
+#[derive(Clone, Copy, Debug)]
+pub struct SearchSettings {
+    /// max_parallel_workers_per_gather for this query (the server's max_parallel_workers
+    /// still caps what is launched).
+    pub workers: u32,
+    /// Turns off sequential scans: on a tiny table the planner rightly prefers one, which
+    /// hides whether the index would be used at scale.
+    pub no_seqscan: bool,
+}
+
+async fn apply_search_settings(
+    conn: &mut PgConnection,
+    settings: SearchSettings,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config('max_parallel_workers_per_gather', $1, true),
+                set_config('parallel_setup_cost', '50', true),
+                set_config('enable_seqscan', $2, true)",
+    )
+    .bind(settings.workers.to_string())
+    .bind(if settings.no_seqscan { "off" } else { "on" })
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Runs the search under EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON); returns the plan
+/// document PostgreSQL produced.
+pub async fn explain_search(
+    pool: &PgPool,
+    query: &str,
+    settings: SearchSettings,
+) -> Result<serde_json::Value, SearchError> {
+    let advice = "Check the query text; `civicload health` shows whether the search index exists.";
+    let err = |step| SearchError::sql(step, "meeting_pages", advice);
+    let mut tx = pool.begin().await.map_err(err("starting the search"))?;
+    apply_search_settings(&mut tx, settings)
+        .await
+        .map_err(err("applying the search settings"))?;
+    let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {SEARCH_SQL}"
+    ))
+    .bind(query)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(err("explaining the search"))?;
+    tx.rollback().await.map_err(err("ending the search"))?;
+    Ok(plan.0)
+}
+
+/// Runs the search and returns its results.
+pub async fn search(
+    pool: &PgPool,
+    query: &str,
+    settings: SearchSettings,
+) -> Result<Vec<SearchHit>, SearchError> {
+    let advice = "Check the query text; `civicload health` shows whether the search index exists.";
+    let err = |step| SearchError::sql(step, "meeting_pages", advice);
+    let mut tx = pool.begin().await.map_err(err("starting the search"))?;
+    apply_search_settings(&mut tx, settings)
+        .await
+        .map_err(err("applying the search settings"))?;
+    let hits = sqlx::query_as(SEARCH_SQL)
+        .bind(query)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err("searching"))?;
+    tx.rollback().await.map_err(err("ending the search"))?;
+    Ok(hits)
+}
