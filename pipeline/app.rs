@@ -169,7 +169,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view.
     if !result.interrupted {
-        crate::maintain::after_backfill(&pool, load_mode).await?;
+        prepare_for_search(&pool, load_mode, &owner).await?;
     }
     let rows = jobs::list(&pool, Some(&ids)).await?;
     let unfinished: Vec<_> = rows
@@ -204,6 +204,30 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         println!("See `civicload status --incomplete`; rerun the same command to continue them.");
         Ok(EXIT_INCOMPLETE)
     }
+}
+
+/// Vectors, indexes and statistics after a load, by the last worker to finish: while
+/// other processes still load, or one already prepares, this one leaves it to them.
+async fn prepare_for_search(
+    pool: &PgPool,
+    mode: crate::maintain::LoadMode,
+    owner: &str,
+) -> anyhow::Result<()> {
+    let others = jobs::running_elsewhere(pool, owner).await?;
+    if others > 0 {
+        println!("{others} jobs are still being loaded by other workers: the last to finish builds the search vectors and indexes (or run `civicload vectorize`, then `civicload maintain`).");
+        return Ok(());
+    }
+    let Some(mut lock) = jobs::try_post_load_lock(pool).await? else {
+        println!("Another civicload process is preparing the database for search; leaving it to that one.");
+        return Ok(());
+    };
+    let result = crate::maintain::after_backfill(pool, mode).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(jobs::POST_LOAD_LOCK)
+        .execute(&mut *lock)
+        .await;
+    result
 }
 
 async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {

@@ -12,7 +12,7 @@ use stages::reconcile::{reconcile, Verdict};
 use stages::source::SourceClient;
 use stages::store::jobs::{self, JobRow, Outcome};
 use stages::store::municipalities;
-use stages::DocumentType;
+use stages::{DocumentType, JobKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -271,7 +271,7 @@ impl Backfill {
         let (mut outcome, mut error) = (outcome, error);
         if outcome == Outcome::Completed {
             let verify_started = Instant::now();
-            match reconcile(&self.pool, &self.client, &job).await {
+            match reconcile_with_retries(&self.pool, &self.client, &job).await {
                 Ok(r) => {
                     if matches!(r.verdict, Verdict::Short { .. }) {
                         outcome = Outcome::Failed;
@@ -287,13 +287,15 @@ impl Backfill {
             warn!(job = %job, "Job failed: {e}");
         }
         result.seconds = started.elapsed().as_secs_f64();
-        match jobs::release(
-            &self.pool,
-            job.job_id,
-            &self.owner,
-            outcome,
-            error.as_deref(),
-        )
+        match with_db_retries(|| {
+            jobs::release(
+                &self.pool,
+                job.job_id,
+                &self.owner,
+                outcome,
+                error.as_deref(),
+            )
+        })
         .await
         {
             Ok(true) => {}
@@ -407,6 +409,34 @@ pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> any
         }
     }
     Ok(released)
+}
+
+/// Reconciles a job, retrying through a lost connection or a restarting server.
+async fn reconcile_with_retries(
+    pool: &PgPool,
+    client: &SourceClient,
+    job: &JobKey,
+) -> Result<stages::reconcile::Reconciliation, stages::reconcile::ReconcileError> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut attempt = 0;
+    loop {
+        match reconcile(pool, client, job).await {
+            Err(stages::reconcile::ReconcileError::Sql(e))
+                if stages::store::is_transient_sql(&e) && Instant::now() < deadline =>
+            {
+                attempt += 1;
+                warn!(job = %job, attempt, error = %e, "Database unavailable while verifying; retrying.");
+                tokio::time::sleep(stages::source::backoff_delay(
+                    attempt,
+                    Duration::from_millis(250),
+                    Duration::from_secs(10),
+                    None,
+                ))
+                .await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Retries a job-table call through a lost connection or a restarting server.

@@ -422,3 +422,28 @@ pub async fn expected_remaining(pool: &PgPool, ids: &[i64]) -> Result<Option<i64
     .fetch_one(pool)
     .await
 }
+
+/// Jobs being loaded right now by other live workers (any run).
+pub async fn running_elsewhere(pool: &PgPool, owner: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM backfill_jobs WHERE status = 'running' AND lease_owner <> $1 AND lease_expires_at >= now()")
+        .bind(owner)
+        .fetch_one(pool)
+        .await
+}
+
+/// The key of the session advisory lock that lets one process at a time prepare the
+/// database for search after a load (VACUUM, index builds and concurrent DDL from several
+/// processes would otherwise deadlock).
+pub const POST_LOAD_LOCK: i64 = 0x6369_7669_6370_6c01;
+
+/// Tries the post-load lock on a connection of its own; the lock lives as long as it.
+pub async fn try_post_load_lock(
+    pool: &PgPool,
+) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(POST_LOAD_LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(got.then_some(conn))
+}
