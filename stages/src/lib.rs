@@ -11,6 +11,7 @@ pub mod secret;
 pub mod source;
 pub mod store;
 pub mod transform;
+pub mod tsvector;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
 pub use secret::Secret;
