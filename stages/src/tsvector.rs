@@ -58,7 +58,7 @@ use bytes::{BufMut, BytesMut};
 use sqlx::PgPool;
 use tracing::info;
 
-use parser::{class, Ch, Parser};
+use parser::{class, Ch, Dispatch, Parser};
 pub use probe::VERIFIED_MAJOR_VERSIONS;
 
 /// Tokens of this many bytes or more are skipped (`MAXSTRLEN` = 2^11 - 1, `lenlemm >=
@@ -167,6 +167,8 @@ pub(crate) struct Rules {
     unaccent_ascii: bool,
     /// Token types the configuration indexes.
     indexed: [bool; parser::tok::LAST as usize + 1],
+    /// The parser's first-match table for these classes.
+    dispatch: Dispatch,
 }
 
 impl Rules {
@@ -213,6 +215,9 @@ impl Rules {
 
     /// `unaccent()` of the whole text: borrowed when nothing changes (the common case).
     fn unaccent<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if !self.unaccent_ascii && text.is_ascii() {
+            return Cow::Borrowed(text);
+        }
         let first = text
             .char_indices()
             .find(|&(_, c)| (c as u32 >= 0x80 || self.unaccent_ascii) && self.unaccent_of(c).is_some());
@@ -230,18 +235,24 @@ impl Rules {
         Cow::Owned(out)
     }
 
-    /// `lowerstr`: `towlower` per character.
+    /// `lowerstr`: `towlower` per character, appended as UTF-8.
     #[inline]
-    fn push_lower(&self, token: &str, out: &mut String) {
+    fn push_lower(&self, token: &str, out: &mut Vec<u8>) {
+        if token.is_ascii() {
+            out.extend(token.bytes().map(|b| self.ascii_lower[b as usize]));
+            return;
+        }
+        let mut utf8 = [0u8; 4];
         for c in token.chars() {
             let cp = c as u32;
             if cp < 0x80 {
-                out.push(self.ascii_lower[cp as usize] as char);
+                out.push(self.ascii_lower[cp as usize]);
             } else {
-                match self.lower.binary_search_by_key(&cp, |&(k, _)| k) {
-                    Ok(i) => out.push(char::from_u32(self.lower[i].1).unwrap_or(c)),
-                    Err(_) => out.push(c),
-                }
+                let l = match self.lower.binary_search_by_key(&cp, |&(k, _)| k) {
+                    Ok(i) => char::from_u32(self.lower[i].1).unwrap_or(c),
+                    Err(_) => c,
+                };
+                out.extend_from_slice(l.encode_utf8(&mut utf8).as_bytes());
             }
         }
     }
@@ -286,26 +297,40 @@ impl VectorBuilder {
     /// The server's `civicload_page_vector(text)` for `text`, or `None` when civicload
     /// cannot guarantee the identical result (see the module docs); pass `""` for NULL.
     pub fn vector(&self, text: &str) -> Option<Tsv> {
+        let rules = &self.rules;
         if text.as_bytes().contains(&0) {
             return None;
         }
-        let rules = &self.rules;
         let text = rules.unaccent(text);
         let bytes = text.as_bytes();
 
         let mut chars: Vec<Ch> = Vec::with_capacity(bytes.len() + 1);
-        for (off, c) in text.char_indices() {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b < 0x80 {
+                chars.push(Ch {
+                    off: i as u32,
+                    len: 1,
+                    byte: b,
+                    class: rules.ascii_class[b as usize],
+                });
+                i += 1;
+                continue;
+            }
+            let c = text[i..].chars().next().expect("a char starts here");
             let class = rules.class(c);
             if class & class::UNVERIFIED != 0 {
                 return None;
             }
-            let len = c.len_utf8() as u8;
+            let len = c.len_utf8();
             chars.push(Ch {
-                off: off as u32,
-                len,
-                byte: if len == 1 { c as u8 } else { 0 },
+                off: i as u32,
+                len: len as u8,
+                byte: 0,
                 class,
             });
+            i += len;
         }
         chars.push(Ch {
             off: bytes.len() as u32,
@@ -315,10 +340,10 @@ impl VectorBuilder {
         });
 
         // parsetext: each indexed token takes the next position.
-        let mut lexemes = String::with_capacity(bytes.len() + 16);
+        let mut lexemes: Vec<u8> = Vec::with_capacity(bytes.len() + 16);
         let mut words: Vec<Word> = Vec::with_capacity(bytes.len() / 5 + 1);
         let mut position: u32 = 0;
-        let mut parser = Parser::new(bytes, &chars);
+        let mut parser = Parser::new(bytes, &chars, Some(&rules.dispatch));
         while let Some(token) = parser.next_token() {
             if token.len >= MAXSTRLEN || !rules.indexed[token.ty as usize] {
                 continue;
@@ -331,47 +356,75 @@ impl VectorBuilder {
                 // A lowercase longer than its token overflows tsvector's 11-bit length.
                 return None;
             }
-            words.push(Word {
-                start: start as u32,
-                len: len as u16,
-                pos: position.min(MAX_POSITION) as u16,
-            });
+            words.push(Word::new(&lexemes, start, len, position.min(MAX_POSITION) as u16));
         }
         make_tsvector(lexemes, words)
     }
 }
 
-/// One lexeme occurrence before merging.
+/// One lexeme occurrence before merging. `prefix` holds the first 8 bytes big-endian
+/// (zero-padded; lexemes hold no NUL), so most comparisons need no memcmp.
 #[derive(Clone, Copy)]
 struct Word {
+    prefix: u64,
     start: u32,
     len: u16,
     pos: u16,
 }
 
-/// `uniqueWORD` + `make_tsvector`.
-fn make_tsvector(lexemes: String, mut words: Vec<Word>) -> Option<Tsv> {
-    let buf = lexemes.as_bytes();
-    let key = |w: &Word| &buf[w.start as usize..w.start as usize + w.len as usize];
-    words.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.pos.cmp(&b.pos)));
+impl Word {
+    #[inline]
+    fn new(buf: &[u8], start: usize, len: usize, pos: u16) -> Word {
+        let mut head = [0u8; 8];
+        let n = len.min(8);
+        head[..n].copy_from_slice(&buf[start..start + n]);
+        Word {
+            prefix: u64::from_be_bytes(head),
+            start: start as u32,
+            len: len as u16,
+            pos,
+        }
+    }
+
+    #[inline]
+    fn bytes<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.start as usize..self.start as usize + self.len as usize]
+    }
+}
+
+/// `uniqueWORD` + `make_tsvector`. The order is tsCompareString's: bytes compared with
+/// memcmp, a prefix before the longer lexeme; equal lexemes by position.
+fn make_tsvector(buf: Vec<u8>, mut words: Vec<Word>) -> Option<Tsv> {
+    words.sort_unstable_by(|a, b| {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| {
+                if a.len <= 8 && b.len <= 8 {
+                    // Equal zero-padded prefixes of short lexemes: equal lexemes.
+                    std::cmp::Ordering::Equal
+                } else {
+                    a.bytes(&buf)[(a.len as usize).min(8)..]
+                        .cmp(&b.bytes(&buf)[(b.len as usize).min(8)..])
+                }
+            })
+            .then(a.pos.cmp(&b.pos))
+    });
 
     let mut out = Tsv {
-        lexemes: String::with_capacity(lexemes.len() / 2),
+        lexemes: Vec::with_capacity(buf.len() / 2),
         entries: Vec::with_capacity(words.len() / 2 + 1),
         positions: Vec::with_capacity(words.len()),
     };
     let mut i = 0;
     while i < words.len() {
         let w = words[i];
-        let word = key(&w);
+        let word = w.bytes(&buf);
         let start = out.lexemes.len() as u32;
-        // SAFETY of from_utf8: lexemes are whole lowercased tokens, cut at char boundaries.
-        out.lexemes
-            .push_str(std::str::from_utf8(word).expect("lexemes are UTF-8"));
+        out.lexemes.extend_from_slice(word);
         let pos_start = out.positions.len() as u32;
         out.positions.push(w.pos);
         let mut j = i + 1;
-        while j < words.len() && key(&words[j]) == word {
+        while j < words.len() && words[j].prefix == w.prefix && words[j].bytes(&buf) == word {
             let p = words[j].pos;
             let n = out.positions.len() - pos_start as usize;
             let last = *out.positions.last().expect("one position pushed");
@@ -406,7 +459,8 @@ fn make_tsvector(lexemes: String, mut words: Vec<Word>) -> Option<Tsv> {
 /// A search vector: sorted, distinct lexemes with their positions (weight D).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tsv {
-    lexemes: String,
+    /// The lexemes back to back; always UTF-8 (lowercased pieces of a `&str`).
+    lexemes: Vec<u8>,
     entries: Vec<Entry>,
     positions: Vec<u16>,
 }
@@ -436,7 +490,8 @@ impl Tsv {
             let s = e.start as usize;
             let p = e.pos_start as usize;
             (
-                &self.lexemes[s..s + e.len as usize],
+                std::str::from_utf8(&self.lexemes[s..s + e.len as usize])
+                    .expect("lexemes are lowercased UTF-8 text"),
                 &self.positions[p..p + e.npos as usize],
             )
         })
@@ -478,12 +533,14 @@ impl Tsv {
     pub fn encode_binary(&self, out: &mut BytesMut) {
         out.reserve(self.binary_len());
         out.put_i32(self.entries.len() as i32);
-        for (lexeme, positions) in self.iter() {
-            out.put_slice(lexeme.as_bytes());
+        for e in &self.entries {
+            let s = e.start as usize;
+            out.put_slice(&self.lexemes[s..s + e.len as usize]);
             out.put_u8(0);
-            out.put_u16(positions.len() as u16);
-            for &p in positions {
-                out.put_u16(p);
+            out.put_u16(e.npos);
+            let p = e.pos_start as usize;
+            for &pos in &self.positions[p..p + e.npos as usize] {
+                out.put_u16(pos);
             }
         }
     }
@@ -501,16 +558,12 @@ mod tests {
     use super::*;
 
     fn tsv(words: &[(&str, u16)]) -> Tsv {
-        let mut lexemes = String::new();
+        let mut lexemes = Vec::new();
         let mut v = Vec::new();
         for (w, p) in words {
-            let start = lexemes.len() as u32;
-            lexemes.push_str(w);
-            v.push(Word {
-                start,
-                len: w.len() as u16,
-                pos: *p,
-            });
+            let start = lexemes.len();
+            lexemes.extend_from_slice(w.as_bytes());
+            v.push(Word::new(&lexemes, start, w.len(), *p));
         }
         make_tsvector(lexemes, v).unwrap()
     }
@@ -554,6 +607,7 @@ mod tests {
                 unaccent_text: String::new(),
                 unaccent_ascii: false,
                 indexed,
+                dispatch: Dispatch::new(&ascii_class),
             },
             summary: RulesSummary::default(),
         }
@@ -580,6 +634,12 @@ mod tests {
         // PostgreSQL: to_tsvector('simple', 'bb a ab b a') = 'a':2,5 'ab':3 'b':4 'bb':1
         let t = tsv(&[("bb", 1), ("a", 2), ("ab", 3), ("b", 4), ("a", 5)]);
         assert_eq!(t.to_text(), "'a':2,5 'ab':3 'b':4 'bb':1");
+        // Beyond the 8-byte sort prefix.
+        let t = tsv(&[("abcdefghij", 1), ("abcdefgh", 2), ("abcdefghi", 3), ("abcdefgha", 4), ("abcdefghi", 5)]);
+        assert_eq!(
+            t.to_text(),
+            "'abcdefgh':2 'abcdefgha':4 'abcdefghi':3,5 'abcdefghij':1"
+        );
     }
 
     #[test]
@@ -608,7 +668,7 @@ mod tests {
             &[0, 0, 0, 2, b'a', b'b', 0, 0, 2, 0, 1, 0, 3, b'c', 0, 0, 1, 0, 2]
         );
         assert_eq!(out.len(), t.binary_len());
-        let empty = make_tsvector(String::new(), Vec::new()).unwrap();
+        let empty = make_tsvector(Vec::new(), Vec::new()).unwrap();
         assert_eq!(empty.to_text(), "");
         assert_eq!(empty.binary_len(), 4);
     }

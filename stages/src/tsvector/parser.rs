@@ -979,7 +979,7 @@ struct Pos {
     len_chars: usize,
     state: St,
     /// Index of the action that pushed from this position (`pushedAtAction`).
-    pushed_at: Option<usize>,
+    pushed_at: Option<u8>,
 }
 
 impl Pos {
@@ -994,6 +994,177 @@ impl Pos {
     }
 }
 
+/// Number of real states (all but `Null`).
+const STATES: usize = Null as usize;
+/// Character keys of the dispatch table: 0 = end of text, 1..=127 = that ASCII byte,
+/// 128 + class bits = a non-ASCII character of that class.
+const CHAR_KEYS: usize = 128 + 32;
+/// Keys also depend on the `ignore` and `wanthost` flags.
+const KEYS: usize = CHAR_KEYS * 4;
+/// A dispatch entry that needs the nested parse of `p_ishost` / `p_isURLPath`.
+const DYNAMIC: u8 = u8::MAX;
+
+/// The first action each state would take for each key, precomputed from the tables by
+/// the same first-match rule as `TParserGet`: the driver then makes one lookup per
+/// character instead of trying actions one by one. Entries whose choice depends on a
+/// nested parse are `DYNAMIC` and take the linear path.
+pub(crate) struct Dispatch(Box<[u8]>);
+
+impl Dispatch {
+    /// The table for these ASCII classes (non-ASCII keys carry their class in the key).
+    pub(crate) fn new(ascii_class: &[u8; 128]) -> Self {
+        let mut table = vec![DYNAMIC; STATES * KEYS].into_boxed_slice();
+        for (s, row) in table.chunks_mut(KEYS).enumerate() {
+            // SAFETY-free conversion: St is repr(u8) and s < STATES.
+            let state = ALL_STATES[s];
+            for (k, entry) in row.iter_mut().enumerate() {
+                let ch = k % CHAR_KEYS;
+                let ignore = (k / CHAR_KEYS) & 1 != 0;
+                let wanthost = (k / CHAR_KEYS) & 2 != 0;
+                let (eof, byte, class) = if ch == 0 {
+                    (true, None, 0)
+                } else if ch < 128 {
+                    (false, Some(ch as u8), ascii_class[ch])
+                } else {
+                    (false, None, (ch - 128) as u8)
+                };
+                *entry = DYNAMIC;
+                for (i, item) in actions(state).iter().enumerate() {
+                    let hit = match item.test {
+                        Any => Some(true),
+                        Eof => Some(eof),
+                        Eq(b) => Some(byte == Some(b)),
+                        Ignore => Some(ignore),
+                        AscLet => Some(byte.is_some() && class & class::ALPHA != 0),
+                        Alpha => Some(class & class::ALPHA != 0),
+                        Digit => Some(class & class::DIGIT != 0),
+                        Alnum => Some(class & (class::ALPHA | class::DIGIT) != 0),
+                        NotAlnum => Some(class & (class::ALPHA | class::DIGIT) == 0),
+                        Special => Some(class & class::SPECIAL != 0),
+                        Space => Some(class & class::SPACE != 0),
+                        XDigit => Some(class & class::XDIGIT != 0),
+                        StopHost => Some(wanthost),
+                        UrlChar => Some(byte.is_some_and(is_url_char)),
+                        Host | UrlPath => None,
+                    };
+                    match hit {
+                        Some(true) => {
+                            *entry = i as u8;
+                            break;
+                        }
+                        Some(false) => continue,
+                        None => break,
+                    }
+                }
+            }
+        }
+        Dispatch(table)
+    }
+
+    #[inline]
+    fn get(&self, state: St, ch: Ch, ignore: bool, wanthost: bool) -> u8 {
+        let key = if ch.len == 0 {
+            0
+        } else if ch.len == 1 {
+            ch.byte as usize
+        } else {
+            128 + (ch.class & 31) as usize
+        };
+        let key = key + CHAR_KEYS * (ignore as usize + 2 * wanthost as usize);
+        self.0[state as usize * KEYS + key]
+    }
+}
+
+static ALL_STATES: [St; STATES] = [
+    Base,
+    InNumWord,
+    InAsciiWord,
+    InWord,
+    InUnsignedInt,
+    InSignedIntFirst,
+    InSignedInt,
+    InSpace,
+    InUDecimalFirst,
+    InUDecimal,
+    InDecimalFirst,
+    InDecimal,
+    InVerVersion,
+    InSVerVersion,
+    InVersionFirst,
+    InVersion,
+    InMantissaFirst,
+    InMantissaSign,
+    InMantissa,
+    InXMLEntityFirst,
+    InXMLEntity,
+    InXMLEntityNumFirst,
+    InXMLEntityNum,
+    InXMLEntityHexNumFirst,
+    InXMLEntityHexNum,
+    InXMLEntityEnd,
+    InTagFirst,
+    InXMLBegin,
+    InTagCloseFirst,
+    InTagName,
+    InTagBeginEnd,
+    InTag,
+    InTagEscapeK,
+    InTagEscapeKK,
+    InTagBackSleshed,
+    InTagEnd,
+    InCommentFirst,
+    InCommentLast,
+    InComment,
+    InCloseCommentFirst,
+    InCloseCommentLast,
+    InCommentEnd,
+    InHostFirstDomain,
+    InHostDomainSecond,
+    InHostDomain,
+    InPortFirst,
+    InPort,
+    InHostFirstAN,
+    InHost,
+    InEmail,
+    InFileFirst,
+    InFileTwiddle,
+    InPathFirst,
+    InPathFirstFirst,
+    InPathSecond,
+    InFile,
+    InFileNext,
+    InURLPathFirst,
+    InURLPathStart,
+    InURLPath,
+    InFURL,
+    InProtocolFirst,
+    InProtocolSecond,
+    InProtocolEnd,
+    InHyphenAsciiWordFirst,
+    InHyphenAsciiWord,
+    InHyphenWordFirst,
+    InHyphenWord,
+    InHyphenNumWordFirst,
+    InHyphenNumWord,
+    InHyphenDigitLookahead,
+    InParseHyphen,
+    InParseHyphenHyphen,
+    InHyphenWordPart,
+    InHyphenAsciiWordPart,
+    InHyphenNumWordPart,
+    InHyphenUnsignedInt,
+];
+
+/// `p_isurlchar`: printable ASCII except what RFC 3986 disallows.
+#[inline]
+fn is_url_char(b: u8) -> bool {
+    (0x21..0x7f).contains(&b)
+        && !matches!(
+            b,
+            b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+        )
+}
+
 /// The default parser over one text (`TParser`).
 pub(crate) struct Parser<'a> {
     text: &'a [u8],
@@ -1001,7 +1172,12 @@ pub(crate) struct Parser<'a> {
     chars: &'a [Ch],
     /// Index of the sentinel: the end of the text.
     end: usize,
-    stack: Vec<Pos>,
+    /// First-match table; `None` tries actions one by one (tests compare both).
+    dispatch: Option<&'a Dispatch>,
+    /// The current position: the top of C's position stack.
+    cur: Pos,
+    /// The positions pushed below it, oldest first.
+    saved: Vec<Pos>,
     /// Inside `<script>`/`<style>`: text is blank until the closing tag.
     ignore: bool,
     wanthost: bool,
@@ -1013,20 +1189,25 @@ pub(crate) struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     /// A parser over `text`, whose characters (plus a final sentinel) are `chars`.
-    pub(crate) fn new(text: &'a [u8], chars: &'a [Ch]) -> Self {
-        Self::at(text, chars, 0, Base)
+    pub(crate) fn new(text: &'a [u8], chars: &'a [Ch], dispatch: Option<&'a Dispatch>) -> Self {
+        Self::at(text, chars, dispatch, 0, Base)
     }
 
     /// `TParserCopyInit`: a fresh parser starting at character `start` of the same text.
-    fn at(text: &'a [u8], chars: &'a [Ch], start: usize, state: St) -> Self {
-        let end = chars.len() - 1;
-        let mut stack = Vec::with_capacity(8);
-        stack.push(Pos::new(start, state));
+    fn at(
+        text: &'a [u8],
+        chars: &'a [Ch],
+        dispatch: Option<&'a Dispatch>,
+        start: usize,
+        state: St,
+    ) -> Self {
         Parser {
             text,
             chars,
-            end,
-            stack,
+            end: chars.len() - 1,
+            dispatch,
+            cur: Pos::new(start, state),
+            saved: Vec::new(),
             ignore: false,
             wanthost: false,
             token_start: start,
@@ -1048,31 +1229,37 @@ impl<'a> Parser<'a> {
         })
     }
 
-    #[inline]
-    fn top(&mut self) -> &mut Pos {
-        self.stack.last_mut().expect("parser stack is never empty")
-    }
-
     /// `TParserGet`, transcribed.
     fn get(&mut self) -> bool {
-        let start = self.top().pos;
-        if start >= self.end {
+        if self.cur.pos >= self.end {
             return false;
         }
-        self.token_start = start;
-        self.top().pushed_at = None;
+        self.token_start = self.cur.pos;
+        self.cur.pushed_at = None;
 
         let last_flags = loop {
-            let (state, resume) = {
-                let top = self.top();
-                (top.state, top.pushed_at.take())
-            };
+            let state = self.cur.state;
             let items = actions(state);
-            // After a POP, pick up at the test after the one that pushed.
-            let mut idx = resume.map_or(0, |i| i + 1);
-            while !self.test(items[idx].test) {
-                idx += 1;
-            }
+            let idx = match self.cur.pushed_at.take() {
+                // After a POP, pick up at the test after the one that pushed.
+                Some(i) => self.scan(items, i as usize + 1),
+                None => match self.dispatch {
+                    Some(d) => {
+                        let ch = self.chars[self.cur.pos];
+                        match d.get(state, ch, self.ignore, self.wanthost) {
+                            DYNAMIC => self.scan(items, 0),
+                            i => {
+                                if items[i as usize].test == StopHost {
+                                    // p_isstophost's side effect.
+                                    self.wanthost = false;
+                                }
+                                i as usize
+                            }
+                        }
+                    }
+                    None => self.scan(items, 0),
+                },
+            };
             let item = items[idx];
 
             match item.special {
@@ -1080,61 +1267,48 @@ impl<'a> Parser<'a> {
                 Special::Tags => self.special_tags(),
                 Special::FUrl => {
                     self.wanthost = true;
-                    let top = self.top();
-                    top.pos -= top.len_chars;
+                    self.cur.pos -= self.cur.len_chars;
                 }
-                Special::Hyphen => {
-                    let top = self.top();
-                    top.pos -= top.len_chars;
-                }
+                Special::Hyphen => self.cur.pos -= self.cur.len_chars,
                 Special::VerVersion => {
-                    let top = self.top();
-                    top.pos -= top.len_chars;
-                    top.len_bytes = 0;
-                    top.len_chars = 0;
+                    self.cur.pos -= self.cur.len_chars;
+                    self.cur.len_bytes = 0;
+                    self.cur.len_chars = 0;
                 }
             }
 
             if item.flags & A_BINGO != 0 {
-                let top = *self.top();
-                self.token_bytes = top.len_bytes;
-                self.token_chars = top.len_chars;
-                let t = self.top();
-                t.len_bytes = 0;
-                t.len_chars = 0;
+                self.token_bytes = self.cur.len_bytes;
+                self.token_chars = self.cur.len_chars;
+                self.cur.len_bytes = 0;
+                self.cur.len_chars = 0;
                 self.ty = item.ty;
             }
 
             if item.flags & A_POP != 0 {
-                self.stack.pop();
-                debug_assert!(!self.stack.is_empty());
+                self.cur = self.saved.pop().expect("POP needs a pushed position");
             } else if item.flags & A_PUSH != 0 {
-                let top = self.top();
-                top.pushed_at = Some(idx);
-                let mut copy = *top;
-                copy.pushed_at = None;
-                self.stack.push(copy);
+                let mut below = self.cur;
+                below.pushed_at = Some(idx as u8);
+                self.saved.push(below);
+                self.cur.pushed_at = None;
             } else if item.flags & A_CLEAR != 0 {
-                let n = self.stack.len();
-                debug_assert!(n >= 2);
-                self.stack.remove(n - 2);
+                self.saved.pop().expect("CLEAR needs a pushed position");
             } else if item.flags & A_CLRALL != 0 {
-                let top = *self.top();
-                self.stack.clear();
-                self.stack.push(top);
+                self.saved.clear();
             } else if item.flags & A_MERGE != 0 {
-                let ptr = self.stack.pop().expect("merge needs a pushed state");
-                let top = self.top();
-                top.pos = ptr.pos;
-                top.len_bytes = ptr.len_bytes;
-                top.len_chars = ptr.len_chars;
+                let ptr = self.cur;
+                self.cur = self.saved.pop().expect("MERGE needs a pushed position");
+                self.cur.pos = ptr.pos;
+                self.cur.len_bytes = ptr.len_bytes;
+                self.cur.len_chars = ptr.len_chars;
             }
 
             if item.to != Null {
-                self.top().state = item.to;
+                self.cur.state = item.to;
             }
 
-            let pos = self.top().pos;
+            let pos = self.cur.pos;
             if item.flags & A_BINGO != 0 || (pos >= self.end && item.flags & A_RERUN == 0) {
                 break item.flags;
             }
@@ -1144,19 +1318,26 @@ impl<'a> Parser<'a> {
             // Move forward one character (C: only if charlen, i.e. not at the end).
             let len = self.chars[pos].len as usize;
             if len != 0 {
-                let top = self.top();
-                top.pos += 1;
-                top.len_bytes += len;
-                top.len_chars += 1;
+                self.cur.pos += 1;
+                self.cur.len_bytes += len;
+                self.cur.len_chars += 1;
             }
         };
         last_flags & A_BINGO != 0
     }
 
+    /// Tries the actions from `from` on, in order: the index of the first that passes.
+    fn scan(&mut self, items: &[Item], from: usize) -> usize {
+        let mut idx = from;
+        while !self.test(items[idx].test) {
+            idx += 1;
+        }
+        idx
+    }
+
     /// The character-class test of an action, at the current position.
-    #[inline]
     fn test(&mut self, test: Test) -> bool {
-        let pos = self.top().pos;
+        let pos = self.cur.pos;
         let ch = self.chars[pos];
         let c = ch.class;
         match test {
@@ -1164,7 +1345,7 @@ impl<'a> Parser<'a> {
             Eof => pos == self.end,
             Eq(b) => ch.len == 1 && ch.byte == b,
             Ignore => self.ignore,
-            AscLet => ch.len == 1 && ch.byte < 0x80 && c & class::ALPHA != 0,
+            AscLet => ch.len == 1 && c & class::ALPHA != 0,
             Alpha => c & class::ALPHA != 0,
             Digit => c & class::DIGIT != 0,
             Alnum => c & (class::ALPHA | class::DIGIT) != 0,
@@ -1184,33 +1365,26 @@ impl<'a> Parser<'a> {
             }
             Host => self.sub_parse(Base, true, HOST),
             UrlPath => self.sub_parse(InURLPathFirst, false, URLPATH),
-            UrlChar => {
-                ch.len == 1
-                    && (0x21..0x7f).contains(&ch.byte)
-                    && !matches!(
-                        ch.byte,
-                        b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
-                    )
-            }
+            UrlChar => ch.len == 1 && is_url_char(ch.byte),
         }
     }
 
     /// `p_ishost` / `p_isURLPath`: run a nested parser from here; if its first token has
     /// the wanted type, swallow it into the current token.
     fn sub_parse(&mut self, state: St, wanthost: bool, want: u8) -> bool {
-        let pos = self.top().pos;
-        let mut sub = Parser::at(self.text, self.chars, pos, Base);
+        let pos = self.cur.pos;
+        let mut sub = Parser::at(self.text, self.chars, self.dispatch, pos, Base);
         if state != Base {
             // p_isURLPath pushes a second position whose state is InURLPathFirst.
-            sub.stack.push(Pos::new(pos, state));
+            sub.saved.push(sub.cur);
+            sub.cur = Pos::new(pos, state);
         }
         sub.wanthost = wanthost;
         if sub.get() && sub.ty == want {
             let (bytes, chars) = (sub.token_bytes, sub.token_chars);
-            let top = self.top();
-            top.pos += chars;
-            top.len_bytes += bytes;
-            top.len_chars += chars;
+            self.cur.pos += chars;
+            self.cur.len_bytes += bytes;
+            self.cur.len_chars += chars;
             true
         } else {
             false
@@ -1219,7 +1393,7 @@ impl<'a> Parser<'a> {
 
     /// `SpecialTags`: `<script` and `<style` start ignoring text, their closing tags end it.
     fn special_tags(&mut self) {
-        let n = self.top().len_chars;
+        let n = self.cur.len_chars;
         let off = self.chars[self.token_start].off as usize;
         // pg_strncasecmp over n bytes of the token: ASCII case folding only (a byte of a
         // multibyte character never equals one of these ASCII letters).
@@ -1292,9 +1466,18 @@ mod tests {
         v
     }
 
-    fn tokens(text: &str) -> Vec<(&'static str, String)> {
+    fn ascii_classes() -> [u8; 128] {
+        let mut a = [0u8; 128];
+        let chars = chars_of(&(1..128u8).map(|b| b as char).collect::<String>());
+        for ch in &chars[..127] {
+            a[ch.byte as usize] = ch.class;
+        }
+        a
+    }
+
+    fn run(text: &str, dispatch: Option<&Dispatch>) -> Vec<(&'static str, String)> {
         let chars = chars_of(text);
-        let mut p = Parser::new(text.as_bytes(), &chars);
+        let mut p = Parser::new(text.as_bytes(), &chars, dispatch);
         let mut out = Vec::new();
         while let Some(t) = p.next_token() {
             out.push((
@@ -1303,6 +1486,40 @@ mod tests {
             ));
         }
         out
+    }
+
+    fn dispatch() -> &'static Dispatch {
+        static D: std::sync::OnceLock<Dispatch> = std::sync::OnceLock::new();
+        D.get_or_init(|| Dispatch::new(&ascii_classes()))
+    }
+
+    /// Tokens with the dispatch table, checked against the action-by-action path.
+    fn tokens(text: &str) -> Vec<(&'static str, String)> {
+        let fast = run(text, Some(dispatch()));
+        assert_eq!(fast, run(text, None), "dispatch table and linear scan differ on {text:?}");
+        fast
+    }
+
+    #[test]
+    fn dispatch_table_agrees_with_trying_actions_in_order() {
+        const PIECES: &[&str] = &[
+            "a", "Z", "foo", "x", "e", "E", "D", "script", "style", "http", "www", "com", "0",
+            "1", "42", "-", "--", "+", ".", "..", "/", "//", "~", "_", "@", ":", "<", "</",
+            "<!", "<!--", "-->", "<?", ">", "/>", "&", "&#", "&#x", ";", "#", "=", "'", "\"",
+            "\\", "?", "%", "!", " ", "\t", "é", "Ж", "北",
+        ];
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..5_000 {
+            let k = 1 + next(30);
+            let text: String = (0..k).map(|_| PIECES[next(PIECES.len())]).collect();
+            tokens(&text);
+        }
     }
 
     fn t(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {

@@ -454,6 +454,7 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
             unaccent_text,
             unaccent_ascii,
             indexed,
+            dispatch: super::parser::Dispatch::new(&ascii_class),
         },
         summary,
     ))
