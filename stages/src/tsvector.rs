@@ -226,11 +226,23 @@ impl Rules {
         };
         let mut out = String::with_capacity(text.len() + 16);
         out.push_str(&text[..at]);
-        for c in text[at..].chars() {
+        let mut rest = &text[at..];
+        while !rest.is_empty() {
+            // Copy a run of ASCII at once when ASCII has no rules (the stock file).
+            if !self.unaccent_ascii {
+                let run = rest.bytes().position(|b| b >= 0x80).unwrap_or(rest.len());
+                out.push_str(&rest[..run]);
+                rest = &rest[run..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            let c = rest.chars().next().expect("not empty");
             match self.unaccent_of(c) {
                 Some(r) => out.push_str(r),
                 None => out.push(c),
             }
+            rest = &rest[c.len_utf8()..];
         }
         Cow::Owned(out)
     }
