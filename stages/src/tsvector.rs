@@ -201,9 +201,6 @@ impl Rules {
     #[inline]
     fn unaccent_of(&self, c: char) -> Option<&str> {
         let cp = c as u32;
-        if cp < 0x80 && !self.unaccent_ascii {
-            return None;
-        }
         self.unaccent
             .binary_search_by_key(&cp, |&(k, _, _)| k)
             .ok()
@@ -215,36 +212,43 @@ impl Rules {
 
     /// `unaccent()` of the whole text: borrowed when nothing changes (the common case).
     fn unaccent<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        if !self.unaccent_ascii && text.is_ascii() {
-            return Cow::Borrowed(text);
-        }
-        let first = text
-            .char_indices()
-            .find(|&(_, c)| (c as u32 >= 0x80 || self.unaccent_ascii) && self.unaccent_of(c).is_some());
-        let Some((at, _)) = first else {
-            return Cow::Borrowed(text);
-        };
-        let mut out = String::with_capacity(text.len() + 16);
-        out.push_str(&text[..at]);
-        let mut rest = &text[at..];
-        while !rest.is_empty() {
-            // Copy a run of ASCII at once when ASCII has no rules (the stock file).
-            if !self.unaccent_ascii {
-                let run = rest.bytes().position(|b| b >= 0x80).unwrap_or(rest.len());
-                out.push_str(&rest[..run]);
-                rest = &rest[run..];
-                if rest.is_empty() {
-                    break;
+        if self.unaccent_ascii {
+            // Not the stock rules: every character may change.
+            if !text.chars().any(|c| self.unaccent_of(c).is_some()) {
+                return Cow::Borrowed(text);
+            }
+            let mut out = String::with_capacity(text.len() + 16);
+            for c in text.chars() {
+                match self.unaccent_of(c) {
+                    Some(r) => out.push_str(r),
+                    None => out.push(c),
                 }
             }
-            let c = rest.chars().next().expect("not empty");
-            match self.unaccent_of(c) {
-                Some(r) => out.push_str(r),
-                None => out.push(c),
-            }
-            rest = &rest[c.len_utf8()..];
+            return Cow::Owned(out);
         }
-        Cow::Owned(out)
+        // Only non-ASCII characters have rules: look at those alone, copy ASCII runs.
+        let bytes = text.as_bytes();
+        let mut out: Option<String> = None;
+        let mut copied = 0;
+        let mut i = 0;
+        while let Some(k) = bytes[i..].iter().position(|&b| b >= 0x80) {
+            i += k;
+            let c = text[i..].chars().next().expect("a char starts here");
+            if let Some(r) = self.unaccent_of(c) {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
+                o.push_str(&text[copied..i]);
+                o.push_str(r);
+                copied = i + c.len_utf8();
+            }
+            i += c.len_utf8();
+        }
+        match out {
+            None => Cow::Borrowed(text),
+            Some(mut o) => {
+                o.push_str(&text[copied..]);
+                Cow::Owned(o)
+            }
+        }
     }
 
     /// `lowerstr`: `towlower` per character, appended as UTF-8.
@@ -319,16 +323,17 @@ impl VectorBuilder {
         let mut chars: Vec<Ch> = Vec::with_capacity(bytes.len() + 1);
         let mut i = 0;
         while i < bytes.len() {
-            let b = bytes[i];
-            if b < 0x80 {
-                chars.push(Ch {
-                    off: i as u32,
-                    len: 1,
-                    byte: b,
-                    class: rules.ascii_class[b as usize],
-                });
-                i += 1;
-                continue;
+            // A run of ASCII in one extend; then one non-ASCII character.
+            let run = bytes[i..].iter().position(|&b| b >= 0x80).unwrap_or(bytes.len() - i);
+            chars.extend(bytes[i..i + run].iter().enumerate().map(|(k, &b)| Ch {
+                off: (i + k) as u32,
+                len: 1,
+                byte: b,
+                class: rules.ascii_class[b as usize],
+            }));
+            i += run;
+            if i == bytes.len() {
+                break;
             }
             let c = text[i..].chars().next().expect("a char starts here");
             let class = rules.class(c);
@@ -374,82 +379,101 @@ impl VectorBuilder {
     }
 }
 
-/// One lexeme occurrence before merging. `prefix` holds the first 8 bytes big-endian
-/// (zero-padded; lexemes hold no NUL), so most comparisons need no memcmp.
+/// One lexeme occurrence before merging. `hi`/`lo` hold the first 16 bytes big-endian,
+/// zero-padded: as lexemes hold no NUL, comparing `(hi, lo)` compares the first 16 bytes
+/// in memcmp order, and two lexemes of at most 16 bytes are equal iff their keys are.
 #[derive(Clone, Copy)]
 struct Word {
-    prefix: u64,
+    hi: u64,
+    lo: u64,
     start: u32,
     len: u16,
     pos: u16,
 }
 
+/// Bytes held in a word's sort key.
+const KEY_BYTES: usize = 16;
+
 impl Word {
     #[inline]
     fn new(buf: &[u8], start: usize, len: usize, pos: u16) -> Word {
-        let mut head = [0u8; 8];
-        let n = len.min(8);
-        head[..n].copy_from_slice(&buf[start..start + n]);
+        let mut key = [0u8; KEY_BYTES];
+        let n = len.min(KEY_BYTES);
+        for (k, &b) in key[..n].iter_mut().zip(&buf[start..start + n]) {
+            *k = b;
+        }
+        let (hi, lo) = key.split_at(8);
         Word {
-            prefix: u64::from_be_bytes(head),
+            hi: u64::from_be_bytes(hi.try_into().expect("8 bytes")),
+            lo: u64::from_be_bytes(lo.try_into().expect("8 bytes")),
             start: start as u32,
             len: len as u16,
             pos,
         }
     }
 
+    /// The bytes after the key.
     #[inline]
-    fn bytes<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        &buf[self.start as usize..self.start as usize + self.len as usize]
+    fn rest<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        let s = self.start as usize;
+        &buf[s + (self.len as usize).min(KEY_BYTES)..s + self.len as usize]
+    }
+
+    #[inline]
+    fn same_key(&self, other: &Word) -> bool {
+        self.hi == other.hi && self.lo == other.lo
+    }
+
+    #[inline]
+    fn same_lexeme(&self, other: &Word, buf: &[u8]) -> bool {
+        self.same_key(other)
+            && self.len == other.len
+            && (self.len as usize <= KEY_BYTES || self.rest(buf) == other.rest(buf))
     }
 }
 
-/// `uniqueWORD` + `make_tsvector`. The order is tsCompareString's: bytes compared with
-/// memcmp, a prefix before the longer lexeme; equal lexemes by position.
+/// `uniqueWORD` + `make_tsvector`. The order is tsCompareString's (memcmp, a prefix before
+/// the longer lexeme), equal lexemes by position.
 fn make_tsvector(buf: Vec<u8>, mut words: Vec<Word>) -> Option<Tsv> {
-    words.sort_unstable_by(|a, b| {
-        a.prefix
-            .cmp(&b.prefix)
-            .then_with(|| {
-                if a.len <= 8 && b.len <= 8 {
-                    // Equal zero-padded prefixes of short lexemes: equal lexemes.
-                    std::cmp::Ordering::Equal
-                } else {
-                    a.bytes(&buf)[(a.len as usize).min(8)..]
-                        .cmp(&b.bytes(&buf)[(b.len as usize).min(8)..])
-                }
-            })
-            .then(a.pos.cmp(&b.pos))
-    });
+    words.sort_unstable_by_key(|w| (w.hi, w.lo, w.pos));
+    // Within a run of equal keys, lexemes longer than the key still need their remaining
+    // bytes compared; a stable sort keeps the run's position order for equal lexemes.
+    let mut i = 0;
+    while i < words.len() {
+        let mut j = i + 1;
+        let mut long = words[i].len as usize > KEY_BYTES;
+        while j < words.len() && words[j].same_key(&words[i]) {
+            long |= words[j].len as usize > KEY_BYTES;
+            j += 1;
+        }
+        if long && j - i > 1 {
+            words[i..j].sort_by(|a, b| a.rest(&buf).cmp(b.rest(&buf)));
+        }
+        i = j;
+    }
 
-    let mut out = Tsv {
-        lexemes: Vec::with_capacity(buf.len() / 2),
-        entries: Vec::with_capacity(words.len() / 2 + 1),
-        positions: Vec::with_capacity(words.len()),
-    };
+    let mut entries = Vec::with_capacity(words.len() / 2 + 1);
+    let mut positions = Vec::with_capacity(words.len());
     let mut i = 0;
     while i < words.len() {
         let w = words[i];
-        let word = w.bytes(&buf);
-        let start = out.lexemes.len() as u32;
-        out.lexemes.extend_from_slice(word);
-        let pos_start = out.positions.len() as u32;
-        out.positions.push(w.pos);
+        let pos_start = positions.len() as u32;
+        positions.push(w.pos);
         let mut j = i + 1;
-        while j < words.len() && words[j].prefix == w.prefix && words[j].bytes(&buf) == word {
+        while j < words.len() && words[j].same_lexeme(&w, &buf) {
             let p = words[j].pos;
-            let n = out.positions.len() - pos_start as usize;
-            let last = *out.positions.last().expect("one position pushed");
+            let n = positions.len() - pos_start as usize;
+            let last = *positions.last().expect("one position pushed");
             if n < MAX_POSITIONS_PER_LEXEME && last != MAX_POSITION as u16 && last != p {
-                out.positions.push(p);
+                positions.push(p);
             }
             j += 1;
         }
-        out.entries.push(Entry {
-            start,
-            len: word.len() as u16,
+        entries.push(Entry {
+            start: w.start,
+            len: w.len,
             pos_start,
-            npos: (out.positions.len() - pos_start as usize) as u16,
+            npos: (positions.len() - pos_start as usize) as u16,
         });
         i = j;
     }
@@ -457,7 +481,7 @@ fn make_tsvector(buf: Vec<u8>, mut words: Vec<Word>) -> Option<Tsv> {
     // make_tsvector's size check: lexemes, each followed (2-byte aligned) by a count and
     // its positions. Over the limit PostgreSQL raises an error: leave that to it.
     let mut size = 0usize;
-    for e in &out.entries {
+    for e in &entries {
         size += e.len as usize;
         size = (size + 1) & !1;
         size += 2 + 2 * e.npos as usize;
@@ -465,14 +489,23 @@ fn make_tsvector(buf: Vec<u8>, mut words: Vec<Word>) -> Option<Tsv> {
     if size > MAXSTRPOS {
         return None;
     }
-    Some(out)
+    let lexeme_bytes = entries.iter().map(|e| e.len as usize).sum();
+    Some(Tsv {
+        lexemes: buf,
+        lexeme_bytes,
+        entries,
+        positions,
+    })
 }
 
 /// A search vector: sorted, distinct lexemes with their positions (weight D).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Tsv {
-    /// The lexemes back to back; always UTF-8 (lowercased pieces of a `&str`).
+    /// Every lowercased token back to back (duplicates too); entries point into it.
+    /// Always UTF-8: lowercased pieces of a `&str`.
     lexemes: Vec<u8>,
+    /// Total bytes of the distinct lexemes.
+    lexeme_bytes: usize,
     entries: Vec<Entry>,
     positions: Vec<u16>,
 }
@@ -484,6 +517,15 @@ struct Entry {
     pos_start: u32,
     npos: u16,
 }
+
+/// Equal when the lexemes and positions are (not the buffers they were cut from).
+impl PartialEq for Tsv {
+    fn eq(&self, other: &Tsv) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Tsv {}
 
 impl Tsv {
     /// Number of distinct lexemes.
@@ -511,7 +553,7 @@ impl Tsv {
 
     /// The external text form, exactly as `tsvector::text` prints it (`tsvectorout`).
     pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(self.lexemes.len() + 8 * self.entries.len());
+        let mut out = String::with_capacity(self.lexeme_bytes + 8 * self.entries.len());
         for (i, (lexeme, positions)) in self.iter().enumerate() {
             if i > 0 {
                 out.push(' ');
@@ -535,7 +577,7 @@ impl Tsv {
 
     /// Size in bytes of [`Tsv::encode_binary`]'s output.
     pub fn binary_len(&self) -> usize {
-        4 + self.lexemes.len() + 3 * self.entries.len() + 2 * self.positions.len()
+        4 + self.lexeme_bytes + 3 * self.entries.len() + 2 * self.positions.len()
     }
 
     /// The binary send format (`tsvectorsend`), as one binary COPY field value without its
@@ -646,11 +688,19 @@ mod tests {
         // PostgreSQL: to_tsvector('simple', 'bb a ab b a') = 'a':2,5 'ab':3 'b':4 'bb':1
         let t = tsv(&[("bb", 1), ("a", 2), ("ab", 3), ("b", 4), ("a", 5)]);
         assert_eq!(t.to_text(), "'a':2,5 'ab':3 'b':4 'bb':1");
-        // Beyond the 8-byte sort prefix.
-        let t = tsv(&[("abcdefghij", 1), ("abcdefgh", 2), ("abcdefghi", 3), ("abcdefgha", 4), ("abcdefghi", 5)]);
+        // Around and beyond the 16-byte sort key.
+        let t = tsv(&[
+            ("abcdefghijklmnopqr", 1),
+            ("abcdefghijklmnop", 2),
+            ("abcdefghijklmnopq", 3),
+            ("abcdefghijklmnopa", 4),
+            ("abcdefghijklmnopq", 5),
+            ("abcdefghi", 6),
+            ("abcdefghijklmnopq", 7),
+        ]);
         assert_eq!(
             t.to_text(),
-            "'abcdefgh':2 'abcdefgha':4 'abcdefghi':3,5 'abcdefghij':1"
+            "'abcdefghi':6 'abcdefghijklmnop':2 'abcdefghijklmnopa':4 'abcdefghijklmnopq':3,5,7 'abcdefghijklmnopqr':1"
         );
     }
 
