@@ -14,6 +14,7 @@ pub mod source;
 pub mod spool;
 pub mod store;
 pub mod transform;
+pub mod tsvector;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
 pub use secret::Secret;
