@@ -134,8 +134,25 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         bulk: load_mode.is_bulk(),
         ..args
     };
+    // civicload computes search vectors itself once it has read this server's rules (a few
+    // seconds, in the background): see stages/src/tsvector.rs.
+    let vectors = stages::fetch::SharedVectors::default();
+    if !args.server_vectors && !args.verify_only {
+        let (pool, vectors) = (pool.clone(), vectors.clone());
+        tokio::spawn(async move {
+            match stages::tsvector::VectorBuilder::from_server(&pool).await {
+                Ok(v) => {
+                    let _ = vectors.set(Arc::new(v));
+                }
+                Err(e) => warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e})."),
+            }
+        });
+    }
     let cancel = CancellationToken::new();
+    // Installed before planning, so a SIGTERM at any moment is a graceful stop.
+    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
     let backfill = Arc::new(Backfill {
+        vectors: vectors.clone(),
         pool: pool.clone(),
         client,
         args: args.clone(),
@@ -153,7 +170,6 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         return verify_only(&backfill, &ids).await;
     }
 
-    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
     let run_started = chrono::Utc::now();
     let owner = backfill.owner.clone();
     let result = backfill.run(ids.clone()).await?;

@@ -28,6 +28,8 @@ const CHANNEL_CAPACITY: usize = 2;
 
 /// Everything a backfill run needs.
 pub struct Backfill {
+    /// Computes search vectors in civicload (None: PostgreSQL computes them).
+    pub vectors: stages::fetch::SharedVectors,
     pub pool: PgPool,
     pub client: SourceClient,
     pub args: BackfillArgs,
@@ -209,7 +211,12 @@ impl Backfill {
         );
         let observer: Arc<dyn LoadObserver> = progress.clone();
         let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
-        let transform_task = tokio::spawn(Transform.run(job.clone(), raw_rx, batch_tx));
+        let transform_task = tokio::spawn(
+            Transform {
+                vectors: self.vectors.clone(),
+            }
+            .run(job.clone(), raw_rx, batch_tx),
+        );
         // With a spool, transform -> spool -> load: a batch reaches load only once its
         // Parquet file is durable.
         let (batch_rx, spool_task) = match &self.spool {

@@ -168,6 +168,10 @@ pub struct BackfillArgs {
     /// trigger as it is written.
     #[arg(long)]
     pub no_bulk: bool,
+    /// Let PostgreSQL compute every search vector instead of civicload (which reproduces
+    /// PostgreSQL's result exactly and falls back to it for any page it cannot).
+    #[arg(long)]
+    pub server_vectors: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -123,6 +123,7 @@ async fn repair_held(
                 rows: t.rows,
                 rejects: t.rejects,
                 fetch_time: Duration::ZERO,
+                vectors: None,
             };
             let o = load.commit_unguarded(&batch).await?;
             created += o.created;

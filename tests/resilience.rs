@@ -151,7 +151,7 @@ async fn sigterm_pauses_gracefully_and_the_same_command_continues() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_pages(&db, 1000).await;
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -209,7 +209,7 @@ async fn a_postgresql_restart_mid_run_ends_exact() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_for_pages(&db, 1000).await;
     let before = db.scalar_i64("SELECT count(*) FROM meeting_pages").await;
     pg.restart();
     let out = child.wait_with_output().unwrap();
@@ -371,4 +371,31 @@ async fn a_job_held_by_a_dead_worker_elsewhere_is_taken_over_when_its_lease_expi
     let job = &status_json(&db)[0];
     assert_eq!(job["status"], "completed");
     assert_eq!(job["retry_count"], 1, "{job}");
+}
+
+/// Waits (bounded) until the load has committed at least `n` pages.
+async fn wait_for_pages(db: &TestDb, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let url = db.url.clone();
+        let held = async move {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .ok()?;
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM meeting_pages")
+                .fetch_one(&mut conn)
+                .await
+                .ok()
+        }
+        .await
+        .unwrap_or(0);
+        if held >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the load did not start within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -135,6 +135,8 @@ pub struct PageBatch {
     pub rejects: Vec<Reject>,
     /// Time spent fetching it, for the per-stage breakdown.
     pub fetch_time: Duration,
+    /// Search vectors civicload computed for `rows` (None: PostgreSQL computes them).
+    pub vectors: Option<Arc<crate::copy::VectorFields>>,
 }
 
 /// Column order of every page batch, shared by transform, the COPY encoder and the spool.

@@ -16,10 +16,60 @@ const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 
 /// The staging columns, in the order the encoder writes them.
 pub const STAGING_COLUMNS: &str =
-    "source_id, meeting, meeting_date, page_number, text, page_image, entities, votes";
+    "source_id, meeting, meeting_date, page_number, text, page_image, entities, votes, search_vector";
 
-/// Encodes a page batch (see `batch::page_schema`) as one binary COPY stream.
+/// Search vectors computed by civicload for a batch, already encoded as binary COPY
+/// fields (length prefix included; -1 where civicload left the vector to PostgreSQL).
+#[derive(Clone, Debug, Default)]
+pub struct VectorFields {
+    buf: BytesMut,
+    ends: Vec<usize>,
+    /// How many rows got no vector from civicload.
+    pub missing: usize,
+}
+
+impl VectorFields {
+    /// Encodes each text's vector, or NULL where the builder declines.
+    pub fn build<'a>(
+        builder: &crate::tsvector::VectorBuilder,
+        texts: impl Iterator<Item = &'a str>,
+    ) -> Self {
+        let mut v = VectorFields::default();
+        for text in texts {
+            match builder.vector(text) {
+                Some(tsv) => tsv.encode_copy_field(&mut v.buf),
+                None => {
+                    v.buf.put_i32(-1);
+                    v.missing += 1;
+                }
+            }
+            v.ends.push(v.buf.len());
+        }
+        v
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.buf[start..self.ends[i]]
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// Encodes a page batch (see `batch::page_schema`) as one binary COPY stream, with NULL
+/// search vectors (PostgreSQL computes them).
 pub fn encode_pages(batch: &RecordBatch) -> BytesMut {
+    encode_pages_with_vectors(batch, None)
+}
+
+/// Encodes a page batch with the search vectors civicload computed for it.
+pub fn encode_pages_with_vectors(batch: &RecordBatch, vectors: Option<&VectorFields>) -> BytesMut {
     let ids = batch.column(col::SOURCE_ID).as_string::<i32>();
     let meetings = batch.column(col::MEETING).as_string::<i32>();
     let dates = batch.column(col::DATE).as_primitive::<Date32Type>();
@@ -33,12 +83,13 @@ pub fn encode_pages(batch: &RecordBatch) -> BytesMut {
         .iter()
         .map(|a| a.values().len())
         .sum();
-    let mut out = BytesMut::with_capacity(payload + batch.num_rows() * 48 + 32);
+    let vector_bytes = vectors.map(|v| v.buf.len()).unwrap_or(0);
+    let mut out = BytesMut::with_capacity(payload + vector_bytes + batch.num_rows() * 52 + 32);
     out.put_slice(SIGNATURE);
     out.put_i32(0); // flags
     out.put_i32(0); // header extension length
     for i in 0..batch.num_rows() {
-        out.put_i16(8);
+        out.put_i16(9);
         put_text(&mut out, Some(ids.value(i)));
         put_text(&mut out, Some(meetings.value(i)));
         out.put_i32(4);
@@ -49,6 +100,10 @@ pub fn encode_pages(batch: &RecordBatch) -> BytesMut {
         put_text(&mut out, images.is_valid(i).then(|| images.value(i)));
         put_jsonb(&mut out, entities.is_valid(i).then(|| entities.value(i)));
         put_jsonb(&mut out, votes.is_valid(i).then(|| votes.value(i)));
+        match vectors {
+            Some(v) => out.put_slice(v.field(i)),
+            None => out.put_i32(-1),
+        }
     }
     out.put_i16(-1);
     out
@@ -92,7 +147,7 @@ mod tests {
         let mut expected = Vec::new();
         expected.extend_from_slice(SIGNATURE);
         expected.extend_from_slice(&[0; 8]);
-        expected.extend_from_slice(&8i16.to_be_bytes());
+        expected.extend_from_slice(&9i16.to_be_bytes());
         expected.extend_from_slice(&2i32.to_be_bytes());
         expected.extend_from_slice(b"ab");
         expected.extend_from_slice(&1i32.to_be_bytes());
@@ -103,7 +158,7 @@ mod tests {
         expected.extend_from_slice(&7i32.to_be_bytes());
         expected.extend_from_slice(&3i32.to_be_bytes());
         expected.extend_from_slice("hé".as_bytes());
-        for _ in 0..3 {
+        for _ in 0..4 {
             expected.extend_from_slice(&(-1i32).to_be_bytes());
         }
         expected.extend_from_slice(&(-1i16).to_be_bytes());

@@ -100,8 +100,17 @@ impl Fetch {
     }
 }
 
-/// The transform stage: raw source pages in, page batches out.
-pub struct Transform;
+/// The transform stage: raw source pages in, page batches out. With a vector builder it
+/// also computes each page's search vector, off the async threads.
+#[derive(Default)]
+pub struct Transform {
+    pub vectors: SharedVectors,
+}
+
+/// A vector builder that becomes available while the pipeline runs (reading the server's
+/// rules takes seconds): batches transformed before it is ready carry no vectors, and
+/// PostgreSQL computes theirs.
+pub type SharedVectors = Arc<std::sync::OnceLock<Arc<crate::tsvector::VectorBuilder>>>;
 
 impl Transform {
     #[instrument(skip_all, fields(job = %job))]
@@ -119,6 +128,20 @@ impl Transform {
                 builder.push(row, raw.columns.as_deref());
             }
             let t = builder.finish();
+            let vectors = match self.vectors.get() {
+                Some(vb) => {
+                    let (vb, rows) = (vb.clone(), t.rows.clone());
+                    let fields = tokio::task::spawn_blocking(move || {
+                        use arrow_array::cast::AsArray;
+                        let texts = rows.column(crate::batch::col::TEXT).as_string::<i32>();
+                        crate::copy::VectorFields::build(&vb, texts.iter().map(|t| t.unwrap_or("")))
+                    })
+                    .await
+                    .ok();
+                    fields.map(Arc::new)
+                }
+                None => None,
+            };
             busy += started.elapsed();
             let batch = PageBatch {
                 job: job.clone(),
@@ -129,6 +152,7 @@ impl Transform {
                 rows: t.rows,
                 rejects: t.rejects,
                 fetch_time: raw.fetch_time,
+                vectors,
             };
             if output.send(batch).await.is_err() {
                 break;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{instrument, warn};
 
 use crate::batch::{JobKey, PageBatch};
-use crate::copy::{encode_pages, STAGING_COLUMNS};
+use crate::copy::{encode_pages_with_vectors, STAGING_COLUMNS};
 use crate::store::is_transient_sql;
 
 /// How the load stage writes.
@@ -278,13 +278,20 @@ impl Load {
                 .execute(&mut **tx)
                 .await?;
         }
+        if batch.vectors.is_some() {
+            // The vectors in this batch come from civicload (stages::tsvector, identical to
+            // civicload_page_vector by its differential test): the trigger keeps them.
+            sqlx::query("SET LOCAL civicload.vectors_supplied = 'on'")
+                .execute(&mut **tx)
+                .await?;
+        }
         let (mut created, mut updated) = (0i64, 0i64);
         let pages = batch.rows.num_rows();
         if pages > 0 {
             sqlx::query(
                 "CREATE TEMP TABLE civicload_stage (
                     source_id text, meeting text, meeting_date date, page_number int,
-                    text text, page_image text, entities jsonb, votes jsonb
+                    text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector
                  ) ON COMMIT DROP",
             )
             .execute(&mut **tx)
@@ -294,7 +301,10 @@ impl Load {
                     "COPY civicload_stage ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
                 ))
                 .await?;
-            if let Err(e) = copy.send(encode_pages(&batch.rows).freeze()).await {
+            if let Err(e) = copy
+                .send(encode_pages_with_vectors(&batch.rows, batch.vectors.as_deref()).freeze())
+                .await
+            {
                 let _ = copy.abort("encoding failed").await;
                 return Err(e);
             }
@@ -313,8 +323,8 @@ impl Load {
             (created, updated) = sqlx::query_as(
                 "WITH written AS (
                     INSERT INTO meeting_pages AS p
-                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes)
-                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes
+                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector)
+                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector
                     FROM civicload_stage s
                     JOIN meeting_documents d
                       ON d.municipality_id = $1 AND d.document_type = $2
@@ -322,7 +332,9 @@ impl Load {
                     ON CONFLICT (document_id, page_number) DO UPDATE SET
                         source_id = EXCLUDED.source_id, text = EXCLUDED.text,
                         page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
-                        votes = EXCLUDED.votes, updated_at = now()
+                        votes = EXCLUDED.votes, updated_at = now(),
+                        search_vector = CASE WHEN p.text IS DISTINCT FROM EXCLUDED.text
+                                             THEN EXCLUDED.search_vector ELSE p.search_vector END
                     WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
                           IS DISTINCT FROM
                           (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)

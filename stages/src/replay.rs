@@ -187,6 +187,7 @@ async fn read_file(
         rows: decoded.rows,
         rejects: decoded.rejects,
         fetch_time: started.elapsed(),
+        vectors: None,
     })
 }
 

@@ -422,6 +422,7 @@ mod tests {
             rows: t.rows,
             rejects: t.rejects,
             fetch_time: Duration::ZERO,
+            vectors: None,
         }
     }
 

@@ -180,18 +180,15 @@ impl Rules {
         } else if cp <= 0xFFFF {
             self.bmp_class[cp as usize]
         } else {
-            match self
-                .astral_class
-                .binary_search_by(|&(lo, hi, _)| {
-                    if hi < cp {
-                        std::cmp::Ordering::Less
-                    } else if lo > cp {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        std::cmp::Ordering::Equal
-                    }
-                })
-            {
+            match self.astral_class.binary_search_by(|&(lo, hi, _)| {
+                if hi < cp {
+                    std::cmp::Ordering::Less
+                } else if lo > cp {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            }) {
                 Ok(i) => self.astral_class[i].2,
                 Err(_) => class::UNVERIFIED,
             }
@@ -295,14 +292,14 @@ impl VectorBuilder {
     pub async fn from_server(pool: &PgPool) -> Result<VectorBuilder, VectorError> {
         let started = std::time::Instant::now();
         let (rules, mut summary) = probe::read_rules(pool).await?;
-        let builder = VectorBuilder { rules, summary: RulesSummary::default() };
+        let builder = VectorBuilder {
+            rules,
+            summary: RulesSummary::default(),
+        };
         probe::self_check(pool, &builder).await?;
         summary.elapsed = started.elapsed();
         info!(summary = %summary, "Read the server's text-search rules; civicload computes search vectors itself.");
-        Ok(VectorBuilder {
-            summary,
-            ..builder
-        })
+        Ok(VectorBuilder { summary, ..builder })
     }
 
     /// What was read from the server.
@@ -324,7 +321,10 @@ impl VectorBuilder {
         let mut i = 0;
         while i < bytes.len() {
             // A run of ASCII in one extend; then one non-ASCII character.
-            let run = bytes[i..].iter().position(|&b| b >= 0x80).unwrap_or(bytes.len() - i);
+            let run = bytes[i..]
+                .iter()
+                .position(|&b| b >= 0x80)
+                .unwrap_or(bytes.len() - i);
             chars.extend(bytes[i..i + run].iter().enumerate().map(|(k, &b)| Ch {
                 off: (i + k) as u32,
                 len: 1,
@@ -373,7 +373,12 @@ impl VectorBuilder {
                 // A lowercase longer than its token overflows tsvector's 11-bit length.
                 return None;
             }
-            words.push(Word::new(&lexemes, start, len, position.min(MAX_POSITION) as u16));
+            words.push(Word::new(
+                &lexemes,
+                start,
+                len,
+                position.min(MAX_POSITION) as u16,
+            ));
         }
         make_tsvector(lexemes, words)
     }
@@ -647,7 +652,11 @@ mod tests {
             }
         }
         let mut indexed = [false; parser::tok::LAST as usize + 1];
-        for t in [parser::tok::ASCIIWORD, parser::tok::WORD, parser::tok::NUMWORD] {
+        for t in [
+            parser::tok::ASCIIWORD,
+            parser::tok::WORD,
+            parser::tok::NUMWORD,
+        ] {
             indexed[t as usize] = true;
         }
         VectorBuilder {

@@ -790,13 +790,25 @@ static IN_HYPHEN_ASCII_WORD_FIRST: [Item; 5] = [
 ];
 
 static IN_HYPHEN_ASCII_WORD: [Item; 7] = [
-    sp(Eof, A_BINGO | A_CLRALL, InParseHyphen, ASCIIHWORD, Special::Hyphen),
+    sp(
+        Eof,
+        A_BINGO | A_CLRALL,
+        InParseHyphen,
+        ASCIIHWORD,
+        Special::Hyphen,
+    ),
     it(AscLet, A_NEXT, InHyphenAsciiWord, 0),
     it(Alpha, A_NEXT, InHyphenWord, 0),
     it(Special, A_NEXT, InHyphenWord, 0),
     it(Digit, A_NEXT, InHyphenNumWord, 0),
     it(Eq(b'-'), A_PUSH, InHyphenAsciiWordFirst, 0),
-    sp(Any, A_BINGO | A_CLRALL, InParseHyphen, ASCIIHWORD, Special::Hyphen),
+    sp(
+        Any,
+        A_BINGO | A_CLRALL,
+        InParseHyphen,
+        ASCIIHWORD,
+        Special::Hyphen,
+    ),
 ];
 
 static IN_HYPHEN_WORD_FIRST: [Item; 4] = [
@@ -807,12 +819,24 @@ static IN_HYPHEN_WORD_FIRST: [Item; 4] = [
 ];
 
 static IN_HYPHEN_WORD: [Item; 6] = [
-    sp(Eof, A_BINGO | A_CLRALL, InParseHyphen, HWORD, Special::Hyphen),
+    sp(
+        Eof,
+        A_BINGO | A_CLRALL,
+        InParseHyphen,
+        HWORD,
+        Special::Hyphen,
+    ),
     it(Alpha, A_NEXT, InHyphenWord, 0),
     it(Special, A_NEXT, InHyphenWord, 0),
     it(Digit, A_NEXT, InHyphenNumWord, 0),
     it(Eq(b'-'), A_PUSH, InHyphenWordFirst, 0),
-    sp(Any, A_BINGO | A_CLRALL, InParseHyphen, HWORD, Special::Hyphen),
+    sp(
+        Any,
+        A_BINGO | A_CLRALL,
+        InParseHyphen,
+        HWORD,
+        Special::Hyphen,
+    ),
 ];
 
 static IN_HYPHEN_NUM_WORD_FIRST: [Item; 4] = [
@@ -823,11 +847,23 @@ static IN_HYPHEN_NUM_WORD_FIRST: [Item; 4] = [
 ];
 
 static IN_HYPHEN_NUM_WORD: [Item; 5] = [
-    sp(Eof, A_BINGO | A_CLRALL, InParseHyphen, NUMHWORD, Special::Hyphen),
+    sp(
+        Eof,
+        A_BINGO | A_CLRALL,
+        InParseHyphen,
+        NUMHWORD,
+        Special::Hyphen,
+    ),
     it(Alnum, A_NEXT, InHyphenNumWord, 0),
     it(Special, A_NEXT, InHyphenNumWord, 0),
     it(Eq(b'-'), A_PUSH, InHyphenNumWordFirst, 0),
-    sp(Any, A_BINGO | A_CLRALL, InParseHyphen, NUMHWORD, Special::Hyphen),
+    sp(
+        Any,
+        A_BINGO | A_CLRALL,
+        InParseHyphen,
+        NUMHWORD,
+        Special::Hyphen,
+    ),
 ];
 
 static IN_HYPHEN_DIGIT_LOOKAHEAD: [Item; 5] = [
@@ -1395,8 +1431,7 @@ impl<'a> Parser<'a> {
             }
             let x = chars[i];
             if x.len == 1 {
-                if x.class & class::ALPHA != 0
-                    || matches!(x.byte, b'.' | b'-' | b'_' | b'@' | b'/')
+                if x.class & class::ALPHA != 0 || matches!(x.byte, b'.' | b'-' | b'_' | b'@' | b'/')
                 {
                     return false;
                 }
@@ -1607,17 +1642,21 @@ mod tests {
     /// Tokens with the dispatch table, checked against the action-by-action path.
     fn tokens(text: &str) -> Vec<(&'static str, String)> {
         let fast = run(text, Some(dispatch()));
-        assert_eq!(fast, run(text, None), "dispatch table and linear scan differ on {text:?}");
+        assert_eq!(
+            fast,
+            run(text, None),
+            "dispatch table and linear scan differ on {text:?}"
+        );
         fast
     }
 
     #[test]
     fn dispatch_table_agrees_with_trying_actions_in_order() {
         const PIECES: &[&str] = &[
-            "a", "Z", "foo", "x", "e", "E", "D", "script", "style", "http", "www", "com", "0",
-            "1", "42", "-", "--", "+", ".", "..", "/", "//", "~", "_", "@", ":", "<", "</",
-            "<!", "<!--", "-->", "<?", ">", "/>", "&", "&#", "&#x", ";", "#", "=", "'", "\"",
-            "\\", "?", "%", "!", " ", "\t", "é", "Ж", "北", "\u{301}", "7", "99", "E5",
+            "a", "Z", "foo", "x", "e", "E", "D", "script", "style", "http", "www", "com", "0", "1",
+            "42", "-", "--", "+", ".", "..", "/", "//", "~", "_", "@", ":", "<", "</", "<!",
+            "<!--", "-->", "<?", ">", "/>", "&", "&#", "&#x", ";", "#", "=", "'", "\"", "\\", "?",
+            "%", "!", " ", "\t", "é", "Ж", "北", "\u{301}", "7", "99", "E5",
         ];
         let mut state = 0x1234_5678_9abc_def1u64;
         let mut next = |n: usize| {
@@ -1680,10 +1719,7 @@ mod tests {
             ])
         );
         assert_eq!(tokens("1.2.3"), t(&[("version", "1.2.3")]));
-        assert_eq!(
-            tokens("-1.5e10"),
-            t(&[("sfloat", "-1.5e10")])
-        );
+        assert_eq!(tokens("-1.5e10"), t(&[("sfloat", "-1.5e10")]));
     }
 
     #[test]
