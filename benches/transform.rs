@@ -10,7 +10,11 @@ mod sample_pages;
 fn transform(c: &mut Criterion) {
     let rows = sample_pages::rows(1000);
     let check = transform_rows(&rows, None);
-    assert_eq!(check.rows.num_rows(), 1000, "every generated row must be a page");
+    assert_eq!(
+        check.rows.num_rows(),
+        1000,
+        "every generated row must be a page"
+    );
     assert!(check.rejects.is_empty());
 
     let mut group = c.benchmark_group("transform");

@@ -9,6 +9,7 @@
 
 use serde_json::value::RawValue;
 
+#[rustfmt::skip]
 const WORDS: &[&str] = &[
     "council", "motion", "seconded", "approved", "ordinance", "resolution", "budget",
     "hearing", "public", "comment", "zoning", "variance", "parcel", "sidewalk", "utility",
@@ -20,6 +21,7 @@ const WORDS: &[&str] = &[
     "e-mail", "long-term", "U.S.", "CEQA", "$1,234", "$841,620", "24-326",
     "clerk@city.gov", "https://example.org/agenda?id=42",
 ];
+#[rustfmt::skip]
 const MEETINGS: &[&str] = &[
     "CityCouncil", "PlanningCommission", "BudgetAndFinanceCommittee", "ArtsCommission",
     "ParksAndRecreation", "ZoningBoardOfAppeals",
@@ -102,13 +104,18 @@ pub fn rows(n: usize) -> Vec<Box<RawValue>> {
     for i in 0..n {
         if page == pages_in_meeting {
             meeting = MEETINGS[rng.below(MEETINGS.len())];
-            date = (2005 + rng.below(21) as i32, 1 + rng.below(12), 1 + rng.below(28));
+            date = (
+                2005 + rng.below(21) as i32,
+                1 + rng.below(12),
+                1 + rng.below(28),
+            );
             pages_in_meeting = 5 + rng.below(76);
             page = 0;
         }
         page += 1;
         let date_s = format!("{:04}-{:02}-{:02}", date.0, date.1, date.2);
-        let header = format!("SPRINGFIELD — {meeting} — {date_s} — Page {page} of {pages_in_meeting}");
+        let header =
+            format!("SPRINGFIELD — {meeting} — {date_s} — Page {page} of {pages_in_meeting}");
         // Lognormal-ish sizes around ~2.4 KB: mostly 1-4 KB, some short, a few long.
         let target = match rng.below(20) {
             0 => 0,
@@ -116,7 +123,11 @@ pub fn rows(n: usize) -> Vec<Box<RawValue>> {
             3..=16 => 1500 + rng.below(2200),
             _ => 3500 + rng.below(4500),
         };
-        let text = if target == 0 { String::new() } else { page_text(&mut rng, &header, target) };
+        let text = if target == 0 {
+            String::new()
+        } else {
+            page_text(&mut rng, &header, target)
+        };
         let id = format!("{:012x}", rng.next() >> 16);
         let image = format!("/_agendas/{meeting}/{date_s}/{page}.png");
         let mut row = format!(
