@@ -76,6 +76,7 @@ fn batch(pages: usize) -> PageBatch {
         rows: t.rows,
         rejects: t.rejects,
         fetch_time: Duration::ZERO,
+        vectors: None,
     }
 }
 
