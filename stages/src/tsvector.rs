@@ -357,8 +357,7 @@ impl VectorBuilder {
         });
 
         // parsetext: each indexed token takes the next position.
-        let mut lexemes: Vec<u8> = Vec::with_capacity(bytes.len() + 16);
-        let mut words: Vec<Word> = Vec::with_capacity(bytes.len() / 5 + 1);
+        let mut lexemes = Lexemes::with_capacity(bytes.len());
         let mut position: u32 = 0;
         let mut parser = Parser::new(bytes, &chars, Some(&rules.dispatch));
         while let Some(token) = parser.next_token() {
@@ -366,148 +365,228 @@ impl VectorBuilder {
                 continue;
             }
             position += 1;
-            let start = lexemes.len();
-            rules.push_lower(&text[token.start..token.start + token.len], &mut lexemes);
-            let len = lexemes.len() - start;
-            if len > MAXSTRLEN {
+            let start = lexemes.buf.len();
+            rules.push_lower(
+                &text[token.start..token.start + token.len],
+                &mut lexemes.buf,
+            );
+            if lexemes.buf.len() - start > MAXSTRLEN {
                 // A lowercase longer than its token overflows tsvector's 11-bit length.
                 return None;
             }
-            words.push(Word::new(
-                &lexemes,
-                start,
-                len,
-                position.min(MAX_POSITION) as u16,
-            ));
+            lexemes.add(start, position.min(MAX_POSITION) as u16);
         }
-        make_tsvector(lexemes, words)
+        lexemes.finish()
     }
 }
 
-/// One lexeme occurrence before merging. `hi`/`lo` hold the first 16 bytes big-endian,
-/// zero-padded: as lexemes hold no NUL, comparing `(hi, lo)` compares the first 16 bytes
-/// in memcmp order, and two lexemes of at most 16 bytes are equal iff their keys are.
+/// The distinct lexemes of one text as they are found (`uniqueWORD` done incrementally):
+/// a hash table merges repeats as they come, and since tokens arrive in position order the
+/// position rules apply on the fly. Only distinct lexemes get sorted at the end.
+struct Lexemes {
+    /// Distinct lexemes back to back, in order of first occurrence; a repeat's bytes are
+    /// appended, recognised and cut off again.
+    buf: Vec<u8>,
+    distinct: Vec<Distinct>,
+    /// Open addressing: 0 = empty, else an index into `distinct` plus one.
+    slots: Vec<u32>,
+    /// (distinct index, position) of every position kept, in text order.
+    kept: Vec<(u32, u16)>,
+}
+
+/// One distinct lexeme. `hi`/`lo` hold its first 16 bytes big-endian, zero-padded: as
+/// lexemes hold no NUL, comparing `(hi, lo)` compares the first 16 bytes in memcmp order,
+/// and two lexemes of at most 16 bytes are equal iff their keys and lengths are.
 #[derive(Clone, Copy)]
-struct Word {
+struct Distinct {
     hi: u64,
     lo: u64,
     start: u32,
     len: u16,
-    pos: u16,
+    npos: u16,
+    last: u16,
 }
 
-/// Bytes held in a word's sort key.
+/// Bytes held in a lexeme's sort key.
 const KEY_BYTES: usize = 16;
 
-impl Word {
-    #[inline]
-    fn new(buf: &[u8], start: usize, len: usize, pos: u16) -> Word {
-        let mut key = [0u8; KEY_BYTES];
-        let n = len.min(KEY_BYTES);
-        for (k, &b) in key[..n].iter_mut().zip(&buf[start..start + n]) {
-            *k = b;
-        }
-        let (hi, lo) = key.split_at(8);
-        Word {
-            hi: u64::from_be_bytes(hi.try_into().expect("8 bytes")),
-            lo: u64::from_be_bytes(lo.try_into().expect("8 bytes")),
-            start: start as u32,
-            len: len as u16,
-            pos,
-        }
-    }
-
+impl Distinct {
     /// The bytes after the key.
     #[inline]
     fn rest<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         let s = self.start as usize;
         &buf[s + (self.len as usize).min(KEY_BYTES)..s + self.len as usize]
     }
-
-    #[inline]
-    fn same_key(&self, other: &Word) -> bool {
-        self.hi == other.hi && self.lo == other.lo
-    }
-
-    #[inline]
-    fn same_lexeme(&self, other: &Word, buf: &[u8]) -> bool {
-        self.same_key(other)
-            && self.len == other.len
-            && (self.len as usize <= KEY_BYTES || self.rest(buf) == other.rest(buf))
-    }
 }
 
-/// `uniqueWORD` + `make_tsvector`. The order is tsCompareString's (memcmp, a prefix before
-/// the longer lexeme), equal lexemes by position.
-fn make_tsvector(buf: Vec<u8>, mut words: Vec<Word>) -> Option<Tsv> {
-    words.sort_unstable_by_key(|w| (w.hi, w.lo, w.pos));
-    // Within a run of equal keys, lexemes longer than the key still need their remaining
-    // bytes compared; a stable sort keeps the run's position order for equal lexemes.
-    let mut i = 0;
-    while i < words.len() {
-        let mut j = i + 1;
-        let mut long = words[i].len as usize > KEY_BYTES;
-        while j < words.len() && words[j].same_key(&words[i]) {
-            long |= words[j].len as usize > KEY_BYTES;
-            j += 1;
+impl Lexemes {
+    fn with_capacity(text_bytes: usize) -> Self {
+        let slots = (text_bytes / 4).max(64).next_power_of_two();
+        Lexemes {
+            buf: Vec::with_capacity(text_bytes + 16),
+            distinct: Vec::with_capacity(slots / 2),
+            slots: vec![0; slots],
+            kept: Vec::with_capacity(text_bytes / 5 + 1),
         }
-        if long && j - i > 1 {
-            words[i..j].sort_by(|a, b| a.rest(&buf).cmp(b.rest(&buf)));
-        }
-        i = j;
     }
 
-    let mut entries = Vec::with_capacity(words.len() / 2 + 1);
-    let mut positions = Vec::with_capacity(words.len());
-    let mut i = 0;
-    while i < words.len() {
-        let w = words[i];
-        let pos_start = positions.len() as u32;
-        positions.push(w.pos);
-        let mut j = i + 1;
-        while j < words.len() && words[j].same_lexeme(&w, &buf) {
-            let p = words[j].pos;
-            let n = positions.len() - pos_start as usize;
-            let last = *positions.last().expect("one position pushed");
-            if n < MAX_POSITIONS_PER_LEXEME && last != MAX_POSITION as u16 && last != p {
-                positions.push(p);
+    #[inline]
+    fn slot_of(&self, hi: u64, lo: u64, len: usize) -> usize {
+        let h = (hi ^ lo.rotate_left(29) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    /// Takes the lexeme at `buf[start..]` with its (capped) position.
+    #[inline]
+    fn add(&mut self, start: usize, pos: u16) {
+        let len = self.buf.len() - start;
+        let mut key = [0u8; KEY_BYTES];
+        let n = len.min(KEY_BYTES);
+        for (k, &b) in key[..n].iter_mut().zip(&self.buf[start..start + n]) {
+            *k = b;
+        }
+        let (h, l) = key.split_at(8);
+        let hi = u64::from_be_bytes(h.try_into().expect("8 bytes"));
+        let lo = u64::from_be_bytes(l.try_into().expect("8 bytes"));
+
+        let mask = self.slots.len() - 1;
+        let mut slot = self.slot_of(hi, lo, len);
+        loop {
+            let s = self.slots[slot];
+            if s == 0 {
+                break;
             }
-            j += 1;
+            let d = self.distinct[s as usize - 1];
+            if d.hi == hi
+                && d.lo == lo
+                && d.len as usize == len
+                && (len <= KEY_BYTES || d.rest(&self.buf) == &self.buf[start + KEY_BYTES..])
+            {
+                // A repeat: keep the position as uniqueWORD would (at most 255, none
+                // after 16383, no repeat of the previous one).
+                self.buf.truncate(start);
+                let d = &mut self.distinct[s as usize - 1];
+                if (d.npos as usize) < MAX_POSITIONS_PER_LEXEME
+                    && d.last != MAX_POSITION as u16
+                    && d.last != pos
+                {
+                    d.npos += 1;
+                    d.last = pos;
+                    self.kept.push((s - 1, pos));
+                }
+                return;
+            }
+            slot = (slot + 1) & mask;
         }
-        entries.push(Entry {
-            start: w.start,
-            len: w.len,
-            pos_start,
-            npos: (positions.len() - pos_start as usize) as u16,
+        let id = self.distinct.len() as u32;
+        self.distinct.push(Distinct {
+            hi,
+            lo,
+            start: start as u32,
+            len: len as u16,
+            npos: 1,
+            last: pos,
         });
-        i = j;
+        self.slots[slot] = id + 1;
+        self.kept.push((id, pos));
+        if self.distinct.len() * 2 > self.slots.len() {
+            self.grow();
+        }
     }
 
-    // make_tsvector's size check: lexemes, each followed (2-byte aligned) by a count and
-    // its positions. Over the limit PostgreSQL raises an error: leave that to it.
-    let mut size = 0usize;
-    for e in &entries {
-        size += e.len as usize;
-        size = (size + 1) & !1;
-        size += 2 + 2 * e.npos as usize;
+    fn grow(&mut self) {
+        self.slots = vec![0; self.slots.len() * 2];
+        let mask = self.slots.len() - 1;
+        for (i, d) in self.distinct.iter().enumerate() {
+            let mut slot = self.slot_of(d.hi, d.lo, d.len as usize);
+            while self.slots[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            self.slots[slot] = i as u32 + 1;
+        }
     }
-    if size > MAXSTRPOS {
-        return None;
+
+    /// `make_tsvector`: distinct lexemes in tsCompareString order (memcmp, a prefix before
+    /// the longer lexeme), each with its positions.
+    fn finish(self) -> Option<Tsv> {
+        let Lexemes {
+            buf,
+            distinct,
+            kept,
+            ..
+        } = self;
+        let mut order: Vec<(u64, u64, u32)> = distinct
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.hi, d.lo, i as u32))
+            .collect();
+        order.sort_unstable_by_key(|&(hi, lo, _)| (hi, lo));
+        // Distinct lexemes share a key only beyond 16 bytes: order those by the rest.
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i + 1;
+            while j < order.len() && (order[j].0, order[j].1) == (order[i].0, order[i].1) {
+                j += 1;
+            }
+            if j - i > 1 {
+                order[i..j].sort_by(|a, b| {
+                    distinct[a.2 as usize]
+                        .rest(&buf)
+                        .cmp(distinct[b.2 as usize].rest(&buf))
+                });
+            }
+            i = j;
+        }
+
+        // Lay positions out lexeme by lexeme in that order; fill them in text order, which
+        // is ascending within each lexeme.
+        let mut offset = vec![0u32; distinct.len()];
+        let mut entries = Vec::with_capacity(distinct.len());
+        let mut total = 0u32;
+        for &(_, _, id) in &order {
+            let d = distinct[id as usize];
+            offset[id as usize] = total;
+            entries.push(Entry {
+                start: d.start,
+                len: d.len,
+                pos_start: total,
+                npos: d.npos,
+            });
+            total += d.npos as u32;
+        }
+        let mut positions = vec![0u16; total as usize];
+        for (id, pos) in kept {
+            let o = &mut offset[id as usize];
+            positions[*o as usize] = pos;
+            *o += 1;
+        }
+
+        // make_tsvector's size check: lexemes, each followed (2-byte aligned) by a count
+        // and its positions. Over the limit PostgreSQL raises an error: leave that to it.
+        let mut size = 0usize;
+        for e in &entries {
+            size += e.len as usize;
+            size = (size + 1) & !1;
+            size += 2 + 2 * e.npos as usize;
+        }
+        if size > MAXSTRPOS {
+            return None;
+        }
+        let lexeme_bytes = buf.len();
+        Some(Tsv {
+            lexemes: buf,
+            lexeme_bytes,
+            entries,
+            positions,
+        })
     }
-    let lexeme_bytes = entries.iter().map(|e| e.len as usize).sum();
-    Some(Tsv {
-        lexemes: buf,
-        lexeme_bytes,
-        entries,
-        positions,
-    })
 }
 
 /// A search vector: sorted, distinct lexemes with their positions (weight D).
 #[derive(Clone, Debug, Default)]
 pub struct Tsv {
-    /// Every lowercased token back to back (duplicates too); entries point into it.
-    /// Always UTF-8: lowercased pieces of a `&str`.
+    /// The distinct lexemes back to back, in order of first occurrence; entries point
+    /// into it. Always UTF-8: lowercased pieces of a `&str`.
     lexemes: Vec<u8>,
     /// Total bytes of the distinct lexemes.
     lexeme_bytes: usize,
@@ -617,14 +696,13 @@ mod tests {
     use super::*;
 
     fn tsv(words: &[(&str, u16)]) -> Tsv {
-        let mut lexemes = Vec::new();
-        let mut v = Vec::new();
+        let mut lexemes = Lexemes::with_capacity(16);
         for (w, p) in words {
-            let start = lexemes.len();
-            lexemes.extend_from_slice(w.as_bytes());
-            v.push(Word::new(&lexemes, start, w.len(), *p));
+            let start = lexemes.buf.len();
+            lexemes.buf.extend_from_slice(w.as_bytes());
+            lexemes.add(start, *p);
         }
-        make_tsvector(lexemes, v).unwrap()
+        lexemes.finish().unwrap()
     }
 
     /// Rules with ASCII classes, every non-ASCII letter of Rust's Unicode tables a letter,
@@ -714,6 +792,54 @@ mod tests {
     }
 
     #[test]
+    fn merging_as_found_equals_sorting_all_occurrences() {
+        // uniqueWORD literally: sort every (lexeme, position), then merge.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut words: Vec<(String, u16)> = Vec::new();
+        for pos in 1..=20_000u32 {
+            let stem =
+                ["a", "abcdefghijklmnop", "abcdefghijklmnopq", "z", "é", "mm"][next(6) as usize];
+            let w = format!("{stem}{}", next(3000));
+            words.push((w, pos.min(16_383) as u16));
+        }
+        let mut sorted = words.clone();
+        sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(&b.1)));
+        let mut expected = String::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let mut positions = vec![sorted[i].1];
+            let mut j = i + 1;
+            while j < sorted.len() && sorted[j].0 == sorted[i].0 {
+                let last = *positions.last().unwrap();
+                if positions.len() < 255 && last != 16_383 && last != sorted[j].1 {
+                    positions.push(sorted[j].1);
+                }
+                j += 1;
+            }
+            if !expected.is_empty() {
+                expected.push(' ');
+            }
+            expected.push_str(&format!("'{}':", sorted[i].0));
+            expected.push_str(
+                &positions
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            i = j;
+        }
+        let refs: Vec<(&str, u16)> = words.iter().map(|(w, p)| (w.as_str(), *p)).collect();
+        assert_eq!(tsv(&refs).to_text(), expected);
+    }
+
+    #[test]
     fn quotes_and_backslashes_are_doubled() {
         let t = tsv(&[("it's", 1), ("a\\b", 2)]);
         assert_eq!(t.to_text(), "'a\\\\b':2 'it''s':1");
@@ -739,7 +865,7 @@ mod tests {
             &[0, 0, 0, 2, b'a', b'b', 0, 0, 2, 0, 1, 0, 3, b'c', 0, 0, 1, 0, 2]
         );
         assert_eq!(out.len(), t.binary_len());
-        let empty = make_tsvector(Vec::new(), Vec::new()).unwrap();
+        let empty = Lexemes::with_capacity(0).finish().unwrap();
         assert_eq!(empty.to_text(), "");
         assert_eq!(empty.binary_len(), 4);
     }
