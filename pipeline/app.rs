@@ -13,7 +13,9 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::backfill::{owner_id, Backfill};
-use crate::cli::{check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs};
+use crate::cli::{
+    check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, VerifyArgs,
+};
 use crate::report;
 
 pub const EXIT_OK: u8 = 0;
@@ -33,7 +35,7 @@ pub fn init_logging() {
 
 /// A failure that should exit with status 2.
 #[derive(Debug)]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -60,7 +62,7 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
-async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = store::connect_options(cli.database_url.as_deref())
         .map_err(|e| UsageError(e.to_string()))?;
     Ok(store::connect(options, max_connections).await?)
@@ -78,6 +80,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Backfill(args) => backfill(&cli, args.clone()).await,
         Command::Status(args) => status(&cli, args).await,
+        Command::Verify(args) => verify(&cli, args).await,
+        Command::Replay(args) => crate::archive::replay(&cli, args).await,
+        Command::Reload(args) => crate::archive::reload(&cli, args).await,
         Command::Digest => {
             let pool = connect(&cli, 1).await?;
             let d = stages::store::digest(&pool).await?;
@@ -116,10 +121,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 
 async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     check_template(&cli.source_url).map_err(UsageError)?;
-    if cli.spool.is_some() {
-        warn!("--spool is not supported yet; batches are not spooled in this run.");
-    }
-    let client = SourceClient::new(cli.source_config(&args)).context("building the HTTP client")?;
+    let spool = crate::archive::open_spool(cli)?;
+    let client =
+        SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, args.batch_size))
+            .context("building the HTTP client")?;
     // Each running job holds at most one connection for its batch transaction; leave room
     // for claims, heartbeats and verification.
     let pool = connect(cli, u32::from(args.concurrency) + 3).await?;
@@ -136,6 +141,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         args: args.clone(),
         owner: owner_id(),
         cancel: cancel.clone(),
+        spool: spool.clone(),
     });
     let ids = backfill
         .plan()
@@ -148,9 +154,17 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     }
 
     let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    let run_started = chrono::Utc::now();
+    let owner = backfill.owner.clone();
     let result = backfill.run(ids.clone()).await?;
     signals.abort();
+    if let Some(archive) = &spool {
+        crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
+    }
 
+    if let Err(e) = jobs::refresh_stats(&pool).await {
+        warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
+    }
     println!("{}", report::summary_table(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view.
@@ -208,7 +222,7 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
 }
 
 /// First Ctrl-C / SIGTERM: stop fetching, commit what is in flight, pause the jobs.
-async fn stop_on_signal(cancel: CancellationToken) {
+pub(crate) async fn stop_on_signal(cancel: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -226,8 +240,57 @@ async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
+async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
+    check_template(&cli.source_url).map_err(UsageError)?;
+    let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))?;
+    let pool = connect(cli, 4).await?;
+    let ids =
+        crate::backfill::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into))
+            .await
+            .map_err(|e| UsageError(format!("{e:#}")))?;
+    let opts = crate::verify::VerifyOptions {
+        deep: args.deep,
+        repair: args.repair,
+        force: args.force,
+        max_delete_share: args.max_delete_percent / 100.0,
+    };
+    let owner = owner_id();
+    let mut all_verified = true;
+    for row in jobs::list(&pool, Some(&ids)).await? {
+        match crate::verify::verify_job(&pool, &client, &row, &owner, &opts).await {
+            Ok(v) => {
+                all_verified &= v.verified;
+                for line in &v.lines {
+                    println!("{}: {line}", v.job);
+                }
+            }
+            Err(e) => {
+                all_verified = false;
+                println!("{}/{}: FAILED: {e:#}", row.subdomain, row.document_type);
+            }
+        }
+    }
+    if args.repair || args.deep {
+        jobs::refresh_stats(&pool).await?;
+    }
+    Ok(if all_verified {
+        EXIT_OK
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
 async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let pool = connect(cli, 1).await?;
+    if args.totals {
+        let totals = jobs::totals(&pool).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&totals)?);
+        } else {
+            println!("{}", report::totals_table(&totals));
+        }
+        return Ok(EXIT_OK);
+    }
     let rows: Vec<_> = jobs::list(&pool, None)
         .await?
         .into_iter()

@@ -12,7 +12,7 @@ use stages::reconcile::{reconcile, Verdict};
 use stages::source::SourceClient;
 use stages::store::jobs::{self, JobRow, Outcome};
 use stages::store::municipalities;
-use stages::{DocumentType, JobKey};
+use stages::DocumentType;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,8 @@ pub struct Backfill {
     /// This worker's identity in job leases.
     pub owner: String,
     pub cancel: CancellationToken,
+    /// Where batches are spooled as Parquet before they are loaded (`--spool`).
+    pub spool: Option<stages::archive::Archive>,
 }
 
 /// The result of a run: per-job results in the order they finished.
@@ -46,36 +48,12 @@ pub struct RunResult {
 impl Backfill {
     /// Registers and lists the requested jobs.
     pub async fn plan(&self) -> anyhow::Result<Vec<i64>> {
-        let doc_types: Vec<DocumentType> = match self.args.document_type {
-            Some(d) => vec![d.into()],
-            None => DocumentType::ALL.to_vec(),
-        };
-        let mut municipality_ids = Vec::new();
-        if self.args.subdomain.iter().any(|s| s == "all") {
-            let all = municipalities::all(&self.pool).await?;
-            if all.is_empty() {
-                anyhow::bail!("`--subdomain all` found no municipalities: load the list first with `civicload municipalities sync --from <sites URL or file>`");
-            }
-            municipality_ids.extend(all.iter().map(|m| m.id));
-        }
-        for sub in self.args.subdomain.iter().filter(|s| s.as_str() != "all") {
-            let sub = sub.trim().to_ascii_lowercase();
-            if sub.is_empty() || sub.contains('/') || sub.contains(char::is_whitespace) {
-                anyhow::bail!(
-                    "{sub:?} is not a municipality subdomain (expected something like oakland.ca)"
-                );
-            }
-            municipality_ids.push(municipalities::ensure(&self.pool, &sub).await?);
-        }
-        municipality_ids.sort_unstable();
-        municipality_ids.dedup();
-        let mut ids = Vec::new();
-        for m in municipality_ids {
-            for d in &doc_types {
-                ids.push(jobs::ensure(&self.pool, m, *d).await?);
-            }
-        }
-        Ok(ids)
+        plan_jobs(
+            &self.pool,
+            &self.args.subdomain,
+            self.args.document_type.map(Into::into),
+        )
+        .await
     }
 
     /// Runs every planned job to an end (completed, failed or paused).
@@ -100,7 +78,9 @@ impl Backfill {
 
         let planned = jobs::list(&self.pool, Some(&ids)).await?;
         let todo = planned.iter().filter(|j| j.status != "completed").count() as u64;
-        let expected: Option<u64> = None;
+        let expected = jobs::expected_remaining(&self.pool, &ids)
+            .await?
+            .map(|n| n as u64);
         let progress = Progress::new(todo, expected, Progress::terminal());
         let stop_logging = CancellationToken::new();
         tokio::spawn(
@@ -175,8 +155,7 @@ impl Backfill {
                 // Nothing claimable: wait while other workers hold jobs of this run, so a
                 // dead worker's job is taken over when its lease expires.
                 let others = jobs::held_by_others(&self.pool, &ids, &self.owner).await?;
-                let waiting: Vec<_> = others.iter().filter(|_| true).collect();
-                if waiting.is_empty() {
+                if others.is_empty() {
                     return Ok(results);
                 }
                 tokio::select! {
@@ -194,6 +173,25 @@ impl Backfill {
         let job = Arc::new(row.key());
         let started = Instant::now();
         progress.job_started(&job, row.pages_fetched as u64);
+        // The expected size, for the progress bar and `status` ETA (verification recounts
+        // at the end: the source may change meanwhile).
+        let counting = {
+            let (client, pool, job, progress) = (
+                self.client.clone(),
+                self.pool.clone(),
+                job.clone(),
+                progress.clone(),
+            );
+            tokio::spawn(async move {
+                if let Some(c) = client
+                    .cheap_count(&job.subdomain, job.document_type.table(), true)
+                    .await
+                {
+                    progress.job_expected(&job, c.rows);
+                    let _ = jobs::set_expected(&pool, job.job_id, c.rows as i64, c.route).await;
+                }
+            })
+        };
         let (raw_tx, raw_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let fetch = Fetch {
@@ -212,15 +210,29 @@ impl Backfill {
         let observer: Arc<dyn LoadObserver> = progress.clone();
         let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
         let transform_task = tokio::spawn(Transform.run(job.clone(), raw_rx, batch_tx));
+        // With a spool, transform -> spool -> load: a batch reaches load only once its
+        // Parquet file is durable.
+        let (batch_rx, spool_task) = match &self.spool {
+            Some(archive) => {
+                let (spooled_tx, spooled_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                let spool = stages::spool::Spool::new(archive.clone(), job.clone(), row.pass);
+                (
+                    spooled_rx,
+                    Some(tokio::spawn(spool.run(batch_rx, spooled_tx))),
+                )
+            }
+            None => (batch_rx, None),
+        };
         let load_task = tokio::spawn(load.run(job.clone(), batch_rx, observer));
 
         let load_result = load_task.await;
         let transform_time = transform_task.await.unwrap_or_default();
         let fetch_result = fetch_task.await;
+        let _ = counting.await;
 
         let mut result = JobResult::new(&job, &row);
         result.transform_time = transform_time;
-        let (outcome, error): (Outcome, Option<String>) = match (fetch_result, load_result) {
+        let (mut outcome, mut error): (Outcome, Option<String>) = match (fetch_result, load_result) {
             (_, Err(e)) | (Err(e), _) => (Outcome::Failed, Some(format!("internal error: {e}"))),
             (_, Ok(Err(e))) => (Outcome::Failed, Some(format!("{e}. Fix the database problem, then rerun the same command: the job continues from its last checkpoint."))),
             (Ok(Err(e)), Ok(Ok(load))) => {
@@ -243,6 +255,17 @@ impl Backfill {
                 }
             }
         };
+        if let Some(task) = spool_task {
+            let spool_error = match task.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("internal error in the spool stage: {e}")),
+            };
+            if let Some(e) = spool_error {
+                outcome = Outcome::Failed;
+                error = Some(e);
+            }
+        }
         result.seconds = started.elapsed().as_secs_f64();
         match jobs::release(
             &self.pool,
@@ -289,6 +312,45 @@ impl Backfill {
     }
 }
 
+/// Registers the jobs for these municipalities (`all` = every synced one) and document
+/// types, returning their ids.
+pub async fn plan_jobs(
+    pool: &PgPool,
+    subdomains: &[String],
+    document_type: Option<DocumentType>,
+) -> anyhow::Result<Vec<i64>> {
+    let doc_types: Vec<DocumentType> = match document_type {
+        Some(d) => vec![d],
+        None => DocumentType::ALL.to_vec(),
+    };
+    let mut municipality_ids = Vec::new();
+    if subdomains.iter().any(|s| s == "all") {
+        let all = municipalities::all(pool).await?;
+        if all.is_empty() {
+            anyhow::bail!("`--subdomain all` found no municipalities: load the list first with `civicload municipalities sync --from <sites URL or file>`");
+        }
+        municipality_ids.extend(all.iter().map(|m| m.id));
+    }
+    for sub in subdomains.iter().filter(|s| s.as_str() != "all") {
+        let sub = sub.trim().to_ascii_lowercase();
+        if sub.is_empty() || sub.contains('/') || sub.contains(char::is_whitespace) {
+            anyhow::bail!(
+                "{sub:?} is not a municipality subdomain (expected something like oakland.ca)"
+            );
+        }
+        municipality_ids.push(municipalities::ensure(pool, &sub).await?);
+    }
+    municipality_ids.sort_unstable();
+    municipality_ids.dedup();
+    let mut ids = Vec::new();
+    for m in municipality_ids {
+        for d in &doc_types {
+            ids.push(jobs::ensure(pool, m, *d).await?);
+        }
+    }
+    Ok(ids)
+}
+
 /// Renews this worker's leases until stopped.
 async fn heartbeat(pool: PgPool, owner: String, lease: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(lease / 4);
@@ -318,7 +380,7 @@ pub fn owner_id() -> String {
 
 /// Clears leases held by processes of this machine that no longer exist (a `kill -9`),
 /// so a resume on the same machine does not wait for the lease to expire.
-async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
+pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
     let me = owner_id();
     let host = me.split('/').next().unwrap_or_default().to_string();
     let mut released = 0;
@@ -379,9 +441,4 @@ impl JobResult {
         self.rejected = load.totals.rejected;
         self.load_time = load.load_time;
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send(job: JobKey) -> impl Send {
-    job
 }

@@ -51,6 +51,8 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// Show every job's status, counters and verification.
     Status(StatusArgs),
+    /// Re-verify jobs against the source; `--deep` compares id sets, `--repair` fixes them.
+    Verify(VerifyArgs),
     /// Content digest of the pages held (order-independent).
     Digest,
     /// Build the search vectors that are missing (after a bulk load; resumable).
@@ -61,6 +63,48 @@ pub enum Command {
     Health(crate::health::HealthArgs),
     /// Explain the application's search for a query: plan, index, workers, time.
     SearchBench(crate::search_bench::SearchBenchArgs),
+    /// Load spooled Parquet files into the database (no source API calls); resumable.
+    Replay(ReplayArgs),
+    /// Load exactly a manifest's files into an empty database, then print the digest.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReplayArgs {
+    /// The spool archive to replay (file://, s3://); default: --spool / CIVICLOAD_SPOOL.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only these municipalities (comma-separated); default: every job in the archive.
+    #[arg(long, value_delimiter = ',')]
+    pub subdomain: Vec<String>,
+    #[command(flatten)]
+    pub load: ReplayLoadArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReloadArgs {
+    /// URL of a run or job manifest (e.g. s3://bucket/prefix/_runs/<run>.json).
+    #[arg(long)]
+    pub manifest: String,
+    /// Empty a database that is not empty without asking.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub load: ReplayLoadArgs,
+}
+
+/// How replay and reload load files.
+#[derive(Debug, Args, Clone)]
+pub struct ReplayLoadArgs {
+    /// Jobs loaded at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Files read and decoded ahead of the load, per job.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub read_ahead: u16,
+    /// Lease length, seconds.
+    #[arg(long, default_value_t = 60, hide = true)]
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,7 +171,38 @@ pub struct BackfillArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Municipalities: `all` or a comma-separated list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub subdomain: Vec<String>,
+    /// Only this document type (default: both).
+    #[arg(long, value_enum)]
+    pub document_type: Option<DocTypeArg>,
+    /// Compare the source's id set with PostgreSQL: missing and stale pages.
+    #[arg(long)]
+    pub deep: bool,
+    /// Fetch only the missing pages and remove stale ones (implies --deep).
+    #[arg(long)]
+    pub repair: bool,
+    /// Let --repair remove more than the safe share of a job's pages.
+    #[arg(long)]
+    pub force: bool,
+    /// The largest share of a job's pages --repair removes without --force, percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_delete_percent: f64,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub http_timeout: u64,
+    /// Retries of a failed request.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct StatusArgs {
+    /// Pages and documents per municipality and type, from the `meeting_page_stats` view.
+    #[arg(long)]
+    pub totals: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -140,7 +215,13 @@ pub struct StatusArgs {
 }
 
 impl Cli {
-    pub fn source_config(&self, args: &BackfillArgs) -> SourceConfig {
+    /// The source settings; secrets stay wrapped.
+    pub fn source_config(
+        &self,
+        http_timeout: u64,
+        max_retries: u32,
+        page_size: u16,
+    ) -> SourceConfig {
         SourceConfig {
             template: self.source_url.clone(),
             service_secret: self
@@ -148,9 +229,9 @@ impl Cli {
                 .clone()
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
-            timeout: Duration::from_secs(args.http_timeout.max(1)),
-            max_retries: args.max_retries,
-            page_size: usize::from(args.batch_size),
+            timeout: Duration::from_secs(http_timeout.max(1)),
+            max_retries,
+            page_size: usize::from(page_size),
             ..SourceConfig::default()
         }
     }

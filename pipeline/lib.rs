@@ -2,6 +2,7 @@
 //! progress and reports. SQL and HTTP details live in the `stages` crate.
 
 pub mod app;
+pub mod archive;
 pub mod backfill;
 pub mod cli;
 pub mod health;
@@ -10,3 +11,4 @@ pub mod progress;
 pub mod report;
 pub mod search_bench;
 pub mod vectorize;
+pub mod verify;

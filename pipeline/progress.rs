@@ -39,12 +39,12 @@ impl Progress {
         let bars = multi.map(|multi| {
             let overall = match expected_pages {
                 Some(n) => multi.add(ProgressBar::new(n)).with_style(
-                    ProgressStyle::with_template("{prefix:>24} [{bar:30}] {human_pos}/{human_len} pages {per_sec} eta {eta} {msg}")
-                        .expect("static template")
+                    ProgressStyle::with_template("{prefix:>24} [{bar:30}] {human_pos}/{human_len} pages {rate} eta {eta} {msg}")
+                        .expect("static template").with_key("rate", rate)
                         .progress_chars("=> "),
                 ),
                 None => multi.add(ProgressBar::no_length()).with_style(
-                    ProgressStyle::with_template("{prefix:>24} {spinner} {human_pos} pages {per_sec} {msg}").expect("static template"),
+                    ProgressStyle::with_template("{prefix:>24} {spinner} {human_pos} pages {rate} {msg}").expect("static template").with_key("rate", rate),
                 ),
             };
             overall.set_prefix("all jobs");
@@ -74,9 +74,10 @@ impl Progress {
         if let Some(b) = &self.bars {
             let bar = b.multi.add(ProgressBar::no_length()).with_style(
                 ProgressStyle::with_template(
-                    "{prefix:>24} {spinner} {human_pos} pages {per_sec} {msg}",
+                    "{prefix:>24} {spinner} {human_pos} pages {rate} {msg}",
                 )
-                .expect("static template"),
+                .expect("static template")
+                .with_key("rate", rate),
             );
             bar.set_prefix(truncate(&job.to_string(), 24));
             bar.set_position(already);
@@ -87,6 +88,23 @@ impl Progress {
                 .insert(job.job_id, bar);
         } else {
             info!(job = %job, resumed_at = already, "Job started.");
+        }
+    }
+
+    /// Gives a job's bar its length once the source's count is known.
+    pub fn job_expected(&self, job: &JobKey, rows: u64) {
+        if let Some(b) = &self.bars {
+            if let Some(bar) = b.jobs.lock().expect("progress lock").get(&job.job_id) {
+                bar.set_length(rows);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>24} [{bar:30}] {human_pos}/{human_len} {rate} eta {eta} {msg}",
+                    )
+                    .expect("static template")
+                    .with_key("rate", rate)
+                    .progress_chars("=> "),
+                );
+            }
         }
     }
 
@@ -169,4 +187,9 @@ fn truncate(s: &str, n: usize) -> String {
         let head: String = s.chars().take(n - 1).collect();
         format!("{head}…")
     }
+}
+
+/// Pages per second without decimals (indicatif's own `per_sec` prints four).
+fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:.0}/s", state.per_sec());
 }

@@ -181,13 +181,18 @@ pub fn status_table(rows: &[JobRow]) -> String {
         "route",
         "verified at",
         "pages/s",
+        "eta",
         "last error",
     ]);
     for j in rows {
-        let rate = if j.elapsed_seconds > 0.0 {
-            format!("{:.0}", j.pages_fetched as f64 / j.elapsed_seconds)
-        } else {
-            String::new()
+        let per_second =
+            (j.elapsed_seconds > 0.0).then(|| j.pages_fetched as f64 / j.elapsed_seconds);
+        let rate = per_second.map(|r| format!("{r:.0}")).unwrap_or_default();
+        let eta = match (j.status.as_str(), per_second, j.expected_count) {
+            ("running", Some(r), Some(expected)) if r > 0.0 && expected > j.pages_fetched => {
+                format!("{:.0} s", (expected - j.pages_fetched) as f64 / r)
+            }
+            _ => String::new(),
         };
         t.add_row(vec![
             Cell::new(format!("{}/{}", j.subdomain, j.document_type)),
@@ -206,6 +211,7 @@ pub fn status_table(rows: &[JobRow]) -> String {
                     .unwrap_or_default(),
             ),
             right(rate),
+            right(eta),
             Cell::new(shorten(j.last_error.as_deref().unwrap_or(""), 60)),
         ]);
     }
@@ -218,4 +224,48 @@ fn shorten(s: &str, n: usize) -> String {
     } else {
         format!("{}…", s.chars().take(n - 1).collect::<String>())
     }
+}
+
+/// `civicload status --totals`: pages and documents per municipality and document type.
+pub fn totals_table(rows: &[stages::store::jobs::Totals]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "municipality",
+        "type",
+        "pages",
+        "documents",
+        "first month",
+        "last month",
+    ]);
+    let (mut pages, mut docs) = (0, 0);
+    for r in rows {
+        pages += r.pages;
+        docs += r.documents;
+        t.add_row(vec![
+            Cell::new(&r.subdomain),
+            Cell::new(&r.document_type),
+            right(r.pages),
+            right(r.documents),
+            Cell::new(
+                r.first_month
+                    .map(|d| d.format("%Y-%m").to_string())
+                    .unwrap_or_default(),
+            ),
+            Cell::new(
+                r.last_month
+                    .map(|d| d.format("%Y-%m").to_string())
+                    .unwrap_or_default(),
+            ),
+        ]);
+    }
+    t.add_row(vec![
+        Cell::new("TOTAL"),
+        Cell::new(""),
+        right(pages),
+        right(docs),
+        Cell::new(""),
+        Cell::new(""),
+    ]);
+    t.to_string()
 }

@@ -92,6 +92,21 @@ impl RejectReason {
             RejectReason::MalformedRow => "malformed_row",
         }
     }
+
+    /// The reason for a stored `as_str()` value (spool files keep reasons as text).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            RejectReason::MissingId,
+            RejectReason::BadDate,
+            RejectReason::BadPage,
+            RejectReason::MissingMeeting,
+            RejectReason::BadJson,
+            RejectReason::DuplicatePage,
+            RejectReason::MalformedRow,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
 }
 
 /// A source row that cannot be stored faithfully, kept with its raw JSON.

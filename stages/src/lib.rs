@@ -1,14 +1,17 @@
 //! civicload's stages: the source client and the pieces of the per-job pipeline
-//! (fetch -> transform -> load -> reconcile), plus the batch type that moves between them
-//! and the SQL for the tables they share. Nothing here knows about the command line.
+//! (fetch -> transform -> spool -> load -> reconcile, and archive replay), plus the batch
+//! type that moves between them and the SQL for the tables they share. Nothing here knows about the command line.
 
+pub mod archive;
 pub mod batch;
 pub mod copy;
 pub mod fetch;
 pub mod load;
 pub mod reconcile;
+pub mod replay;
 pub mod secret;
 pub mod source;
+pub mod spool;
 pub mod store;
 pub mod transform;
 

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use futures::future::BoxFuture;
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
 use tracing::{instrument, warn};
 
@@ -76,15 +77,50 @@ pub trait LoadObserver: Send + Sync {
     fn batch_committed(&self, job: &JobKey, outcome: &BatchOutcome);
 }
 
+/// How a committed batch is recorded, inside the batch's own transaction. By default
+/// (backfill) the job's cursor advances, guarded by the lease and `batch_seq = seq - 1`;
+/// an archive replay records the batch's file instead (`replay::FileCheckpoint`).
+pub trait Checkpoint: Send + Sync {
+    /// Records the batch. Returns false when the guard refuses it: nothing of the batch
+    /// may be committed then.
+    fn record<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: &'a PageBatch,
+        outcome: &'a BatchOutcome,
+        elapsed: Duration,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
+
+    /// After a refusal: true when the batch was committed by our own earlier attempt (the
+    /// COMMIT's answer was lost with the connection), false when the job is no longer ours.
+    fn was_committed<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        batch: &'a PageBatch,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
+}
+
 /// The load stage.
 pub struct Load {
     pool: PgPool,
     config: LoadConfig,
+    /// None: the job-cursor checkpoint of a backfill.
+    checkpoint: Option<Arc<dyn Checkpoint>>,
 }
 
 impl Load {
     pub fn new(pool: PgPool, config: LoadConfig) -> Self {
-        Load { pool, config }
+        Load {
+            pool,
+            config,
+            checkpoint: None,
+        }
+    }
+
+    /// Records batches with `checkpoint` instead of advancing the job's cursor.
+    pub fn with_checkpoint(mut self, checkpoint: Arc<dyn Checkpoint>) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
     }
 
     /// Commits batches until the input closes. Ends at the first batch it cannot commit:
@@ -140,6 +176,23 @@ impl Load {
         }
     }
 
+    /// Writes pages and rejects outside the job's batch sequence (repairs): no checkpoint.
+    pub async fn commit_unguarded(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
+        let sql_err = |source| LoadError::Sql {
+            job: batch.job.to_string(),
+            seq: batch.seq,
+            source,
+        };
+        let mut conn = self.pool.acquire().await.map_err(sql_err)?;
+        let mut tx = conn.begin().await.map_err(sql_err)?;
+        let outcome = self
+            .write(&mut tx, batch, Duration::ZERO, false)
+            .await
+            .map_err(sql_err)?;
+        tx.commit().await.map_err(sql_err)?;
+        Ok(outcome.expect("no checkpoint guard without a checkpoint"))
+    }
+
     /// Writes one batch, its rejects and the checkpoint in one transaction.
     pub async fn commit(
         &self,
@@ -154,7 +207,7 @@ impl Load {
         };
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
         let mut tx = conn.begin().await.map_err(sql_err)?;
-        let outcome = match self.write(&mut tx, batch, elapsed).await {
+        let outcome = match self.write(&mut tx, batch, elapsed, true).await {
             Ok(Some(o)) => o,
             Ok(None) => {
                 drop(tx);
@@ -169,6 +222,23 @@ impl Load {
     /// The checkpoint guard refused the batch: either our own earlier attempt did commit
     /// (the COMMIT's answer was lost with the connection), or we lost the lease.
     async fn already_committed(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
+        if let Some(checkpoint) = &self.checkpoint {
+            return match checkpoint.was_committed(&self.pool, batch).await {
+                Ok(true) => Ok(BatchOutcome {
+                    fetched: batch.fetched as u64,
+                    ..BatchOutcome::default()
+                }),
+                Ok(false) => Err(LoadError::LeaseLost {
+                    job: batch.job.to_string(),
+                    seq: batch.seq,
+                }),
+                Err(source) => Err(LoadError::Sql {
+                    job: batch.job.to_string(),
+                    seq: batch.seq,
+                    source,
+                }),
+            };
+        }
         let row: Option<(i64, Option<String>)> =
             sqlx::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
                 .bind(batch.job.job_id)
@@ -199,6 +269,7 @@ impl Load {
         tx: &mut Transaction<'_, Postgres>,
         batch: &PageBatch,
         elapsed: Duration,
+        checkpoint: bool,
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
         let job = &batch.job;
         let doc_type = job.document_type.as_str();
@@ -290,6 +361,20 @@ impl Load {
 
         let unchanged = pages as i64 - created - updated;
         let rejected = batch.rejects.len() as i64;
+        let outcome = BatchOutcome {
+            fetched: batch.fetched as u64,
+            created: created as u64,
+            updated: updated as u64,
+            unchanged: unchanged as u64,
+            rejected: rejected as u64,
+        };
+        if !checkpoint {
+            return Ok(Some(outcome));
+        }
+        if let Some(custom) = &self.checkpoint {
+            let recorded = custom.record(tx, batch, &outcome, elapsed).await?;
+            return Ok(recorded.then_some(outcome));
+        }
         let moved = sqlx::query(
             "UPDATE backfill_jobs SET
                 last_cursor = coalesce($4, last_cursor), batch_seq = $3,
@@ -314,12 +399,6 @@ impl Load {
         if moved.rows_affected() != 1 {
             return Ok(None);
         }
-        Ok(Some(BatchOutcome {
-            fetched: batch.fetched as u64,
-            created: created as u64,
-            updated: updated as u64,
-            unchanged: unchanged as u64,
-            rejected: rejected as u64,
-        }))
+        Ok(Some(outcome))
     }
 }

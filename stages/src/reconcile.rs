@@ -140,3 +140,104 @@ mod tests {
         assert!(matches!(judge(None, 1, 0), Verdict::Unknown { .. }));
     }
 }
+
+/// The id-level comparison of one job's table with PostgreSQL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeepReport {
+    pub source_rows: usize,
+    pub stored: usize,
+    pub rejected: usize,
+    /// Source ids neither stored nor recorded as rejects.
+    pub missing: Vec<String>,
+    /// Stored pages whose source id no longer exists upstream (re-OCR'd or deleted).
+    pub stale: Vec<String>,
+}
+
+impl DeepReport {
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.stale.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        let sample = |ids: &[String]| {
+            let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+            if ids.len() > 5 {
+                format!(" ({}, …)", shown.join(", "))
+            } else if ids.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", shown.join(", "))
+            }
+        };
+        format!(
+            "source {} rows; stored {} pages + {} rejects; missing here {}{}; stale here {}{}",
+            self.source_rows,
+            self.stored,
+            self.rejected,
+            self.missing.len(),
+            sample(&self.missing),
+            self.stale.len(),
+            sample(&self.stale)
+        )
+    }
+}
+
+/// Compares the source's id set with the stored pages and rejects of one job.
+pub async fn deep_compare(
+    pool: &PgPool,
+    client: &SourceClient,
+    job: &JobKey,
+) -> Result<DeepReport, ReconcileError> {
+    let mut source = client
+        .all_ids(&job.subdomain, job.document_type.table())
+        .await?;
+    source.sort_unstable();
+    source.dedup();
+    let stored = jobs::local_source_ids(pool, job.municipality_id, job.document_type).await?;
+    let rejected = jobs::rejected_source_ids(pool, job.municipality_id, job.document_type).await?;
+    Ok(compare_ids(&source, &stored, &rejected))
+}
+
+/// The set arithmetic of `deep_compare`, on sorted, deduplicated id lists.
+pub fn compare_ids(source: &[String], stored: &[String], rejected: &[String]) -> DeepReport {
+    use std::collections::HashSet;
+    let source_set: HashSet<&str> = source.iter().map(String::as_str).collect();
+    let accounted: HashSet<&str> = stored.iter().chain(rejected).map(String::as_str).collect();
+    DeepReport {
+        source_rows: source.len(),
+        stored: stored.len(),
+        rejected: rejected
+            .iter()
+            .filter(|r| source_set.contains(r.as_str()))
+            .count(),
+        missing: source
+            .iter()
+            .filter(|id| !accounted.contains(id.as_str()))
+            .cloned()
+            .collect(),
+        stale: stored
+            .iter()
+            .filter(|id| !source_set.contains(id.as_str()))
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod deep_tests {
+    use super::*;
+
+    fn v(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn missing_and_stale_ids_are_found() {
+        let r = compare_ids(&v(&["a", "b", "c", "d"]), &v(&["a", "x"]), &v(&["d"]));
+        assert_eq!(r.missing, v(&["b", "c"]));
+        assert_eq!(r.stale, v(&["x"]));
+        assert_eq!(r.rejected, 1);
+        assert!(!r.is_exact());
+        assert!(compare_ids(&v(&["a"]), &v(&["a"]), &[]).is_exact());
+    }
+}

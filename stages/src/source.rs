@@ -310,6 +310,52 @@ impl SourceClient {
         }
     }
 
+    /// An exact count when one is cheap (Datasette's count below its cap, or the SQL
+    /// endpoint); None when only an id scan could tell. `count_field` first asks the
+    /// table's own count.
+    pub async fn cheap_count(
+        &self,
+        subdomain: &str,
+        table: &str,
+        count_field: bool,
+    ) -> Option<SourceCount> {
+        if count_field {
+            let mut url = self.table_url(subdomain, table).ok()?;
+            url.query_pairs_mut()
+                .append_pair("_size", "0")
+                .append_pair("_extra", "count");
+            if let Ok((body, shown)) = self.get_with_retries(url).await {
+                if let Ok(env) = parse_envelope(&body, &shown) {
+                    if let Some(n) = env
+                        .filtered_table_rows_count
+                        .as_ref()
+                        .and_then(|v| v.as_u64())
+                    {
+                        return Some(SourceCount {
+                            rows: n,
+                            route: "datasette_filtered_count",
+                        });
+                    }
+                    if let Some(n) = env
+                        .count
+                        .as_ref()
+                        .and_then(|v| v.as_u64())
+                        .filter(|n| *n < DATASETTE_COUNT_CAP)
+                    {
+                        return Some(SourceCount {
+                            rows: n,
+                            route: "datasette_count",
+                        });
+                    }
+                }
+            }
+        }
+        self.sql_count(subdomain, table).await.map(|n| SourceCount {
+            rows: n,
+            route: "datasette_sql",
+        })
+    }
+
     /// The exact number of rows in a table, from the best route the source allows
     /// (SOURCE.md, "Counting"). Never returns Datasette 1.0's capped count as exact.
     pub async fn exact_count(
@@ -343,11 +389,8 @@ impl SourceClient {
                 }
             }
         }
-        if let Some(n) = self.sql_count(subdomain, table).await {
-            return Ok(SourceCount {
-                rows: n,
-                route: "datasette_sql",
-            });
+        if let Some(count) = self.cheap_count(subdomain, table, false).await {
+            return Ok(count);
         }
         let n = self.id_scan_count(subdomain, table).await?;
         Ok(SourceCount {
@@ -412,6 +455,45 @@ impl SourceClient {
                 return Ok(ids);
             }
             after = page.last_id;
+        }
+    }
+
+    /// The rows with these ids (at most 100 per request: the ids travel in the URL).
+    pub async fn rows_by_ids(
+        &self,
+        subdomain: &str,
+        table: &str,
+        columns: &[String],
+        ids: &[String],
+    ) -> Result<SourcePage, SourceError> {
+        assert!(
+            ids.len() <= 100,
+            "rows_by_ids takes at most 100 ids per call"
+        );
+        let mut url = self.table_url(subdomain, table)?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("_size", "1000")
+                .append_pair("_sort", "id")
+                .append_pair("_shape", "objects");
+            for c in columns.iter().filter(|c| c.as_str() != "id") {
+                q.append_pair("_col", c);
+            }
+            q.append_pair("id__in", &ids.join(","));
+        }
+        let mut attempt = 0u32;
+        loop {
+            let result = match self.get_once(url.clone()).await {
+                Ok((body, shown)) => parse_page(&body, &shown, None),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(page) => return Ok(page),
+                Err(e) => {
+                    attempt += 1;
+                    self.backoff_or_fail(e, attempt).await?;
+                }
+            }
         }
     }
 

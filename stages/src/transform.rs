@@ -47,7 +47,7 @@ struct Row<'a> {
     votes_json: Option<&'a RawValue>,
 }
 
-/// Builds page batches from source rows.
+/// Builds page batches from source rows; one builder lives for a whole job pass.
 #[derive(Default)]
 pub struct PageBuilder {
     source_id: StringBuilder,
@@ -58,7 +58,10 @@ pub struct PageBuilder {
     page_image: StringBuilder,
     entities: StringBuilder,
     votes: StringBuilder,
-    seen: HashSet<(String, i32, i32)>,
+    /// Hashes of the (meeting, date, page) keys seen so far in this pass of the job: a
+    /// second row for the same page is a reject, whichever batch it arrives in. 64-bit
+    /// hashes keep this at ~16 bytes per page (a collision needs ~4e9 pages per table).
+    seen: HashSet<u64>,
     rejects: Vec<Reject>,
 }
 
@@ -164,7 +167,7 @@ impl PageBuilder {
                 )
             }
         };
-        if !self.seen.insert((meeting.to_string(), date, page)) {
+        if !self.seen.insert(page_key(&meeting, date, page)) {
             return self.reject(
                 Some(id),
                 raw_for_reject,
@@ -221,8 +224,6 @@ impl PageBuilder {
         ];
         let rows = RecordBatch::try_new(page_schema(), columns)
             .expect("page batch columns follow page_schema");
-        // Duplicates are detected within a batch; see the README's "Known limits".
-        self.seen.clear();
         Transformed {
             rows,
             rejects: std::mem::take(&mut self.rejects),
@@ -237,6 +238,18 @@ pub fn transform_rows(rows: &[Box<RawValue>], columns: Option<&[String]>) -> Tra
         builder.push(raw, columns);
     }
     builder.finish()
+}
+
+fn page_key(meeting: &str, date: i32, page: i32) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Fixed keys: the same page must hash the same way for the whole pass.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    h.write(meeting.as_bytes());
+    h.write_i32(date);
+    h.write_i32(page);
+    h.finish()
 }
 
 fn array_to_object(text: &str, columns: Option<&[String]>) -> Option<String> {
@@ -445,6 +458,23 @@ mod tests {
         let ids = t.rows.column(col::SOURCE_ID).as_string::<i32>();
         assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), vec!["d", "g"]);
         assert_eq!(t.rows.column(col::TEXT).as_string::<i32>().value(1), "");
+    }
+
+    #[test]
+    fn a_duplicate_page_in_a_later_batch_is_rejected() {
+        let mut b = PageBuilder::new();
+        b.push(
+            &raw(r#"{"id":"a","meeting":"M","date":"2023-02-01","page":1,"text":"x"}"#),
+            None,
+        );
+        assert!(b.finish().rejects.is_empty());
+        b.push(
+            &raw(r#"{"id":"b","meeting":"M","date":"2023-02-01","page":1,"text":"y"}"#),
+            None,
+        );
+        let t = b.finish();
+        assert_eq!(t.rows.num_rows(), 0);
+        assert_eq!(t.rejects[0].reason, RejectReason::DuplicatePage);
     }
 
     #[test]

@@ -136,6 +136,28 @@ pub async fn claim_next(
         .await
 }
 
+/// Claims one job whatever its status (for repairs), unless a live worker holds it.
+pub async fn claim(
+    pool: &PgPool,
+    job_id: i64,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE backfill_jobs j SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
+            heartbeat_at = now(), status = 'running', updated_at = now()
+         FROM municipalities m
+         WHERE j.id = $1 AND m.id = j.municipality_id AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
+         RETURNING {JOB_COLUMNS}"
+    );
+    sqlx::query_as(&sql)
+        .bind(job_id)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(pool)
+        .await
+}
+
 /// Renews the leases of every running job this worker holds.
 pub async fn heartbeat(pool: &PgPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
@@ -275,6 +297,128 @@ pub async fn count_rejects(
     )
     .bind(municipality_id)
     .bind(document_type.as_str())
+    .fetch_one(pool)
+    .await
+}
+
+/// The source ids of the pages stored for a job, sorted.
+pub async fn local_source_ids(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT p.source_id FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
+         WHERE d.municipality_id = $1 AND d.document_type = $2 ORDER BY p.source_id",
+    )
+    .bind(municipality_id)
+    .bind(document_type.as_str())
+    .fetch_all(pool)
+    .await
+}
+
+/// The source ids recorded as rejects for a job's table.
+pub async fn rejected_source_ids(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT source_id FROM page_rejects WHERE municipality_id = $1 AND document_type = $2 AND source_id IS NOT NULL")
+        .bind(municipality_id)
+        .bind(document_type.as_str())
+        .fetch_all(pool)
+        .await
+}
+
+/// Deletes a job's pages with these source ids (and the documents left without pages),
+/// in one transaction. Returns the pages deleted.
+pub async fn delete_pages(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+    source_ids: &[String],
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let docs: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM meeting_pages p USING meeting_documents d
+         WHERE d.id = p.document_id AND d.municipality_id = $1 AND d.document_type = $2 AND p.source_id = ANY($3)
+         RETURNING p.document_id",
+    )
+    .bind(municipality_id)
+    .bind(document_type.as_str())
+    .bind(source_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM meeting_documents d WHERE d.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)")
+        .bind(&docs)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(docs.len() as u64)
+}
+
+/// Records the expected count found when a job starts (for progress and ETA).
+pub async fn set_expected(
+    pool: &PgPool,
+    job_id: i64,
+    expected: i64,
+    route: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE backfill_jobs SET expected_count = $2, expected_source = $3 WHERE id = $1")
+        .bind(job_id)
+        .bind(expected)
+        .bind(route)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Rows of the `meeting_page_stats` materialized view, summed per municipality and type.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct Totals {
+    pub subdomain: String,
+    pub document_type: String,
+    pub pages: i64,
+    pub documents: i64,
+    pub first_month: Option<chrono::NaiveDate>,
+    pub last_month: Option<chrono::NaiveDate>,
+}
+
+pub async fn totals(pool: &PgPool) -> Result<Vec<Totals>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.subdomain, s.document_type, sum(s.page_count)::bigint AS pages, sum(s.document_count)::bigint AS documents,
+                min(s.month) AS first_month, max(s.month) AS last_month
+         FROM meeting_page_stats s JOIN municipalities m ON m.id = s.municipality_id
+         GROUP BY m.subdomain, s.document_type ORDER BY m.subdomain, s.document_type",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Refreshes `meeting_page_stats` without blocking readers.
+pub async fn refresh_stats(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("REFRESH MATERIALIZED VIEW CONCURRENTLY meeting_page_stats")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The rows still to fetch for these jobs, when known: each job's expected count, or the
+/// sites list's `pages` (agendas + minutes) when both of a municipality's jobs are planned.
+pub async fn expected_remaining(pool: &PgPool, ids: &[i64]) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH per_muni AS (
+            SELECT j.municipality_id, count(*) AS jobs, count(j.expected_count) AS counted,
+                   sum(j.expected_count) AS expected, sum(j.pages_fetched) AS fetched, max(m.pages) AS site_pages
+            FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
+            WHERE j.id = ANY($1) AND j.status <> 'completed'
+            GROUP BY j.municipality_id
+         )
+         SELECT CASE WHEN bool_and(counted = jobs OR (jobs = 2 AND site_pages IS NOT NULL))
+                THEN sum(greatest(CASE WHEN counted = jobs THEN expected ELSE site_pages END - fetched, 0))::bigint END
+         FROM per_muni",
+    )
+    .bind(ids)
     .fetch_one(pool)
     .await
 }

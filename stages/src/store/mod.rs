@@ -4,6 +4,7 @@
 pub mod jobs;
 pub mod maintenance;
 pub mod municipalities;
+pub mod replay;
 pub mod search;
 
 use std::str::FromStr;
