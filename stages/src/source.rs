@@ -241,8 +241,21 @@ impl SourceClient {
             .append_pair("_size", "1")
             .append_pair("_extra", "columns")
             .append_pair("_sort", "id");
-        let (body, shown) = self.get_with_retries(url).await?;
-        let env = parse_envelope(&body, &shown)?;
+        // A truncated or garbled answer is retried like a transport error, as for pages.
+        let mut attempt = 0u32;
+        let (env, shown) = loop {
+            let result = match self.get_once(url.clone()).await {
+                Ok((body, shown)) => parse_envelope(&body, &shown).map(|env| (env, shown)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(ok) => break ok,
+                Err(e) => {
+                    attempt += 1;
+                    self.backoff_or_fail(e, attempt).await?;
+                }
+            }
+        };
         let present = match env.columns {
             Some(cols) => cols,
             None => {
