@@ -109,11 +109,39 @@ async fn maintenance_session(
 /// `meeting_page_stats`.
 #[instrument(skip_all, fields(build = ?plan.build, reindex = ?plan.reindex))]
 pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<Step>> {
-    let mut steps = Vec::new();
     let mut conn = maintenance_session(&pool.connect_options(), &plan.maintenance_work_mem).await?;
+    // One maintenance run at a time per database: several backfill processes finish at
+    // about the same moment, and two sessions running VACUUM (ANALYZE) and REINDEX /
+    // CREATE INDEX CONCURRENTLY on one table can deadlock (each waits for the other's
+    // snapshot or lock). The later run then finds the work done.
+    let t = Instant::now();
+    search::advisory_lock_polling(&mut conn, MAINTAIN_LOCK)
+        .await
+        .context("waiting for another civicload maintenance run to finish")?;
+    if t.elapsed() > Duration::from_secs(1) {
+        info!(
+            waited_s = t.elapsed().as_secs(),
+            "Waited for another civicload maintenance run."
+        );
+    }
+    let steps = maintain_locked(pool, plan, &mut conn).await;
+    let _ = search::advisory_unlock(&mut conn, MAINTAIN_LOCK).await;
+    let _ = sqlx::Connection::close(conn).await;
+    steps
+}
+
+/// The advisory-lock key that serializes maintenance runs.
+const MAINTAIN_LOCK: &str = "civicload maintain";
+
+async fn maintain_locked(
+    pool: &PgPool,
+    plan: &MaintainPlan,
+    conn: &mut PgConnection,
+) -> anyhow::Result<Vec<Step>> {
+    let mut steps = Vec::new();
 
     let t = Instant::now();
-    let leftovers = maintenance::drop_reindex_leftovers(pool, &mut conn).await?;
+    let leftovers = maintenance::drop_reindex_leftovers(pool, conn).await?;
     if !leftovers.is_empty() {
         steps.push(Step {
             step: "drop leftovers of interrupted rebuilds".into(),
@@ -134,7 +162,7 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
         .collect();
     for index in targets {
         let t = Instant::now();
-        maintenance::reindex_concurrently(&mut conn, &index.index).await?;
+        maintenance::reindex_concurrently(conn, &index.index).await?;
         let after = search::index_state(pool, &index.index)
             .await?
             .map(|s| s.bytes)
@@ -147,7 +175,7 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
     }
 
     for index in &SEARCH_INDEXES {
-        let build = search::ensure_search_index(pool, &mut conn, index, plan.build).await?;
+        let build = search::ensure_search_index(pool, conn, index, plan.build).await?;
         steps.push(Step {
             step: format!("search index {}", build.name),
             seconds: build.took.as_secs_f64(),
@@ -169,7 +197,7 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
     if plan.vacuum {
         for table in maintenance::TABLES {
             let t = Instant::now();
-            maintenance::vacuum(&mut conn, table, true).await?;
+            maintenance::vacuum(conn, table, true).await?;
             steps.push(Step {
                 step: format!("VACUUM (ANALYZE) {table}"),
                 seconds: t.elapsed().as_secs_f64(),
@@ -179,13 +207,12 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
     }
 
     let t = Instant::now();
-    maintenance::refresh_page_stats(&mut conn).await?;
+    maintenance::refresh_page_stats(conn).await?;
     steps.push(Step {
         step: "REFRESH MATERIALIZED VIEW meeting_page_stats".into(),
         seconds: t.elapsed().as_secs_f64(),
         detail: "concurrently".into(),
     });
-    let _ = sqlx::Connection::close(conn).await;
     Ok(steps)
 }
 

@@ -300,7 +300,7 @@ impl Vectorize {
                     if self.args.vacuum_every_percent > 0 && updated > 0 && !exhausted {
                         let t = Instant::now();
                         let mut conn = pool.acquire().await?;
-                        maintenance::vacuum(&mut conn, target.table(), false).await?;
+                        maintenance::vacuum_unless_busy(&mut conn, target.table()).await?;
                         report.vacuums += 1;
                         report.vacuum_seconds += t.elapsed().as_secs_f64();
                         progress.note_vacuum();

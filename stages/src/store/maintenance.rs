@@ -60,6 +60,27 @@ pub async fn vacuum(
     Ok(())
 }
 
+/// A plain VACUUM that skips the table when another session holds a conflicting lock
+/// (another VACUUM, a concurrent index build of a maintain run): `vectorize` vacuums
+/// between chunks only to reuse space, and must never wait in a lock queue that a
+/// concurrent REINDEX/CREATE INDEX CONCURRENTLY in turn waits on. Returns nothing either
+/// way; the next chunk's VACUUM or the final one catches up.
+pub async fn vacuum_unless_busy(
+    conn: &mut PgConnection,
+    table: &'static str,
+) -> Result<(), SearchError> {
+    let sql = match table {
+        "meeting_pages" => "VACUUM (SKIP_LOCKED) meeting_pages",
+        "meeting_documents" => "VACUUM (SKIP_LOCKED) meeting_documents",
+        _ => return vacuum(conn, table, false).await,
+    };
+    sqlx::raw_sql(sql)
+        .execute(conn)
+        .await
+        .map_err(err("VACUUM", table))?;
+    Ok(())
+}
+
 /// An index of a civicload table.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct IndexInfo {

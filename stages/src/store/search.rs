@@ -361,8 +361,36 @@ pub async fn prepare_maintenance_session(
     Ok(())
 }
 
-/// Builds the index if it is missing (or invalid), under a transaction-level advisory lock
-/// so two civicload processes finishing at once do not build it twice.
+/// Takes a session-level advisory lock, waiting for it on the client side.
+///
+/// Why not `pg_advisory_lock`: a session blocked in that SELECT holds a snapshot, and
+/// CREATE INDEX CONCURRENTLY / REINDEX CONCURRENTLY in the session holding the lock wait
+/// for every older snapshot to end: a deadlock. Polling `pg_try_advisory_lock` waits
+/// outside any statement.
+pub async fn advisory_lock_polling(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Releases a lock taken with [`advisory_lock_polling`].
+pub async fn advisory_unlock(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Builds the index if it is missing (or invalid), under a session-level advisory lock so
+/// two civicload processes finishing at once do not build it twice.
 pub async fn ensure_search_index(
     pool: &PgPool,
     conn: &mut PgConnection,
@@ -373,9 +401,7 @@ pub async fn ensure_search_index(
     let advice = RERUN_MAINTAIN;
     let err = |step| SearchError::sql(step, index.name, advice);
     // Session-level lock: CREATE INDEX CONCURRENTLY cannot run inside a transaction.
-    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
-        .bind(index.name)
-        .execute(&mut *conn)
+    advisory_lock_polling(conn, index.name)
         .await
         .map_err(err("waiting for the index build lock"))?;
     let result = async {
@@ -427,10 +453,7 @@ pub async fn ensure_search_index(
         })
     }
     .await;
-    let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind(index.name)
-        .execute(&mut *conn)
-        .await;
+    let unlock = advisory_unlock(conn, index.name).await;
     let build = result?;
     unlock.map_err(err("releasing the index build lock"))?;
     Ok(build)
