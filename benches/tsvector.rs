@@ -27,7 +27,14 @@ fn pages() -> Vec<String> {
         let _ = std::fs::remove_dir_all(&dir);
         let ok = Command::new("python3")
             .arg(root.join("fixtures/generate.py"))
-            .args(["--out", dir.to_str().unwrap(), "--pages", "5000", "--municipalities", "10"])
+            .args([
+                "--out",
+                dir.to_str().unwrap(),
+                "--pages",
+                "5000",
+                "--municipalities",
+                "10",
+            ])
             .args(["--seed", "42"])
             .status()
             .unwrap()
@@ -55,11 +62,17 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let options = match std::env::var("DATABASE_URL") {
         Ok(url) => stages::store::connect_options(Some(&url)).unwrap(),
-        Err(_) => stages::store::connect_options(None).unwrap().database("tsv_bench"),
+        Err(_) => stages::store::connect_options(None)
+            .unwrap()
+            .database("tsv_bench"),
     };
-    let pool = rt.block_on(stages::store::connect(options, 8)).expect("connect to PostgreSQL");
+    let pool = rt
+        .block_on(stages::store::connect(options, 8))
+        .expect("connect to PostgreSQL");
     let started = Instant::now();
-    let builder = rt.block_on(VectorBuilder::from_server(&pool)).expect("read the rules");
+    let builder = rt
+        .block_on(VectorBuilder::from_server(&pool))
+        .expect("read the rules");
     eprintln!(
         "from_server: {:.2} s ({})",
         started.elapsed().as_secs_f64(),
@@ -75,6 +88,21 @@ fn bench(c: &mut Criterion) {
         .cloned()
         .collect();
     let sample: Vec<String> = all.iter().take(2_000).cloned().collect();
+
+    // TSV_ROUNDS=n: only run vector() n times over the typical pages and stop, for
+    // `perf stat` (instructions per page do not depend on other load on the machine).
+    if let Some(rounds) = std::env::var("TSV_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+    {
+        for _ in 0..rounds {
+            for t in typical.iter() {
+                black_box(builder.vector(black_box(t)));
+            }
+        }
+        eprintln!("ran {rounds} rounds over {} typical pages", typical.len());
+        std::process::exit(0);
+    }
 
     // The reference: CPU time per page of PostgreSQL's own civicload_page_vector (its
     // backend's run time, from /proc/PID/schedstat, minus the same query without the
@@ -102,7 +130,10 @@ fn bench(c: &mut Criterion) {
         );
     }
     let fallbacks = all.iter().filter(|t| builder.vector(t).is_none()).count();
-    eprintln!("fallbacks to PostgreSQL: {fallbacks} of {} pages", all.len());
+    eprintln!(
+        "fallbacks to PostgreSQL: {fallbacks} of {} pages",
+        all.len()
+    );
 
     for (label, set) in [("typical pages", &typical), ("mixed pages", &sample)] {
         let bytes: usize = set.iter().map(String::len).sum();

@@ -32,9 +32,14 @@ impl TestDb {
             .host(SOCKET)
             .database(&name);
         let pool = if migrate {
-            stages::store::connect(options, 4).await.expect("create and migrate the test database")
+            stages::store::connect(options, 4)
+                .await
+                .expect("create and migrate the test database")
         } else {
-            let status = Command::new("createdb").args(["-h", SOCKET, &name]).status().unwrap();
+            let status = Command::new("createdb")
+                .args(["-h", SOCKET, &name])
+                .status()
+                .unwrap();
             assert!(status.success(), "createdb {name}");
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(4)
@@ -80,13 +85,21 @@ fn corpus_texts(pages: u32, municipalities: u32, seed: u32) -> Vec<String> {
             .args(["--seed", &seed.to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "generate.py: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "generate.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = Command::new("python3")
             .arg(repo_root().join("fixtures/dump.py"))
             .arg(&tmp)
             .output()
             .unwrap();
-        assert!(out.status.success(), "dump.py: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dump.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::write(tmp.join("pages.jsonl"), &out.stdout).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).unwrap();
@@ -109,51 +122,253 @@ fn read_texts(path: &Path) -> Vec<String> {
 fn adversarial() -> Vec<String> {
     let mut v: Vec<String> = [
         // Hyphens and numbers.
-        "foo-bar", "foo-bar-baz", "foo--bar", "-foo", "foo-", "a-1", "1-a", "1-2", "a-1b", "1a-b2",
-        "x-1-y", "über-café", "é-a", "a-é", "1-é", "a-\u{301}b", "-1", "+1", "-1.5", "+1.5e-3",
-        "-1.5e10", "1e", "1e+", "1e+5", "1.e5", ".5", "5.", "1..2", "1.2.3", "1.2.3.", "1.2.3.4.5",
-        "v1.2", "1.2a", "1.2.x", "-1.2.3", "0.0.0.0", "127.0.0.1", "192.168.1.1:8080",
-        "3.14159", "2,000,000", "$1,234.56", "10%", "0x1F", "1_000", "1st", "2nd-3rd", "x2-y3",
+        "foo-bar",
+        "foo-bar-baz",
+        "foo--bar",
+        "-foo",
+        "foo-",
+        "a-1",
+        "1-a",
+        "1-2",
+        "a-1b",
+        "1a-b2",
+        "x-1-y",
+        "über-café",
+        "é-a",
+        "a-é",
+        "1-é",
+        "a-\u{301}b",
+        "-1",
+        "+1",
+        "-1.5",
+        "+1.5e-3",
+        "-1.5e10",
+        "1e",
+        "1e+",
+        "1e+5",
+        "1.e5",
+        ".5",
+        "5.",
+        "1..2",
+        "1.2.3",
+        "1.2.3.",
+        "1.2.3.4.5",
+        "v1.2",
+        "1.2a",
+        "1.2.x",
+        "-1.2.3",
+        "0.0.0.0",
+        "127.0.0.1",
+        "192.168.1.1:8080",
+        "3.14159",
+        "2,000,000",
+        "$1,234.56",
+        "10%",
+        "0x1F",
+        "1_000",
+        "1st",
+        "2nd-3rd",
+        "x2-y3",
         // E-mail addresses and hosts.
-        "clerk@city.gov", "Jane.Doe@sub.example.org", "a_b@c-d.ef", "x@y", "@y.com", "x@.com",
-        "x@y.c", "first.last+tag@example.co.uk", "a@b@c.com", "info@1.2.3.4", "a.b.c",
-        "example.com", "www.example.com.", "sub_domain.example.com", "ex-ample.com",
-        "example.com:80", "example.com:x", "a.b-", "a.1", "1.a", "a.b.1",
+        "clerk@city.gov",
+        "Jane.Doe@sub.example.org",
+        "a_b@c-d.ef",
+        "x@y",
+        "@y.com",
+        "x@.com",
+        "x@y.c",
+        "first.last+tag@example.co.uk",
+        "a@b@c.com",
+        "info@1.2.3.4",
+        "a.b.c",
+        "example.com",
+        "www.example.com.",
+        "sub_domain.example.com",
+        "ex-ample.com",
+        "example.com:80",
+        "example.com:x",
+        "a.b-",
+        "a.1",
+        "1.a",
+        "a.b.1",
         // URLs and protocols.
-        "http://example.com", "https://www.example.com/path/to/page.html?x=1&y=2#frag",
-        "http://example.com:8080/", "ftp://files.example.org/pub/x.tar.gz", "mailto:x@y.com",
-        "http://", "http:/x", "http://x", "http://example.com/a b", "http://example.com/\"q\"",
+        "http://example.com",
+        "https://www.example.com/path/to/page.html?x=1&y=2#frag",
+        "http://example.com:8080/",
+        "ftp://files.example.org/pub/x.tar.gz",
+        "mailto:x@y.com",
+        "http://",
+        "http:/x",
+        "http://x",
+        "http://example.com/a b",
+        "http://example.com/\"q\"",
         "https://civic.band/alameda.ca/meetings/minutes.json?_size=1000&_sort=id",
-        "www.example.com/path", "example.com/a/b/c", "http://ü.example.com/", "http://example.com/ü",
+        "www.example.com/path",
+        "example.com/a/b/c",
+        "http://ü.example.com/",
+        "http://example.com/ü",
         // Files and paths.
-        "/usr/local/bin", "/path/file.txt", "./rel", "../up/x", "~/home", "~user/x", "/", "//",
-        "a/b", "1/2", "C:\\Windows\\x", "file.tar.gz", "x.txt.", ".hidden", "..", "...", "/.x",
-        "/a.b/c.d", "/a-b/c_d", "a/b/c.", "/~x", "/x/", "../../a",
+        "/usr/local/bin",
+        "/path/file.txt",
+        "./rel",
+        "../up/x",
+        "~/home",
+        "~user/x",
+        "/",
+        "//",
+        "a/b",
+        "1/2",
+        "C:\\Windows\\x",
+        "file.tar.gz",
+        "x.txt.",
+        ".hidden",
+        "..",
+        "...",
+        "/.x",
+        "/a.b/c.d",
+        "/a-b/c_d",
+        "a/b/c.",
+        "/~x",
+        "/x/",
+        "../../a",
         // Tags, comments, entities, script and style.
-        "<b>bold</b>", "<a href=\"x\">link</a>", "<a href='x'>y</a>", "<br/>", "<br />", "<p",
-        "</p>", "<p>", "< p>", "<1>", "<_x>", "<:x>", "<a b=c d='e' f=\"g\\\"h\">", "<!-- c -->",
-        "<!---->", "<!-- a -- b -->", "<!DOCTYPE html>", "<!doctype x>", "<?xml version=\"1\"?>",
-        "<?xZ>", "<x", "<x y", "<x y=\"", "<script>hidden text</script>shown",
-        "<SCRIPT>Hidden</SCRIPT>shown", "<style>p { x: y }</style>after", "<script>no end",
-        "<script src=x>h</script >s", "</script>", "<scripts>not</scripts>", "<stylex>a</stylex>",
-        "&amp;", "&lt;b&gt;", "&#169;", "&#x263A;", "&#X263a;", "&#xZZ;", "&#;", "&nbsp", "&a.b-c:d_e;",
-        "& amp;", "&&", "&#12a;", "a&b", "<a>&amp;</a>",
+        "<b>bold</b>",
+        "<a href=\"x\">link</a>",
+        "<a href='x'>y</a>",
+        "<br/>",
+        "<br />",
+        "<p",
+        "</p>",
+        "<p>",
+        "< p>",
+        "<1>",
+        "<_x>",
+        "<:x>",
+        "<a b=c d='e' f=\"g\\\"h\">",
+        "<!-- c -->",
+        "<!---->",
+        "<!-- a -- b -->",
+        "<!DOCTYPE html>",
+        "<!doctype x>",
+        "<?xml version=\"1\"?>",
+        "<?xZ>",
+        "<x",
+        "<x y",
+        "<x y=\"",
+        "<script>hidden text</script>shown",
+        "<SCRIPT>Hidden</SCRIPT>shown",
+        "<style>p { x: y }</style>after",
+        "<script>no end",
+        "<script src=x>h</script >s",
+        "</script>",
+        "<scripts>not</scripts>",
+        "<stylex>a</stylex>",
+        "&amp;",
+        "&lt;b&gt;",
+        "&#169;",
+        "&#x263A;",
+        "&#X263a;",
+        "&#xZZ;",
+        "&#;",
+        "&nbsp",
+        "&a.b-c:d_e;",
+        "& amp;",
+        "&&",
+        "&#12a;",
+        "a&b",
+        "<a>&amp;</a>",
         // Words, case, apostrophes, underscores.
-        "CamelCase", "PlanningCommission", "snake_case", "__init__", "_x", "x_", "a_1", "1_a",
-        "it's", "O'Brien", "rock'n'roll", "don't-stop", "\"quoted\"", "back\\slash", "`tick`",
-        "MiXeD CaSe WoRdS", "ALLCAPS", "İstanbul", "ǅemal", "STRASSE Straße ẞ", "ﬁnance ﬀ",
-        "Ⅻ ⅻ Ⓐ ⓐ", "Ⱥ", "ΣΊΣΥΦΟΣ", "ΌΣΟΣ", "Ǆ ǅ ǆ", "K Å Ω",
+        "CamelCase",
+        "PlanningCommission",
+        "snake_case",
+        "__init__",
+        "_x",
+        "x_",
+        "a_1",
+        "1_a",
+        "it's",
+        "O'Brien",
+        "rock'n'roll",
+        "don't-stop",
+        "\"quoted\"",
+        "back\\slash",
+        "`tick`",
+        "MiXeD CaSe WoRdS",
+        "ALLCAPS",
+        "İstanbul",
+        "ǅemal",
+        "STRASSE Straße ẞ",
+        "ﬁnance ﬀ",
+        "Ⅻ ⅻ Ⓐ ⓐ",
+        "Ⱥ",
+        "ΣΊΣΥΦΟΣ",
+        "ΌΣΟΣ",
+        "Ǆ ǅ ǆ",
+        "K Å Ω",
         // Scripts, emoji, combining and zero-width characters, spaces.
-        "Москва Αθήνα 北京市 서울 القاهرة ירושלים दिल्ली ไทย ᏣᎳᎩ", "🎉", "a🎉b", "👍🏽", "1🎉2",
-        "cafe\u{301}", "\u{301}abc", "a\u{301}-b", "n\u{303}1", "x\u{200b}y", "x\u{200d}y",
-        "x\u{feff}y", "x\u{ad}y", "a\u{a0}b", "a\u{2009}b", "a\u{3000}b", "a\u{2028}b", "a\u{85}b",
-        "x\u{1}y", "x\u{7f}y", "x\u{9f}y", "a\u{903}b", "ह\u{93f}न्दी", "தமிழ்", "٣٤٥", "a٣",
-        "１２３", "ａｂｃ", "Ａ-Ｂ", "x\u{e0001}y", "\u{10ffff}", "\u{fffd}", "\u{e000}",
+        "Москва Αθήνα 北京市 서울 القاهرة ירושלים दिल्ली ไทย ᏣᎳᎩ",
+        "🎉",
+        "a🎉b",
+        "👍🏽",
+        "1🎉2",
+        "cafe\u{301}",
+        "\u{301}abc",
+        "a\u{301}-b",
+        "n\u{303}1",
+        "x\u{200b}y",
+        "x\u{200d}y",
+        "x\u{feff}y",
+        "x\u{ad}y",
+        "a\u{a0}b",
+        "a\u{2009}b",
+        "a\u{3000}b",
+        "a\u{2028}b",
+        "a\u{85}b",
+        "x\u{1}y",
+        "x\u{7f}y",
+        "x\u{9f}y",
+        "a\u{903}b",
+        "ह\u{93f}न्दी",
+        "தமிழ்",
+        "٣٤٥",
+        "a٣",
+        "１２３",
+        "ａｂｃ",
+        "Ａ-Ｂ",
+        "x\u{e0001}y",
+        "\u{10ffff}",
+        "\u{fffd}",
+        "\u{e000}",
         // Unaccent corner cases.
-        "½ ¼ ¾", "© ® ™", "« » „ “ ” ‘ ’", "— – … · •", "Æsop Œuvre ĳ", "ℌ ℍ ℃ ℉",
-        "Đ đ Ħ ħ Ł ł", "ⅷ Ⅷ", "ﬆ", "ŉ", "a½b", "1½", "x©y",
+        "½ ¼ ¾",
+        "© ® ™",
+        "« » „ “ ” ‘ ’",
+        "— – … · •",
+        "Æsop Œuvre ĳ",
+        "ℌ ℍ ℃ ℉",
+        "Đ đ Ħ ħ Ł ł",
+        "ⅷ Ⅷ",
+        "ﬆ",
+        "ŉ",
+        "a½b",
+        "1½",
+        "x©y",
         // Whitespace and punctuation only.
-        "", " ", "\t\n\r", "...", "---", "+-+", "!!!", "@", "#", "~", "&", "<", ">", ";", "'",
+        "",
+        " ",
+        "\t\n\r",
+        "...",
+        "---",
+        "+-+",
+        "!!!",
+        "@",
+        "#",
+        "~",
+        "&",
+        "<",
+        ">",
+        ";",
+        "'",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -197,13 +412,13 @@ impl Rng {
 fn fuzz(count: usize, seed: u64) -> Vec<String> {
     const PIECES: &[&str] = &[
         "a", "Z", "foo", "Bar", "x", "e", "E", "D", "d", "script", "style", "SCRIPT", "http",
-        "https", "ftp", "www", "com", "org", "mailto", "0", "1", "42", "2024", "3", "-", "--",
-        "+", ".", "..", "/", "//", "~", "_", "@", ":", "::", "<", "</", "<!", "<!--", "-->", "<?",
-        ">", "/>", "&", "&#", "&#x", ";", "#", "=", "'", "\"", "\\", "?", "%", "!", ",", "(",
-        ")", "[", "]", "{", "}", "|", "^", "`", "*", "$", " ", "  ", "\t", "\n", "\u{a0}",
-        "\u{2009}", "\u{3000}", "é", "É", "ß", "İ", "ı", "Ω", "ω", "Ж", "ж", "北", "京", "ق",
-        "א", "ह", "ि", "\u{301}", "\u{200b}", "\u{200d}", "🎉", "👍🏽", "½", "©", "ﬁ", "ǅ",
-        "Ⅻ", "Ⓐ", "٣", "１", "Ａ", "\u{903}", "Ⱥ", "ẞ", "K",
+        "https", "ftp", "www", "com", "org", "mailto", "0", "1", "42", "2024", "3", "-", "--", "+",
+        ".", "..", "/", "//", "~", "_", "@", ":", "::", "<", "</", "<!", "<!--", "-->", "<?", ">",
+        "/>", "&", "&#", "&#x", ";", "#", "=", "'", "\"", "\\", "?", "%", "!", ",", "(", ")", "[",
+        "]", "{", "}", "|", "^", "`", "*", "$", " ", "  ", "\t", "\n", "\u{a0}", "\u{2009}",
+        "\u{3000}", "é", "É", "ß", "İ", "ı", "Ω", "ω", "Ж", "ж", "北", "京", "ق", "א", "ह", "ि",
+        "\u{301}", "\u{200b}", "\u{200d}", "🎉", "👍🏽", "½", "©", "ﬁ", "ǅ", "Ⅻ", "Ⓐ", "٣", "１",
+        "Ａ", "\u{903}", "Ⱥ", "ẞ", "K",
     ];
     let mut rng = Rng(seed);
     (0..count)
@@ -218,13 +433,18 @@ fn fuzz(count: usize, seed: u64) -> Vec<String> {
 /// depends on its classes (alone, inside ASCII and non-ASCII words, after digits, in
 /// hyphenated words, in tags and entities, lowercased, unaccented).
 fn code_point_sweep(range: std::ops::RangeInclusive<u32>, per_text: usize) -> Vec<String> {
-    let chars: Vec<char> = range.filter_map(char::from_u32).filter(|&c| c != '\0').collect();
+    let chars: Vec<char> = range
+        .filter_map(char::from_u32)
+        .filter(|&c| c != '\0')
+        .collect();
     chars
         .chunks(per_text)
         .map(|chunk| {
             let mut s = String::new();
             for &c in chunk {
-                s.push_str(&format!("{c} a{c}b 1{c} é{c}x {c}-{c} x-{c} <a {c}> &#x{c}; {c}{c}|"));
+                s.push_str(&format!(
+                    "{c} a{c}b 1{c} é{c}x {c}-{c} x-{c} <a {c}> &#x{c}; {c}{c}|"
+                ));
             }
             s
         })
@@ -245,10 +465,12 @@ async fn compare(db: &TestDb, builder: &VectorBuilder, label: &str, texts: &[Str
         .execute(&mut *conn)
         .await
         .unwrap();
-    sqlx::query("CREATE TEMP TABLE tsv_check (n int PRIMARY KEY, t text NOT NULL, v tsvector NOT NULL)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "CREATE TEMP TABLE tsv_check (n int PRIMARY KEY, t text NOT NULL, v tsvector NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
 
     let mut fallbacks = Vec::new();
     let mut ours: Vec<Option<Tsv>> = Vec::with_capacity(texts.len());
@@ -318,7 +540,10 @@ async fn compare(db: &TestDb, builder: &VectorBuilder, label: &str, texts: &[Str
             truncate(server)
         );
     }
-    assert!(bad.is_empty(), "{label}: binary-COPY'd vectors differ from PostgreSQL's");
+    assert!(
+        bad.is_empty(),
+        "{label}: binary-COPY'd vectors differ from PostgreSQL's"
+    );
 
     // And our text form against the server's text form.
     let server: Vec<(i32, String)> =
@@ -371,8 +596,14 @@ fn report(label: &str, o: &Outcome) -> f64 {
 
 async fn builder(db: &TestDb) -> VectorBuilder {
     let started = Instant::now();
-    let b = VectorBuilder::from_server(&db.pool).await.expect("read the server's rules");
-    eprintln!("rules: {} (from_server took {:.2} s)", b.summary(), started.elapsed().as_secs_f64());
+    let b = VectorBuilder::from_server(&db.pool)
+        .await
+        .expect("read the server's rules");
+    eprintln!(
+        "rules: {} (from_server took {:.2} s)",
+        b.summary(),
+        started.elapsed().as_secs_f64()
+    );
     b
 }
 
@@ -385,17 +616,31 @@ async fn rust_vectors_equal_postgres_on_corpus_and_adversarial_texts() {
     // amounts, empty and very large pages.
     let corpus = corpus_texts(3_000, 8, 7);
     assert!(corpus.len() >= 3_000);
-    assert!(corpus.iter().any(|t| t.is_empty()), "the corpus has empty pages");
-    assert!(corpus.iter().any(|t| t.len() > 150_000), "the corpus has very large pages");
+    assert!(
+        corpus.iter().any(|t| t.is_empty()),
+        "the corpus has empty pages"
+    );
+    assert!(
+        corpus.iter().any(|t| t.len() > 150_000),
+        "the corpus has very large pages"
+    );
     let o = compare(&db, &builder, "generated corpus", &corpus).await;
     let share = report("generated corpus", &o);
-    assert!(share < 0.02, "{:.2}% of corpus pages fell back to PostgreSQL", 100.0 * share);
+    assert!(
+        share < 0.02,
+        "{:.2}% of corpus pages fell back to PostgreSQL",
+        100.0 * share
+    );
 
     let adversarial = adversarial();
     let o = compare(&db, &builder, "adversarial", &adversarial).await;
     report("adversarial", &o);
     // Nothing here needs the server: every construct is reproduced.
-    let left: Vec<String> = o.fallbacks.iter().map(|&i| truncate(&adversarial[i])).collect();
+    let left: Vec<String> = o
+        .fallbacks
+        .iter()
+        .map(|&i| truncate(&adversarial[i]))
+        .collect();
     assert!(left.is_empty(), "unexpected fallbacks: {left:?}");
 
     let fuzz = fuzz(4_000, 0x5eed_1234_abcd_0001);
@@ -408,7 +653,10 @@ async fn rust_vectors_equal_postgres_on_corpus_and_adversarial_texts() {
     report("BMP sweep", &o);
 
     // The documented fallbacks.
-    assert!(builder.vector("a\0b").is_none(), "U+0000 is for the server to reject");
+    assert!(
+        builder.vector("a\0b").is_none(),
+        "U+0000 is for the server to reject"
+    );
     // (A lowercase that outgrows 2047 bytes needs Ⱥ or Ⱦ, which unaccent turns into A and
     // T first: the unit tests cover that fallback with synthetic rules.)
     let huge: String = (0..70_000).map(|i| format!("{:016x} ", i * 7919)).collect();
@@ -457,7 +705,13 @@ async fn rust_vectors_equal_postgres_at_scale() {
         assert!(share < 0.02);
     }
     for seed in 1..=10u64 {
-        let o = compare(&db, &builder, "fuzz", &fuzz(5_000, seed * 0x9e37_79b9_7f4a_7c15)).await;
+        let o = compare(
+            &db,
+            &builder,
+            "fuzz",
+            &fuzz(5_000, seed * 0x9e37_79b9_7f4a_7c15),
+        )
+        .await;
         report(&format!("random compositions, seed {seed}"), &o);
     }
     let sweep = code_point_sweep(0x01..=0x10FFFF, 400);

@@ -180,18 +180,15 @@ impl Rules {
         } else if cp <= 0xFFFF {
             self.bmp_class[cp as usize]
         } else {
-            match self
-                .astral_class
-                .binary_search_by(|&(lo, hi, _)| {
-                    if hi < cp {
-                        std::cmp::Ordering::Less
-                    } else if lo > cp {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        std::cmp::Ordering::Equal
-                    }
-                })
-            {
+            match self.astral_class.binary_search_by(|&(lo, hi, _)| {
+                if hi < cp {
+                    std::cmp::Ordering::Less
+                } else if lo > cp {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            }) {
                 Ok(i) => self.astral_class[i].2,
                 Err(_) => class::UNVERIFIED,
             }
@@ -295,14 +292,14 @@ impl VectorBuilder {
     pub async fn from_server(pool: &PgPool) -> Result<VectorBuilder, VectorError> {
         let started = std::time::Instant::now();
         let (rules, mut summary) = probe::read_rules(pool).await?;
-        let builder = VectorBuilder { rules, summary: RulesSummary::default() };
+        let builder = VectorBuilder {
+            rules,
+            summary: RulesSummary::default(),
+        };
         probe::self_check(pool, &builder).await?;
         summary.elapsed = started.elapsed();
         info!(summary = %summary, "Read the server's text-search rules; civicload computes search vectors itself.");
-        Ok(VectorBuilder {
-            summary,
-            ..builder
-        })
+        Ok(VectorBuilder { summary, ..builder })
     }
 
     /// What was read from the server.
@@ -324,7 +321,10 @@ impl VectorBuilder {
         let mut i = 0;
         while i < bytes.len() {
             // A run of ASCII in one extend; then one non-ASCII character.
-            let run = bytes[i..].iter().position(|&b| b >= 0x80).unwrap_or(bytes.len() - i);
+            let run = bytes[i..]
+                .iter()
+                .position(|&b| b >= 0x80)
+                .unwrap_or(bytes.len() - i);
             chars.extend(bytes[i..i + run].iter().enumerate().map(|(k, &b)| Ch {
                 off: (i + k) as u32,
                 len: 1,
@@ -366,7 +366,10 @@ impl VectorBuilder {
             }
             position += 1;
             let start = lexemes.buf.len();
-            rules.push_lower(&text[token.start..token.start + token.len], &mut lexemes.buf);
+            rules.push_lower(
+                &text[token.start..token.start + token.len],
+                &mut lexemes.buf,
+            );
             if lexemes.buf.len() - start > MAXSTRLEN {
                 // A lowercase longer than its token overflows tsvector's 11-bit length.
                 return None;
@@ -507,7 +510,10 @@ impl Lexemes {
     /// the longer lexeme), each with its positions.
     fn finish(self) -> Option<Tsv> {
         let Lexemes {
-            buf, distinct, kept, ..
+            buf,
+            distinct,
+            kept,
+            ..
         } = self;
         let mut order: Vec<(u64, u64, u32)> = distinct
             .iter()
@@ -724,7 +730,11 @@ mod tests {
             }
         }
         let mut indexed = [false; parser::tok::LAST as usize + 1];
-        for t in [parser::tok::ASCIIWORD, parser::tok::WORD, parser::tok::NUMWORD] {
+        for t in [
+            parser::tok::ASCIIWORD,
+            parser::tok::WORD,
+            parser::tok::NUMWORD,
+        ] {
             indexed[t as usize] = true;
         }
         VectorBuilder {
@@ -793,7 +803,8 @@ mod tests {
         };
         let mut words: Vec<(String, u16)> = Vec::new();
         for pos in 1..=20_000u32 {
-            let stem = ["a", "abcdefghijklmnop", "abcdefghijklmnopq", "z", "é", "mm"][next(6) as usize];
+            let stem =
+                ["a", "abcdefghijklmnop", "abcdefghijklmnopq", "z", "é", "mm"][next(6) as usize];
             let w = format!("{stem}{}", next(3000));
             words.push((w, pos.min(16_383) as u16));
         }
@@ -815,7 +826,13 @@ mod tests {
                 expected.push(' ');
             }
             expected.push_str(&format!("'{}':", sorted[i].0));
-            expected.push_str(&positions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","));
+            expected.push_str(
+                &positions
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
             i = j;
         }
         let refs: Vec<(&str, u16)> = words.iter().map(|(w, p)| (w.as_str(), *p)).collect();

@@ -104,16 +104,23 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
     let config: i64 = row.get(0);
     let parser: i64 = row.get(1);
     let functions: (String, String, String) = (row.get(2), row.get(3), row.get(4));
-    if functions != ("prsd_start".into(), "prsd_nexttoken".into(), "prsd_end".into()) {
+    if functions
+        != (
+            "prsd_start".into(),
+            "prsd_nexttoken".into(),
+            "prsd_end".into(),
+        )
+    {
         return Err(VectorError::Unsupported(format!(
             "the simple configuration uses parser functions {functions:?}, not the default parser"
         )));
     }
-    let types: Vec<(i32, String)> = sqlx::query_as("SELECT tokid, alias FROM ts_token_type($1::oid)")
-        .bind(parser)
-        .fetch_all(pool)
-        .await
-        .map_err(sql("reading the parser's token types"))?;
+    let types: Vec<(i32, String)> =
+        sqlx::query_as("SELECT tokid, alias FROM ts_token_type($1::oid)")
+            .bind(parser)
+            .fetch_all(pool)
+            .await
+            .map_err(sql("reading the parser's token types"))?;
     let expected: Vec<(i32, String)> = (1..=tok::LAST)
         .map(|t| (t as i32, tok::ALIASES[t as usize].to_string()))
         .collect();
@@ -136,9 +143,13 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
     let mut indexed = [false; tok::LAST as usize + 1];
     let mut dict: Option<i64> = None;
     for (ty, _, oid, lexize, options) in &map {
-        let ty = usize::try_from(*ty).ok().filter(|t| (1..=tok::LAST as usize).contains(t));
+        let ty = usize::try_from(*ty)
+            .ok()
+            .filter(|t| (1..=tok::LAST as usize).contains(t));
         let Some(ty) = ty else {
-            return Err(VectorError::Unsupported("a mapping for an unknown token type".into()));
+            return Err(VectorError::Unsupported(
+                "a mapping for an unknown token type".into(),
+            ));
         };
         if indexed[ty] {
             return Err(VectorError::Unsupported(format!(
@@ -161,7 +172,9 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
         indexed[ty] = true;
     }
     let Some(dict) = dict else {
-        return Err(VectorError::Unsupported("the simple configuration indexes nothing".into()));
+        return Err(VectorError::Unsupported(
+            "the simple configuration indexes nothing".into(),
+        ));
     };
     summary.indexed_token_types = (1..=tok::LAST as usize)
         .filter(|&t| indexed[t])
@@ -226,12 +239,14 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
 
     let (lowered, (unaccented, sep_alone), t_word, t_join, t_space, t_xdigit) = tokio::try_join!(
         async {
-            sqlx::query_scalar::<_, Option<String>>("SELECT (ts_lexize($1::oid::regdictionary, $2))[1]")
-                .bind(dict)
-                .bind(&lower_input)
-                .fetch_one(pool)
-                .await
-                .map_err(sql("lowercasing every code point with ts_lexize"))
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT (ts_lexize($1::oid::regdictionary, $2))[1]",
+            )
+            .bind(dict)
+            .bind(&lower_input)
+            .fetch_one(pool)
+            .await
+            .map_err(sql("lowercasing every code point with ts_lexize"))
         },
         async {
             sqlx::query_as::<_, (String, String)>(
@@ -252,7 +267,9 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
 
     // Lowercasing.
     let Some(lowered) = lowered else {
-        return Err(VectorError::Unsupported("the simple dictionary rejects text".into()));
+        return Err(VectorError::Unsupported(
+            "the simple dictionary rejects text".into(),
+        ));
     };
     if lowered.chars().count() != lower_input.chars().count() {
         return Err(VectorError::Unsupported(
@@ -274,11 +291,14 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
             lower.push((cp, l as u32));
         }
     }
-    summary.lowercase_mappings = lower.len() + (0..128u8).filter(|&b| ascii_lower[b as usize] != b).count();
+    summary.lowercase_mappings =
+        lower.len() + (0..128u8).filter(|&b| ascii_lower[b as usize] != b).count();
 
     // Unaccent.
     if sep_alone != SEP.to_string() {
-        return Err(VectorError::Unsupported("unaccent has a rule for U+0001".into()));
+        return Err(VectorError::Unsupported(
+            "unaccent has a rule for U+0001".into(),
+        ));
     }
     let mut unaccent = Vec::new();
     let mut unaccent_text = String::new();
@@ -360,7 +380,10 @@ pub(crate) async fn read_rules(pool: &PgPool) -> Result<(Rules, RulesSummary), V
         }
     };
     // " X": a letter is a word, a digit an unsigned integer, anything else blank.
-    note(&t_word, &[(tok::WORD, WORD, "", ""), (tok::UNSIGNEDINT, UINT, "", "")]);
+    note(
+        &t_word,
+        &[(tok::WORD, WORD, "", ""), (tok::UNSIGNEDINT, UINT, "", "")],
+    );
     // " aX": a letter or word joiner makes the word "aX", a digit the numword "aX";
     // otherwise "a" stays alone.
     note(
