@@ -89,6 +89,21 @@ fn bench(c: &mut Criterion) {
         .collect();
     let sample: Vec<String> = all.iter().take(2_000).cloned().collect();
 
+    // TSV_ROUNDS=n: only run vector() n times over the typical pages and stop, for
+    // `perf stat` (instructions per page do not depend on other load on the machine).
+    if let Some(rounds) = std::env::var("TSV_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+    {
+        for _ in 0..rounds {
+            for t in typical.iter() {
+                black_box(builder.vector(black_box(t)));
+            }
+        }
+        eprintln!("ran {rounds} rounds over {} typical pages", typical.len());
+        std::process::exit(0);
+    }
+
     // The reference: CPU time per page of PostgreSQL's own civicload_page_vector (its
     // backend's run time, from /proc/PID/schedstat, minus the same query without the
     // vector) against civicload's (this thread's run time). CPU time, not wall time,

@@ -46,6 +46,21 @@
 //! words, other dictionaries), an unaccent rules file with multi-character sources (when
 //! the file is readable), or any disagreement on the built-in sample. The caller then
 //! leaves vectors to PostgreSQL, as before.
+//!
+//! # Using it
+//! Build one [`VectorBuilder`] per process (it is `Send + Sync`; share it in an `Arc`),
+//! call [`VectorBuilder::vector`] per page and write the result into the binary COPY row
+//! with [`Tsv::encode_copy_field`]; for `None`, write a NULL vector and let the server
+//! fill it (`vectorize`, or the row trigger outside bulk mode). Note that the row trigger
+//! as migrated recomputes the vector on every INSERT outside bulk mode, and in bulk mode
+//! sets it to NULL when an UPDATE changes the text: a vector sent by the client survives
+//! only where the trigger leaves it alone.
+//!
+//! # Cost
+//! `benches/tsvector.rs` measures both sides in CPU time on generated pages: about 25 µs
+//! per 2.2 KB page here against about 175 µs for PostgreSQL's own expression (on a
+//! loaded 2-core machine; see the bench output for the current ratio). Reading the rules
+//! takes a few seconds, once.
 
 mod parser;
 mod probe;
@@ -752,6 +767,13 @@ mod tests {
             },
             summary: RulesSummary::default(),
         }
+    }
+
+    #[test]
+    fn one_builder_serves_every_worker() {
+        fn shared<T: Send + Sync>() {}
+        shared::<VectorBuilder>();
+        shared::<Tsv>();
     }
 
     #[test]

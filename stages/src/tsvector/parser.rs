@@ -1399,7 +1399,17 @@ impl<'a> Parser<'a> {
             } else if x.class & class::DIGIT != 0 {
                 return false;
             } else if x.len == 1 {
-                if matches!(x.byte, b'.' | b'-' | b'_' | b'@' | b':' | b'/') {
+                if x.byte == b'.' {
+                    // '.' tries a host (InHostFirstDomain: ASCII letter or digit next) and
+                    // a file name (InFileNext: ASCII letter, digit or '_'); both pop back
+                    // on anything else and the word ends before the '.'.
+                    let y = chars[i + 1];
+                    if y.class & class::DIGIT != 0
+                        || (y.len == 1 && (y.class & class::ALPHA != 0 || y.byte == b'_'))
+                    {
+                        return false;
+                    }
+                } else if matches!(x.byte, b'-' | b'_' | b'@' | b':' | b'/') {
                     return false;
                 }
                 ASCIIWORD
@@ -1431,7 +1441,14 @@ impl<'a> Parser<'a> {
             }
             let x = chars[i];
             if x.len == 1 {
-                if x.class & class::ALPHA != 0 || matches!(x.byte, b'.' | b'-' | b'_' | b'@' | b'/')
+                if x.byte == b'.' {
+                    // '.' tries a host (ASCII letter or digit next) and a decimal (digit
+                    // next); both pop back on anything else: the integer ends.
+                    let y = chars[i + 1];
+                    if y.class & class::DIGIT != 0 || (y.len == 1 && y.class & class::ALPHA != 0) {
+                        return false;
+                    }
+                } else if x.class & class::ALPHA != 0 || matches!(x.byte, b'-' | b'_' | b'@' | b'/')
                 {
                     return false;
                 }
@@ -1439,9 +1456,7 @@ impl<'a> Parser<'a> {
                 return false;
             }
             UNSIGNEDINT
-        } else if first.len > 1
-            || !matches!(first.byte, b'<' | b'-' | b'+' | b'&' | b'~' | b'/' | b'.')
-        {
+        } else if first.len > 1 || self.base_trigger_fails(first.byte, chars[start + 1]) {
             // Base -> InSpace (first is neither alphanumeric nor a Base trigger), then
             // anything not alphanumeric up to a '<', '-', '+', '&' or '/'.
             i += 1;
@@ -1466,6 +1481,31 @@ impl<'a> Parser<'a> {
         self.cur.len_bytes = 0;
         self.cur.len_chars = 0;
         true
+    }
+
+    /// For a non-alphanumeric ASCII `first` at `Base`: true when Base goes straight on to
+    /// InSpace, i.e. `first` pushes nothing, or the state it pushes pops back at once
+    /// because of the character after it, `next`.
+    #[inline]
+    fn base_trigger_fails(&self, first: u8, next: Ch) -> bool {
+        let letter = next.len == 1 && next.class & class::ALPHA != 0;
+        let digit = next.class & class::DIGIT != 0;
+        let byte = if next.len == 1 { next.byte } else { 0 };
+        match first {
+            // InSignedIntFirst wants a digit.
+            b'-' | b'+' => !digit,
+            // InXMLEntityFirst: '#', an ASCII letter, ':' or '_'.
+            b'&' => !(letter || matches!(byte, b'#' | b':' | b'_')),
+            // InFileTwiddle: an ASCII letter, digit, '_' or '/'.
+            b'~' => !(letter || digit || matches!(byte, b'_' | b'/')),
+            // InFileFirst: an ASCII letter, digit, '.', '_' or '~'.
+            b'/' => !(letter || digit || matches!(byte, b'.' | b'_' | b'~')),
+            // InPathFirstFirst: '.' or '/'.
+            b'.' => !matches!(byte, b'.' | b'/'),
+            // InTagFirst: '/', '!', '?', an ASCII letter, ':' or '_'.
+            b'<' => !(letter || matches!(byte, b'/' | b'!' | b'?' | b':' | b'_')),
+            _ => true,
+        }
     }
 
     /// Tries the actions from `from` on, in order: the index of the first that passes.
@@ -1545,23 +1585,10 @@ impl<'a> Parser<'a> {
                 .is_some_and(|b| b.eq_ignore_ascii_case(pat.as_bytes()))
         };
         match n {
-            8 => {
-                if head("</script") {
-                    self.ignore = false;
-                }
-            }
-            7 => {
-                if head("</style") {
-                    self.ignore = false;
-                } else if head("<script") {
-                    self.ignore = true;
-                }
-            }
-            6 => {
-                if head("<style") {
-                    self.ignore = true;
-                }
-            }
+            8 if head("</script") => self.ignore = false,
+            7 if head("</style") => self.ignore = false,
+            7 if head("<script") => self.ignore = true,
+            6 if head("<style") => self.ignore = true,
             _ => {}
         }
     }
