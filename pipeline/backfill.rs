@@ -62,7 +62,8 @@ impl Backfill {
     pub async fn run(self: Arc<Self>, ids: Vec<i64>) -> anyhow::Result<RunResult> {
         let started = Instant::now();
         if !self.args.resume {
-            let reset = jobs::start_fresh_pass_for_completed(&self.pool, &ids).await?;
+            let reset =
+                jobs::start_fresh_pass_for_completed(&self.pool, &ids, process_started()).await?;
             if reset > 0 {
                 info!(jobs = reset, "Starting a fresh pass for jobs completed earlier (unchanged pages are left untouched).");
             }
@@ -482,4 +483,11 @@ impl JobResult {
         self.rejected = load.totals.rejected;
         self.load_time = load.load_time;
     }
+}
+
+/// When this process started: jobs completed after it by other processes belong to the
+/// same run and are not restarted.
+pub fn process_started() -> chrono::DateTime<chrono::Utc> {
+    static STARTED: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(chrono::Utc::now)
 }

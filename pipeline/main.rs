@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    civicload::backfill::process_started();
     let cli = civicload::cli::Cli::parse();
     civicload::app::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

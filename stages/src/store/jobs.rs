@@ -82,19 +82,24 @@ pub async fn ensure(
 /// Starts a fresh pass for the given jobs that are completed (a rerun re-reads the source
 /// and upserts; unchanged pages stay untouched). Jobs that are not completed keep their
 /// checkpoint and continue from it. Returns how many were reset.
+///
+/// Only jobs that finished before `started_before` (this process's start): a job another
+/// process completed while this one was starting belongs to the same run, not an earlier one.
 pub async fn start_fresh_pass_for_completed(
     pool: &PgPool,
     ids: &[i64],
+    started_before: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE backfill_jobs SET status = 'pending', last_cursor = NULL, batch_seq = 0, pass = pass + 1,
             pages_fetched = 0, pages_created = 0, pages_updated = 0, pages_unchanged = 0,
             pages_rejected = 0, errors_encountered = 0, verified_at = NULL, last_error = NULL,
             retry_count = 0, started_at = NULL, finished_at = NULL, elapsed_seconds = 0, updated_at = now()
-         WHERE id = ANY($1) AND status = 'completed'
+         WHERE id = ANY($1) AND status = 'completed' AND (finished_at IS NULL OR finished_at < $2)
            AND (lease_owner IS NULL OR lease_expires_at < now())",
     )
     .bind(ids)
+    .bind(started_before)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
