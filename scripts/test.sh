@@ -8,4 +8,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 # One build for everything; the tests then run against the same artifacts.
 cargo test --workspace --locked --no-run
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
