@@ -190,7 +190,7 @@ async fn a_postgresql_restart_mid_run_ends_exact() {
     let corpus = Corpus::cached(30_000, 14, 11, 9);
     let server = Datasette::start(&corpus);
     let pg = PrivatePostgres::start();
-    let db = pg.db("civicload");
+    let db = pg.db("t_pg_restart");
     let subs = corpus.subdomains().join(",");
     let child = civicload_command(
         &db,

@@ -283,6 +283,9 @@ impl Drop for Datasette {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The socket folder and port of the server that holds it (dropped there, only there).
+    pub host: String,
+    pub port: u16,
 }
 
 impl TestDb {
@@ -295,6 +298,8 @@ impl TestDb {
         TestDb {
             url: format!("postgres:///{name}?host=/var/run/postgresql"),
             name,
+            host: "/var/run/postgresql".into(),
+            port: 5432,
         }
     }
 
@@ -347,7 +352,15 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args(["-h", "/var/run/postgresql", "-d", "postgres", "-qAtc"])
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                "postgres",
+                "-qAtc",
+            ])
             .arg(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
@@ -520,6 +533,8 @@ impl PrivatePostgres {
                 self.dir.join("sock").display(),
                 self.port
             ),
+            host: self.dir.join("sock").display().to_string(),
+            port: self.port,
         }
     }
 }
