@@ -104,15 +104,7 @@ async fn a_reocrd_page_is_updated_in_place_and_new_pages_arrive() {
     };
     let identity_before = db.scalar_i64(&rows_of(max_id)).await;
 
-    let victim = corpus
-        .subdomains()
-        .into_iter()
-        .max_by_key(|s| {
-            corpus.summary()["municipalities"][s]["pages"]
-                .as_i64()
-                .unwrap_or(0)
-        })
-        .unwrap();
+    let victim = corpus.largest();
     let out = Command::new("python3")
         .arg(repo_root().join("fixtures/mutate.py"))
         .arg(&corpus.dir)
@@ -251,14 +243,6 @@ async fn the_sites_table_plans_every_municipality_biggest_first() {
         let mut conn = db.connect().await;
         sqlx::query_scalar("SELECT m.subdomain FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id ORDER BY j.started_at LIMIT 1").fetch_all(&mut conn).await.unwrap()
     };
-    let biggest = corpus
-        .subdomains()
-        .into_iter()
-        .max_by_key(|s| {
-            corpus.summary()["municipalities"][s]["pages"]
-                .as_i64()
-                .unwrap()
-        })
-        .unwrap();
+    let biggest = corpus.largest();
     assert_eq!(order, vec![biggest]);
 }

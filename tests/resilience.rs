@@ -297,15 +297,7 @@ async fn a_job_held_by_a_dead_worker_elsewhere_is_taken_over_when_its_lease_expi
     let corpus = Corpus::cached(6_000, 5, 12, 0);
     let server = Datasette::start(&corpus);
     let db = TestDb::new("takeover");
-    let sub = corpus
-        .subdomains()
-        .into_iter()
-        .max_by_key(|s| {
-            corpus.summary()["municipalities"][s]["pages"]
-                .as_i64()
-                .unwrap()
-        })
-        .unwrap();
+    let sub = corpus.largest();
     let out = civicload(
         &db,
         Some(&server.template),

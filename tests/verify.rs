@@ -104,15 +104,7 @@ async fn verify_deep_finds_every_difference_and_repair_restores_the_exact_source
     );
     assert!(out.status.success(), "{}", text(&out));
 
-    let victim = corpus
-        .subdomains()
-        .into_iter()
-        .max_by_key(|s| {
-            corpus.summary()["municipalities"][s]["pages"]
-                .as_i64()
-                .unwrap()
-        })
-        .unwrap();
+    let victim = corpus.largest();
     let out = Command::new("python3")
         .arg(repo_root().join("fixtures/mutate.py"))
         .arg(&corpus.dir)

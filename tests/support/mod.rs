@@ -112,6 +112,15 @@ impl Corpus {
             .unwrap()
     }
 
+    /// The municipality with the most pages.
+    pub fn largest(&self) -> String {
+        let summary = self.summary();
+        self.subdomains()
+            .into_iter()
+            .max_by_key(|s| summary["municipalities"][s]["pages"].as_i64().unwrap_or(0))
+            .expect("the corpus has municipalities")
+    }
+
     /// Every municipality of the corpus, sorted.
     pub fn subdomains(&self) -> Vec<String> {
         let mut subs: Vec<String> = self.summary()["municipalities"]
