@@ -280,13 +280,16 @@ async fn bulk_and_trigger_paths_give_identical_exact_vectors_at_about_the_same_s
 
     // An empty database: backfill chooses bulk mode by itself, so the load leaves the
     // vectors NULL and vectorize builds all of them at the end of the run.
-    let bulk_out = backfill(&bulk_db, &fx, &[]);
+    // Server-computed vectors on both paths: this test measures what vectorize's rewrite of
+    // every row costs against the trigger path (civicload's own vectors are checked by
+    // tests/tsvector_diff.rs and the backfill tests).
+    let bulk_out = backfill(&bulk_db, &fx, &["--server-vectors"]);
     assert!(
         bulk_out.contains(&format!("Vectorized {} pages", fx.valid_pages)),
         "the bulk load left every vector to vectorize:\n{bulk_out}"
     );
     // The same corpus through the row trigger.
-    let trigger_out = backfill(&trigger_db, &fx, &["--no-bulk"]);
+    let trigger_out = backfill(&trigger_db, &fx, &["--no-bulk", "--server-vectors"]);
     assert!(
         !trigger_out.contains("Vectorized"),
         "the trigger wrote every vector during the load:\n{trigger_out}"
