@@ -122,10 +122,7 @@ impl PageBuilder {
         let meeting = strip_nul(meeting);
         let date_text = row.date.and_then(scalar_string);
         let Some(date) = date_text.as_deref().and_then(parse_date) else {
-            let shown = row
-                .date
-                .map(|d| d.get().to_string())
-                .unwrap_or_else(|| "null".into());
+            let shown = raw_or_null(row.date);
             return self.reject(
                 Some(id),
                 raw_for_reject,
@@ -134,10 +131,7 @@ impl PageBuilder {
             );
         };
         let Some(page) = row.page.and_then(parse_page_number) else {
-            let shown = row
-                .page
-                .map(|d| d.get().to_string())
-                .unwrap_or_else(|| "null".into());
+            let shown = raw_or_null(row.page);
             return self.reject(
                 Some(id),
                 raw_for_reject,
@@ -283,6 +277,11 @@ fn scalar_string(raw: &RawValue) -> Option<Cow<'_, str>> {
         b'-' | b'0'..=b'9' => Some(Cow::Borrowed(t)),
         _ => None,
     }
+}
+
+/// A field's raw JSON for a reject message (`null` when absent).
+fn raw_or_null(raw: Option<&RawValue>) -> &str {
+    raw.map_or("null", RawValue::get)
 }
 
 fn strip_nul(s: Cow<'_, str>) -> Cow<'_, str> {
