@@ -125,6 +125,7 @@ async fn run_job(client: SourceClient, job: Arc<JobKey>, capacity: usize) -> any
         client,
         start_after: None,
         last_seq: 0,
+        count: None,
     };
     let task = tokio::spawn(fetch.run(job.clone(), tx, CancellationToken::new()));
     let mut tally = Tally::default();

@@ -136,18 +136,33 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     };
     // civicload computes search vectors itself once it has read this server's rules (a few
     // seconds, in the background): see stages/src/tsvector.rs.
-    let vectors = stages::fetch::SharedVectors::default();
-    if !args.server_vectors && !args.verify_only {
-        let (pool, vectors) = (pool.clone(), vectors.clone());
+    // A bulk load waits for them (a vector left to the server costs a second write of the
+    // row); other runs start at once and let PostgreSQL compute the first batches' vectors.
+    let vectors = if args.server_vectors || args.verify_only {
+        stages::fetch::SharedVectors::none()
+    } else {
+        let vectors = stages::fetch::SharedVectors::pending(args.bulk);
+        let (pool, shared) = (pool.clone(), vectors.clone());
+        // The Basic Multilingual Plane first (a fraction of a second), then every code
+        // point: a text with a rarer one meanwhile gets its vector from PostgreSQL.
         tokio::spawn(async move {
-            match stages::tsvector::VectorBuilder::from_server(&pool).await {
-                Ok(v) => {
-                    let _ = vectors.set(Arc::new(v));
+            use stages::tsvector::{Coverage, VectorBuilder};
+            for coverage in [Coverage::Basic, Coverage::All] {
+                match VectorBuilder::from_server_covering(&pool, coverage).await {
+                    Ok(v) => shared.resolve(Some(v)),
+                    Err(e) if coverage == Coverage::All && shared.is_ready() => {
+                        warn!("PostgreSQL computes the search vectors of texts with code points beyond U+FFFF in this run ({e}).");
+                    }
+                    Err(e) => {
+                        warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
+                        shared.resolve(None);
+                        return;
+                    }
                 }
-                Err(e) => warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e})."),
             }
         });
-    }
+        vectors
+    };
     let cancel = CancellationToken::new();
     // Installed before planning, so a SIGTERM at any moment is a graceful stop.
     let signals = tokio::spawn(stop_on_signal(cancel.clone()));
@@ -185,6 +200,10 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view.
     if !result.interrupted {
+        let load_mode = crate::maintain::LoadMode {
+            pages_analyzed: result.pages_analyzed,
+            ..load_mode
+        };
         prepare_for_search(&pool, load_mode, &owner).await?;
     }
     let rows = jobs::list(&pool, Some(&ids)).await?;

@@ -372,12 +372,22 @@ impl JobContext {
             files: pending.clone(),
             read_ahead: self.read_ahead,
         };
+        // A replay into a database that holds nothing of this job COPYs straight into
+        // meeting_pages (the first conflict switches it to upserts).
+        let insert_first = stages::store::jobs::stores_nothing(
+            &self.pool,
+            key.municipality_id,
+            key.document_type.as_str(),
+        )
+        .await
+        .unwrap_or(false);
         let load = Load::new(
             self.pool.clone(),
             LoadConfig {
                 owner: self.owner.clone(),
                 bulk: false,
                 retry_for: Duration::from_secs(300),
+                insert_first,
             },
         )
         .with_checkpoint(Arc::new(FileCheckpoint {

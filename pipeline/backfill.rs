@@ -45,6 +45,8 @@ pub struct RunResult {
     pub jobs: Vec<JobResult>,
     pub interrupted: bool,
     pub wall: Duration,
+    /// `meeting_pages` was analyzed during the last pages of the load.
+    pub pages_analyzed: bool,
 }
 
 impl Backfill {
@@ -98,6 +100,19 @@ impl Backfill {
             stop_logging.clone(),
         ));
 
+        // A bulk load gathers the planner statistics during its last pages (see
+        // `analyze_near_the_end`), so they need not wait for the search index build.
+        let analyzed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut analyzing = None;
+        if self.args.bulk {
+            analyzing = Some(tokio::spawn(analyze_near_the_end(
+                self.pool.clone(),
+                progress.clone(),
+                analyzed.clone(),
+                stop_logging.clone(),
+            )));
+        }
+
         let mut workers = JoinSet::new();
         let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
         for _ in 0..self.args.concurrency {
@@ -120,6 +135,13 @@ impl Backfill {
         }
         stop_logging.cancel();
         let _ = heartbeat.await;
+        if let Some(task) = analyzing {
+            // Not started: it returns at once. Running: the index build waits for it anyway.
+            if self.cancel.is_cancelled() {
+                task.abort();
+            }
+            let _ = task.await;
+        }
         progress.finish();
         if let Some(e) = first_error {
             if results.is_empty() {
@@ -131,6 +153,7 @@ impl Backfill {
             jobs: results,
             interrupted: self.cancel.is_cancelled(),
             wall: started.elapsed(),
+            pages_analyzed: analyzed.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -178,6 +201,9 @@ impl Backfill {
         progress.job_started(&job, row.pages_fetched as u64);
         // The expected size, for the progress bar and `status` ETA (verification recounts
         // at the end: the source may change meanwhile).
+        // Most tables are counted by the fetch stage's first request (`columns_and_count`);
+        // the others by the next cheapest route.
+        let (count_tx, count_rx) = tokio::sync::oneshot::channel();
         let counting = {
             let (client, pool, job, progress) = (
                 self.client.clone(),
@@ -186,21 +212,36 @@ impl Backfill {
                 progress.clone(),
             );
             tokio::spawn(async move {
-                if let Some(c) = client
-                    .cheap_count(&job.subdomain, job.document_type.table(), true)
-                    .await
-                {
+                let counted = match count_rx.await {
+                    // The fetch stage stopped before it asked: its error is reported.
+                    Err(_) => return,
+                    Ok(Some(c)) => Some(c),
+                    Ok(None) => {
+                        client
+                            .cheap_count(&job.subdomain, job.document_type.table(), false)
+                            .await
+                    }
+                };
+                if let Some(c) = counted {
                     progress.job_expected(&job, c.rows);
                     let _ = jobs::set_expected(&pool, job.job_id, c.rows as i64, c.route).await;
                 }
             })
         };
+        // New rows go straight into meeting_pages: a job with nothing stored yet, or a
+        // resumed pass (the rows after its cursor are not stored, unless an earlier pass
+        // stored them: the first conflict switches the job to upserts).
+        let insert_first = row.last_cursor.is_some()
+            || jobs::stores_nothing(&self.pool, job.municipality_id, job.document_type.as_str())
+                .await
+                .unwrap_or(false);
         let (raw_tx, raw_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let fetch = Fetch {
             client: self.client.clone(),
             start_after: row.last_cursor.clone(),
             last_seq: row.batch_seq,
+            count: Some(count_tx),
         };
         let load = Load::new(
             self.pool.clone(),
@@ -208,6 +249,7 @@ impl Backfill {
                 owner: self.owner.clone(),
                 bulk: self.args.bulk,
                 retry_for: Duration::from_secs(300),
+                insert_first,
             },
         );
         let observer: Arc<dyn LoadObserver> = progress.clone();
@@ -356,13 +398,54 @@ pub async fn plan_jobs(
     }
     municipality_ids.sort_unstable();
     municipality_ids.dedup();
-    let mut ids = Vec::new();
-    for m in municipality_ids {
-        for d in &doc_types {
-            ids.push(jobs::ensure(pool, m, *d).await?);
+    let wanted: Vec<(i64, DocumentType)> = municipality_ids
+        .iter()
+        .flat_map(|&m| doc_types.iter().map(move |&d| (m, d)))
+        .collect();
+    Ok(jobs::ensure_many(pool, &wanted).await?)
+}
+
+/// The share of a bulk load's expected pages after which `meeting_pages` is analyzed.
+const ANALYZE_AT: f64 = 0.95;
+
+/// Runs `ANALYZE meeting_pages` once 95% of the expected pages are committed, while the
+/// last (small) jobs finish. ANALYZE cannot run beside the search index build that follows
+/// the load (their locks conflict), and with the statistics target of the vectors it takes
+/// seconds, so this takes it off the critical path. The statistics then describe 95% of the
+/// pages; autovacuum re-analyzes once the rest is in (2% changed, see migration 0002).
+async fn analyze_near_the_end(
+    pool: PgPool,
+    progress: Arc<Progress>,
+    analyzed: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let (done, expected) = progress.pages();
+        let Some(expected) = expected.filter(|&n| n > 0) else {
+            return;
+        };
+        if done as f64 >= expected as f64 * ANALYZE_AT {
+            break;
         }
     }
-    Ok(ids)
+    let started = Instant::now();
+    match stages::store::maintenance::analyze_pages(&pool).await {
+        Ok(()) => {
+            analyzed.store(true, std::sync::atomic::Ordering::Relaxed);
+            info!(
+                seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+                "Analyzed meeting_pages during the last pages of the load."
+            );
+        }
+        Err(e) => {
+            warn!(error = %e, "Could not analyze meeting_pages during the load; it is analyzed after it.")
+        }
+    }
 }
 
 /// Renews this worker's leases until stopped.

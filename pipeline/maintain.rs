@@ -67,6 +67,8 @@ pub struct MaintainPlan {
     pub build: BuildMode,
     pub reindex: Reindex,
     pub vacuum: bool,
+    /// Whether the vacuum also analyzes `meeting_pages` (false: the load just did).
+    pub analyze_pages: bool,
     pub maintenance_work_mem: String,
 }
 
@@ -197,9 +199,13 @@ async fn maintain_locked(
     if plan.vacuum {
         for table in maintenance::TABLES {
             let t = Instant::now();
-            maintenance::vacuum(conn, table, true).await?;
+            let analyze = plan.analyze_pages || table != "meeting_pages";
+            maintenance::vacuum(conn, table, analyze).await?;
             steps.push(Step {
-                step: format!("VACUUM (ANALYZE) {table}"),
+                step: match analyze {
+                    true => format!("VACUUM (ANALYZE) {table}"),
+                    false => format!("VACUUM {table} (analyzed during the load)"),
+                },
                 seconds: t.elapsed().as_secs_f64(),
                 detail: String::new(),
             });
@@ -226,6 +232,7 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
             Reindex::None
         },
         vacuum: true,
+        analyze_pages: true,
         maintenance_work_mem: args.maintenance_work_mem.clone(),
     };
     let started = Instant::now();
@@ -252,6 +259,9 @@ pub struct LoadMode {
     /// `meeting_pages` was (nearly) empty: the search indexes were dropped, and are built
     /// at the end with a plain, faster CREATE INDEX (nothing is being served yet).
     pub initial: bool,
+    /// `meeting_pages` was analyzed during the load (its last pages): the vacuum after
+    /// it need not analyze it again.
+    pub pages_analyzed: bool,
 }
 
 impl LoadMode {
@@ -274,6 +284,7 @@ pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<L
         return Ok(LoadMode {
             bulk: false,
             initial: false,
+            pages_analyzed: false,
         });
     }
     let pages = search::pages_up_to(pool, BULK_THRESHOLD).await?;
@@ -299,12 +310,16 @@ pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<L
     if bulk {
         info!(
             pages,
-            "Bulk mode ({why}): search vectors are built after the load, then the search index."
+            "Bulk mode ({why}): the search index is built after the load, and any search vector the load leaves out."
         );
     } else if initial {
         info!(pages, "Trigger mode ({why}): every page gets its vector as it is written; the search index is built after the load.");
     }
-    Ok(LoadMode { bulk, initial })
+    Ok(LoadMode {
+        bulk,
+        initial,
+        pages_analyzed: false,
+    })
 }
 
 /// After the jobs of a backfill run: build the missing vectors (a no-op when none are
@@ -392,6 +407,8 @@ fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainP
             Reindex::None
         },
         vacuum: mode.bulk || mode.initial || rewritten > 0,
+        // Unless vectorize rewrote pages since.
+        analyze_pages: !mode.pages_analyzed || rewritten > 0,
         maintenance_work_mem,
     }
 }

@@ -160,6 +160,11 @@ impl Progress {
         }
     }
 
+    /// Pages committed so far, and the pages expected in all (when known).
+    pub fn pages(&self) -> (u64, Option<u64>) {
+        (self.pages.load(Ordering::Relaxed), self.expected_pages)
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bars {
             b.overall.finish_and_clear();

@@ -102,6 +102,7 @@ async fn repair_held(
                 owner: String::new(),
                 bulk: false,
                 retry_for: Duration::from_secs(300),
+                insert_first: false,
             },
         );
         let mut builder = PageBuilder::new();

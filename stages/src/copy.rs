@@ -1,7 +1,8 @@
 //! PostgreSQL binary COPY encoding of a page batch, for `COPY ... FROM STDIN (FORMAT binary)`.
 //!
 //! Binary COPY skips PostgreSQL's text parsing of every value (dates, integers, escapes in
-//! multi-kilobyte text), which is the cheapest way to move pages into a staging table.
+//! multi-kilobyte text), which is the cheapest way to move pages into PostgreSQL: into a
+//! staging table for the upsert, or straight into `meeting_pages` when the rows are new.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int32Type};
@@ -14,9 +15,26 @@ const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// PostgreSQL counts dates from 2000-01-01, Arrow from 1970-01-01.
 const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 
-/// The staging columns, in the order the encoder writes them.
+/// The staging columns, in the order the encoder writes them for `RowKey::Meeting`.
 pub const STAGING_COLUMNS: &str =
     "source_id, meeting, meeting_date, page_number, text, page_image, entities, votes, search_vector";
+
+/// The `meeting_pages` columns, in the order the encoder writes them for `RowKey::Document`.
+pub const PAGES_COLUMNS: &str =
+    "source_id, document_id, municipality_id, page_number, text, page_image, entities, votes, search_vector";
+
+/// How each row names its meeting: the second and third fields of a COPY row.
+#[derive(Clone, Copy, Debug)]
+pub enum RowKey<'a> {
+    /// `meeting, meeting_date` (`STAGING_COLUMNS`): the upsert joins them to documents.
+    Meeting,
+    /// `document_id, municipality_id` (`PAGES_COLUMNS`), resolved beforehand, one document
+    /// id per row: for a COPY straight into `meeting_pages`.
+    Document {
+        municipality_id: i64,
+        document_ids: &'a [i64],
+    },
+}
 
 /// Search vectors computed by civicload for a batch, already encoded as binary COPY
 /// fields (length prefix included; -1 where civicload left the vector to PostgreSQL).
@@ -68,8 +86,21 @@ pub fn encode_pages(batch: &RecordBatch) -> BytesMut {
     encode_pages_with_vectors(batch, None)
 }
 
-/// Encodes a page batch with the search vectors civicload computed for it.
+/// Encodes a page batch with the search vectors civicload computed for it, for the
+/// staging table (`STAGING_COLUMNS`).
 pub fn encode_pages_with_vectors(batch: &RecordBatch, vectors: Option<&VectorFields>) -> BytesMut {
+    encode_rows(batch, vectors, RowKey::Meeting)
+}
+
+/// Encodes a page batch, its vectors and how its rows name their meeting (`RowKey`).
+pub fn encode_rows(batch: &RecordBatch, vectors: Option<&VectorFields>, key: RowKey) -> BytesMut {
+    if let RowKey::Document { document_ids, .. } = key {
+        assert_eq!(
+            document_ids.len(),
+            batch.num_rows(),
+            "one document id per row"
+        );
+    }
     let ids = batch.column(col::SOURCE_ID).as_string::<i32>();
     let meetings = batch.column(col::MEETING).as_string::<i32>();
     let dates = batch.column(col::DATE).as_primitive::<Date32Type>();
@@ -91,9 +122,22 @@ pub fn encode_pages_with_vectors(batch: &RecordBatch, vectors: Option<&VectorFie
     for i in 0..batch.num_rows() {
         out.put_i16(9);
         put_text(&mut out, Some(ids.value(i)));
-        put_text(&mut out, Some(meetings.value(i)));
-        out.put_i32(4);
-        out.put_i32(dates.value(i) - PG_EPOCH_OFFSET_DAYS);
+        match key {
+            RowKey::Meeting => {
+                put_text(&mut out, Some(meetings.value(i)));
+                out.put_i32(4);
+                out.put_i32(dates.value(i) - PG_EPOCH_OFFSET_DAYS);
+            }
+            RowKey::Document {
+                municipality_id,
+                document_ids,
+            } => {
+                out.put_i32(8);
+                out.put_i64(document_ids[i]);
+                out.put_i32(8);
+                out.put_i64(municipality_id);
+            }
+        }
         out.put_i32(4);
         out.put_i32(pages.value(i));
         put_text(&mut out, Some(texts.value(i)));

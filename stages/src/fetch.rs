@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::instrument;
 
 use crate::batch::{JobKey, PageBatch};
-use crate::source::{SourceClient, SourceError};
+use crate::source::{SourceClient, SourceCount, SourceError};
 use crate::transform::PageBuilder;
 
 /// One page of source rows, validated, not yet transformed.
@@ -44,6 +44,9 @@ pub struct Fetch {
     pub start_after: Option<String>,
     /// The sequence number of the last committed batch.
     pub last_seq: i64,
+    /// Receives the table's row count if the columns request gave it exactly (None: it
+    /// did not), for progress: it saves a count request per job.
+    pub count: Option<tokio::sync::oneshot::Sender<Option<SourceCount>>>,
 }
 
 impl Fetch {
@@ -55,10 +58,13 @@ impl Fetch {
         cancel: CancellationToken,
     ) -> Result<FetchReport, SourceError> {
         let table = job.document_type.table();
-        let columns = tokio::select! {
-            c = self.client.columns(&job.subdomain, table) => c?,
+        let (columns, count) = tokio::select! {
+            c = self.client.columns_and_count(&job.subdomain, table) => c?,
             _ = cancel.cancelled() => return Ok(FetchReport { cancelled: true, ..FetchReport::default() }),
         };
+        if let Some(tx) = self.count {
+            let _ = tx.send(count);
+        }
         let mut report = FetchReport::default();
         let mut after = self.start_after;
         let mut seq = self.last_seq;
@@ -108,9 +114,88 @@ pub struct Transform {
 }
 
 /// A vector builder that becomes available while the pipeline runs (reading the server's
-/// rules takes seconds): batches transformed before it is ready carry no vectors, and
-/// PostgreSQL computes theirs.
-pub type SharedVectors = Arc<std::sync::OnceLock<Arc<crate::tsvector::VectorBuilder>>>;
+/// rules takes seconds), and may be replaced by a better one (`Coverage::Basic` first,
+/// then `Coverage::All`). Batches transformed before any is ready carry no vectors and
+/// PostgreSQL computes theirs, unless the transform waits for one (`pending(true)`): a
+/// bulk load does, because a vector left to the server then costs a second write.
+#[derive(Clone, Default)]
+pub struct SharedVectors {
+    state: Arc<std::sync::RwLock<VectorState>>,
+    ready: Arc<tokio::sync::Notify>,
+    wait: bool,
+}
+
+#[derive(Clone, Default)]
+enum VectorState {
+    #[default]
+    Pending,
+    Ready(Arc<crate::tsvector::VectorBuilder>),
+    /// civicload computes no vectors in this run.
+    Unavailable,
+}
+
+impl SharedVectors {
+    /// Vectors that will be resolved later (`resolve`); `wait`: the transform waits for them.
+    pub fn pending(wait: bool) -> Self {
+        SharedVectors {
+            wait,
+            ..SharedVectors::default()
+        }
+    }
+
+    /// No vectors from civicload in this run: PostgreSQL computes them all.
+    pub fn none() -> Self {
+        let v = SharedVectors::default();
+        v.resolve(None);
+        v
+    }
+
+    /// A builder is ready (it replaces an earlier one), or none will be (None; ignored
+    /// once a builder is in use).
+    pub fn resolve(&self, builder: Option<crate::tsvector::VectorBuilder>) {
+        {
+            let mut state = self.state.write().expect("vector state lock");
+            match (builder, &*state) {
+                (Some(b), _) => *state = VectorState::Ready(Arc::new(b)),
+                (None, VectorState::Pending) => *state = VectorState::Unavailable,
+                (None, _) => {}
+            }
+        }
+        self.ready.notify_waiters();
+    }
+
+    /// A builder is in use.
+    pub fn is_ready(&self) -> bool {
+        matches!(
+            *self.state.read().expect("vector state lock"),
+            VectorState::Ready(_)
+        )
+    }
+
+    /// The builder to use for the next batch: waits for one when asked to (at most a
+    /// minute: a batch must not wait on a stuck probe; PostgreSQL then computes its
+    /// vectors).
+    async fn current(&self) -> Option<Arc<crate::tsvector::VectorBuilder>> {
+        loop {
+            // Registered before the check, so a resolve in between is not missed.
+            let notified = self.ready.notified();
+            let state = self.state.read().expect("vector state lock").clone();
+            match state {
+                VectorState::Ready(b) => return Some(b),
+                VectorState::Unavailable => return None,
+                VectorState::Pending if !self.wait => return None,
+                VectorState::Pending => {
+                    if tokio::time::timeout(Duration::from_secs(60), notified)
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl Transform {
     #[instrument(skip_all, fields(job = %job))]
@@ -128,7 +213,7 @@ impl Transform {
                 builder.push(row, raw.columns.as_deref());
             }
             let t = builder.finish();
-            let vectors = match self.vectors.get() {
+            let vectors = match self.vectors.current().await {
                 Some(vb) => {
                     let (vb, rows) = (vb.clone(), t.rows.clone());
                     let fields = tokio::task::spawn_blocking(move || {

@@ -74,7 +74,7 @@ use sqlx::PgPool;
 use tracing::info;
 
 use parser::{class, Ch, Dispatch, Parser};
-pub use probe::VERIFIED_MAJOR_VERSIONS;
+pub use probe::{Coverage, VERIFIED_MAJOR_VERSIONS};
 
 /// Tokens of this many bytes or more are skipped (`MAXSTRLEN` = 2^11 - 1, `lenlemm >=
 /// MAXSTRLEN` in `parsetext`); it is also the longest lexeme a tsvector can store.
@@ -305,8 +305,17 @@ impl VectorBuilder {
     /// `simple` configuration) and proves the result on a built-in sample. Runs once per
     /// process; takes a few seconds (see [`RulesSummary::elapsed`]).
     pub async fn from_server(pool: &PgPool) -> Result<VectorBuilder, VectorError> {
+        Self::from_server_covering(pool, Coverage::All).await
+    }
+
+    /// `from_server`, asking only about the code points `coverage` names: a text with any
+    /// other code point gets `None` (the server computes its vector).
+    pub async fn from_server_covering(
+        pool: &PgPool,
+        coverage: Coverage,
+    ) -> Result<VectorBuilder, VectorError> {
         let started = std::time::Instant::now();
-        let (rules, mut summary) = probe::read_rules(pool).await?;
+        let (rules, mut summary) = probe::read_rules(pool, coverage).await?;
         let builder = VectorBuilder {
             rules,
             summary: RulesSummary::default(),

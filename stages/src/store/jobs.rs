@@ -79,6 +79,37 @@ pub async fn ensure(
     .await
 }
 
+/// Registers many jobs at once (one round trip: `backfill --subdomain all` plans thousands),
+/// returning their ids in the order given.
+pub async fn ensure_many(
+    pool: &PgPool,
+    jobs: &[(i64, DocumentType)],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let municipalities: Vec<i64> = jobs.iter().map(|j| j.0).collect();
+    let types: Vec<&str> = jobs.iter().map(|j| j.1.as_str()).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO backfill_jobs (municipality_id, document_type)
+         SELECT m, d FROM unnest($1::bigint[], $2::text[]) AS t(m, d)
+         ON CONFLICT (municipality_id, document_type) DO NOTHING",
+    )
+    .bind(&municipalities)
+    .bind(&types)
+    .execute(&mut *tx)
+    .await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT j.id FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(m, d, n)
+         JOIN backfill_jobs j ON j.municipality_id = t.m AND j.document_type = t.d
+         ORDER BY t.n",
+    )
+    .bind(&municipalities)
+    .bind(&types)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ids)
+}
+
 /// Starts a fresh pass for the given jobs that are completed (a rerun re-reads the source
 /// and upserts; unchanged pages stay untouched). Jobs that are not completed keep their
 /// checkpoint and continue from it. Returns how many were reset.
@@ -451,4 +482,21 @@ pub async fn try_post_load_lock(
         .fetch_one(&mut *conn)
         .await?;
     Ok(got.then_some(conn))
+}
+
+/// True when nothing is stored yet for this municipality and document type: a load may
+/// then COPY its pages straight into `meeting_pages` (`LoadConfig::insert_first`).
+pub async fn stores_nothing(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM meeting_documents
+                            WHERE municipality_id = $1 AND document_type = $2)",
+    )
+    .bind(municipality_id)
+    .bind(document_type)
+    .fetch_one(pool)
+    .await
 }

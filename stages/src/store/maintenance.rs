@@ -60,6 +60,16 @@ pub async fn vacuum(
     Ok(())
 }
 
+/// `ANALYZE meeting_pages` on a connection of the pool (it runs in a transaction, unlike
+/// VACUUM).
+pub async fn analyze_pages(pool: &sqlx::PgPool) -> Result<(), SearchError> {
+    sqlx::raw_sql("ANALYZE meeting_pages")
+        .execute(pool)
+        .await
+        .map_err(err("ANALYZE", "meeting_pages"))?;
+    Ok(())
+}
+
 /// A plain VACUUM that skips the table when another session holds a conflicting lock
 /// (another VACUUM, a concurrent index build of a maintain run): `vectorize` vacuums
 /// between chunks only to reuse space, and must never wait in a lock queue that a
