@@ -120,6 +120,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 }
 
 async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
     check_template(&cli.source_url).map_err(UsageError)?;
     let spool = crate::archive::open_spool(cli)?;
     let client =
@@ -193,18 +194,25 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
     }
 
-    if let Err(e) = jobs::refresh_stats(&pool).await {
-        warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
-    }
+    let load_phase = started.elapsed();
     println!("{}", report::summary_table(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
-    // Search readiness (issue 6): vectors, indexes, statistics, stats view.
-    if !result.interrupted {
+    // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed
+    // there; here only when the run stops early).
+    if result.interrupted {
+        if let Err(e) = jobs::refresh_stats(&pool).await {
+            warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
+        }
+    } else {
         let load_mode = crate::maintain::LoadMode {
             pages_analyzed: result.pages_analyzed,
             ..load_mode
         };
         prepare_for_search(&pool, load_mode, &owner).await?;
+        println!(
+            "{}",
+            report::phases(&result.jobs, load_phase, started.elapsed())
+        );
     }
     let rows = jobs::list(&pool, Some(&ids)).await?;
     let unfinished: Vec<_> = rows

@@ -164,6 +164,20 @@ pub fn stage_breakdown(results: &[JobResult]) -> String {
     )
 }
 
+/// The run's two phases in wall time: the load (start to last commit, verification of
+/// each job included) and the search preparation after it (vectors left over, indexes,
+/// statistics), which `Search ready in` details.
+pub fn phases(results: &[JobResult], load_phase: Duration, total: Duration) -> String {
+    let pages: u64 = results.iter().map(|r| r.fetched).sum();
+    let load = load_phase.as_secs_f64();
+    format!(
+        "Load phase (start to last commit, jobs verified): {load:.1} s, {:.0} pages/s; search preparation {:.1} s; total {:.1} s.",
+        pages as f64 / load.max(0.001),
+        (total - load_phase).as_secs_f64(),
+        total.as_secs_f64()
+    )
+}
+
 /// `civicload status` as a table.
 pub fn status_table(rows: &[JobRow]) -> String {
     let mut t = Table::new();

@@ -81,6 +81,53 @@ async fn backfill_mirrors_the_corpus_exactly_and_a_rerun_changes_nothing() {
         rejects,
         "rejects are recorded once"
     );
+
+    // A pass stopped half-way over pages that are all stored (a rerun killed mid-job):
+    // the resume starts on the insert route (the rows after a checkpoint are normally new),
+    // meets a stored page, and must finish with upserts, changing nothing.
+    let mut conn = db.connect().await;
+    let paused = sqlx::query(
+        "UPDATE backfill_jobs j SET status = 'paused', lease_owner = NULL,
+                last_cursor = (SELECT min(p.source_id) FROM meeting_pages p
+                               JOIN meeting_documents d ON d.id = p.document_id
+                               WHERE d.municipality_id = j.municipality_id
+                                 AND d.document_type = j.document_type)
+         WHERE EXISTS (SELECT 1 FROM meeting_documents d
+                       WHERE d.municipality_id = j.municipality_id
+                         AND d.document_type = j.document_type)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert!(paused > 0);
+    let out = civicload_command(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", &subs, "--resume"],
+    )
+    .env("RUST_LOG", "info")
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "resume failed:\n{}", text(&out));
+    assert!(
+        text(&out).contains("continues with upserts"),
+        "the insert route must meet the stored pages:\n{}",
+        text(&out)
+    );
+    let jobs = status_json(&db);
+    assert_eq!(sum_field(&jobs, "pages_created"), 0, "{jobs:?}");
+    assert_eq!(sum_field(&jobs, "pages_updated"), 0, "{jobs:?}");
+    assert_same_pages(&expected, &db.pages().await);
+    assert_eq!(
+        civicload(&db, None, &["digest"]).stdout,
+        digest.stdout,
+        "the digest must not change"
+    );
+    for j in &jobs {
+        assert_eq!(j["status"], "completed", "{j}");
+        assert!(!j["verified_at"].is_null(), "job not verified: {j}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -275,6 +275,7 @@ class Bench:
             text = f.read()
         summary = parse_summary(text)
         stages, bottleneck = parse_stages(text)
+        phases = parse_phases(text)
         # civicload may report the wall time of its load phase (fetch to last commit, before
         # vectors and index); the ceiling target compares against that when present.
         m = re.search(r"(?i)load phase[^0-9\n]*([0-9.]+) s", text)
@@ -289,11 +290,13 @@ class Bench:
             notes.append(f"exit {rc} (see {out})")
         if summary:
             notes.append(f"TOTAL fetched={summary.get('fetched')} created={summary.get('created')} rejected={summary.get('rejected')} {summary.get('status', '')}")
+        if phases:
+            notes.append("phases: " + " ".join(f"{n}={s:.1f}s" for n, s in phases))
         if stages:
             notes.append("stages: " + " ".join(f"{n}={s:.1f}s" for n, s in stages) + f" bottleneck={bottleneck}")
         if extra:
             notes.append("args: " + " ".join(extra))
-        return {"wall": wall, "rss": rss, "rc": rc, "pages": checks["pages"], "checks": checks, "db_mb": size, "summary": summary, "stages": stages, "bottleneck": bottleneck, "load_phase_s": load_phase, "notes": notes}
+        return {"wall": wall, "rss": rss, "rc": rc, "pages": checks["pages"], "checks": checks, "db_mb": size, "summary": summary, "stages": stages, "bottleneck": bottleneck, "phases": phases, "load_phase_s": load_phase, "notes": notes}
 
     # ------------------------------------------------------------------ reporting
     def run(self):
@@ -350,6 +353,8 @@ class Bench:
             print("(a) steps: " + ", ".join(f"{s} {t:.1f} s" for s, t in a["steps"]))
         if d and d.get("stages"):
             print("(d) civicload stage time summed over jobs: " + ", ".join(f"{name} {s:.1f} s" for name, s in d["stages"]) + f" (bottleneck: {d['bottleneck']})")
+        if d and d.get("phases"):
+            print("(d) civicload wall time by phase: " + ", ".join(f"{name} {s:.1f} s" for name, s in d["phases"]))
         for key in ("a", "d"):
             r = self.results.get(key)
             if r and r.get("checks"):
@@ -458,6 +463,30 @@ def parse_summary(text):
     if not header or not total:
         return {}
     return dict(zip(header, total))
+
+
+def parse_phases(text):
+    """civicload's wall time by phase: the load phase (start to last commit), then the
+    steps of the search preparation it prints (`Vectorized ... in N s`, index builds,
+    VACUUM / ANALYZE, the stats view refresh)."""
+    phases = []
+    m = re.search(r"(?i)load phase[^0-9\n]*([0-9.]+) s", text)
+    if m:
+        phases.append(("load", float(m.group(1))))
+    sums = {"vectorize": 0.0, "index": 0.0, "vacuum/analyze": 0.0, "stats view": 0.0}
+    for line in text.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        v = re.match(r"Vectorized [0-9,]+ pages in ([0-9.]+) s", line)
+        if v:
+            sums["vectorize"] += float(v.group(1))
+            continue
+        step = re.match(r"(search index|REINDEX|VACUUM|REFRESH MATERIALIZED VIEW)\b.*?\s([0-9.]+) s\b", line)
+        if step:
+            kind = {"search index": "index", "REINDEX": "index", "VACUUM": "vacuum/analyze", "REFRESH MATERIALIZED VIEW": "stats view"}[step.group(1)]
+            sums[kind] += float(step.group(2))
+    if phases or any(sums.values()):
+        phases += [(k, v) for k, v in sums.items()]
+    return phases
 
 
 def parse_stages(text):
