@@ -277,7 +277,7 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
     let mut all_verified = true;
     for row in jobs::list(&backfill.pool, Some(ids)).await? {
         let key = row.key();
-        let r = stages::reconcile::reconcile(&backfill.pool, &backfill.client, &key).await?;
+        let r = stages::reconcile::reconcile(&backfill.pool, &backfill.client, &key, None).await?;
         all_verified &= r.verdict == stages::reconcile::Verdict::Verified;
         println!("{key}: {}", r.describe());
     }

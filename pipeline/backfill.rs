@@ -24,7 +24,7 @@ use crate::report::JobResult;
 
 /// Batches in flight between two stages: enough to overlap fetch with load, small enough
 /// that memory stays flat (a batch is ~1000 pages, a few MB).
-const CHANNEL_CAPACITY: usize = 2;
+const CHANNEL_CAPACITY: usize = 1;
 
 /// Everything a backfill run needs.
 pub struct Backfill {
@@ -199,11 +199,12 @@ impl Backfill {
         let job = Arc::new(row.key());
         let started = Instant::now();
         progress.job_started(&job, row.pages_fetched as u64);
-        // The expected size, for the progress bar and `status` ETA (verification recounts
-        // at the end: the source may change meanwhile).
-        // Most tables are counted by the fetch stage's first request (`columns_and_count`);
-        // the others by the next cheapest route.
-        let (count_tx, count_rx) = tokio::sync::oneshot::channel();
+        // The expected size, for the progress bar and `status` ETA. Most tables are counted
+        // by the fetch stage's first request (`columns_and_count`), the others by the next
+        // cheapest route. Verification recounts at the end (the source may change
+        // meanwhile), except for a table read whole by one request right after its count.
+        let (count_tx, count_rx) =
+            tokio::sync::oneshot::channel::<Option<stages::source::SourceCount>>();
         let counting = {
             let (client, pool, job, progress) = (
                 self.client.clone(),
@@ -212,20 +213,22 @@ impl Backfill {
                 progress.clone(),
             );
             tokio::spawn(async move {
-                let counted = match count_rx.await {
+                let (counted, first) = match count_rx.await {
                     // The fetch stage stopped before it asked: its error is reported.
-                    Err(_) => return,
-                    Ok(Some(c)) => Some(c),
-                    Ok(None) => {
+                    Err(_) => return None,
+                    Ok(Some(c)) => (Some(c.clone()), Some(c)),
+                    Ok(None) => (
                         client
                             .cheap_count(&job.subdomain, job.document_type.table(), false)
-                            .await
-                    }
+                            .await,
+                        None,
+                    ),
                 };
                 if let Some(c) = counted {
                     progress.job_expected(&job, c.rows);
                     let _ = jobs::set_expected(&pool, job.job_id, c.rows as i64, c.route).await;
                 }
+                first
             })
         };
         // New rows go straight into meeting_pages: a job with nothing stored yet, or a
@@ -254,9 +257,23 @@ impl Backfill {
         );
         let observer: Arc<dyn LoadObserver> = progress.clone();
         let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
+        // A resumed pass remembers the pages its rows before the checkpoint hold, so a
+        // duplicate of one of them is a reject as in an uninterrupted pass.
+        let seen = match &row.last_cursor {
+            Some(cursor) => with_db_retries(|| {
+                jobs::page_keys_through(&self.pool, job.municipality_id, job.document_type, cursor)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                warn!(job = %job, error = %e, "Could not read the pages before the checkpoint; a duplicate page split by the stop may replace the first one.");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
         let transform_task = tokio::spawn(
             Transform {
                 vectors: self.vectors.clone(),
+                seen,
             }
             .run(job.clone(), raw_rx, batch_tx),
         );
@@ -278,10 +295,11 @@ impl Backfill {
         let load_result = load_task.await;
         let transform_time = transform_task.await.unwrap_or_default();
         let fetch_result = fetch_task.await;
-        let _ = counting.await;
+        let first_count = counting.await.ok().flatten();
 
         let mut result = JobResult::new(&job, &row);
         result.transform_time = transform_time;
+        let mut read_whole_at_once = false;
         let (mut outcome, mut error): (Outcome, Option<String>) = match (fetch_result, load_result) {
             (_, Err(e)) | (Err(e), _) => (Outcome::Failed, Some(format!("internal error: {e}"))),
             (_, Ok(Err(e))) => (Outcome::Failed, Some(format!("{e}. Fix the database problem, then rerun the same command: the job continues from its last checkpoint."))),
@@ -298,6 +316,7 @@ impl Backfill {
             (Ok(Ok(fetch)), Ok(Ok(load))) => {
                 result.absorb(&load);
                 result.fetch_time = fetch.fetch_time;
+                read_whole_at_once = fetch.pages == 1 && row.last_cursor.is_none();
                 if fetch.reached_end {
                     (Outcome::Completed, None)
                 } else {
@@ -321,7 +340,10 @@ impl Backfill {
         let (mut outcome, mut error) = (outcome, error);
         if outcome == Outcome::Completed {
             let verify_started = Instant::now();
-            match reconcile_with_retries(&self.pool, &self.client, &job).await {
+            // A table read whole by the one request after its count: that count is as
+            // fresh as a recount, and saves the source a request per small table.
+            let counted = first_count.filter(|_| read_whole_at_once);
+            match reconcile_with_retries(&self.pool, &self.client, &job, counted).await {
                 Ok(r) => {
                     if matches!(r.verdict, Verdict::Short { .. }) {
                         outcome = Outcome::Failed;
@@ -507,11 +529,12 @@ async fn reconcile_with_retries(
     pool: &PgPool,
     client: &SourceClient,
     job: &JobKey,
+    counted: Option<stages::source::SourceCount>,
 ) -> Result<stages::reconcile::Reconciliation, stages::reconcile::ReconcileError> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut attempt = 0;
     loop {
-        match reconcile(pool, client, job).await {
+        match reconcile(pool, client, job, counted.clone()).await {
             Err(stages::reconcile::ReconcileError::Sql(e))
                 if stages::store::is_transient_sql(&e) && Instant::now() < deadline =>
             {

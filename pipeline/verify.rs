@@ -46,7 +46,7 @@ pub async fn verify_job(
             lines.extend(repair(pool, client, row, owner, opts, &report).await?);
         }
     }
-    let r = reconcile(pool, client, &job).await?;
+    let r = reconcile(pool, client, &job, None).await?;
     lines.push(r.describe());
     Ok(JobVerification {
         job: job.to_string(),

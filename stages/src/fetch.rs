@@ -111,6 +111,8 @@ impl Fetch {
 #[derive(Default)]
 pub struct Transform {
     pub vectors: SharedVectors,
+    /// Pages a resumed pass has seen already (`PageBuilder::resuming`).
+    pub seen: std::collections::HashSet<u64>,
 }
 
 /// A vector builder that becomes available while the pipeline runs (reading the server's
@@ -205,7 +207,7 @@ impl Transform {
         mut input: mpsc::Receiver<RawPage>,
         output: mpsc::Sender<PageBatch>,
     ) -> Duration {
-        let mut builder = PageBuilder::new();
+        let mut builder = PageBuilder::resuming(self.seen);
         let mut busy = Duration::ZERO;
         while let Some(raw) = input.recv().await {
             let started = Instant::now();

@@ -68,15 +68,23 @@ pub fn judge(expected: Option<&SourceCount>, stored: i64, rejected: i64) -> Verd
 }
 
 /// Counts, judges and records the verdict on the job row.
+/// `counted`: an exact count taken by the request right before the one that read the whole
+/// table (None: the source is asked now).
 pub async fn reconcile(
     pool: &PgPool,
     client: &SourceClient,
     job: &JobKey,
+    counted: Option<SourceCount>,
 ) -> Result<Reconciliation, ReconcileError> {
-    let expected = match client
-        .exact_count(&job.subdomain, job.document_type.table())
-        .await
-    {
+    let count = match counted {
+        Some(c) => Ok(c),
+        None => {
+            client
+                .exact_count(&job.subdomain, job.document_type.table())
+                .await
+        }
+    };
+    let expected = match count {
         Ok(c) => Some(c),
         Err(e) if e.is_transient() || matches!(e, SourceError::RetriesExhausted { .. }) => None,
         Err(e) => return Err(e.into()),

@@ -70,6 +70,16 @@ impl PageBuilder {
         Self::default()
     }
 
+    /// A builder for a pass resumed after a stop: `seen` holds the `page_key`s of the pages
+    /// stored by the rows before the checkpoint, so a duplicate of one of them after it is
+    /// a reject, exactly as in an uninterrupted pass.
+    pub fn resuming(seen: HashSet<u64>) -> Self {
+        PageBuilder {
+            seen,
+            ..Self::default()
+        }
+    }
+
     /// Adds one source row (object-shaped, or array-shaped with `columns`).
     pub fn push(&mut self, raw: &RawValue, columns: Option<&[String]>) {
         let text = raw.get();
@@ -234,7 +244,8 @@ pub fn transform_rows(rows: &[Box<RawValue>], columns: Option<&[String]>) -> Tra
     builder.finish()
 }
 
-fn page_key(meeting: &str, date: i32, page: i32) -> u64 {
+/// The duplicate-detection key of a page: (meeting, date as days since 1970, page).
+pub fn page_key(meeting: &str, date: i32, page: i32) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // Fixed keys: the same page must hash the same way for the whole pass.
     let mut h =

@@ -500,3 +500,30 @@ pub async fn stores_nothing(
     .fetch_one(pool)
     .await
 }
+
+/// The `transform::page_key`s of the pages this job's rows up to `cursor` (a source id,
+/// compared bytewise like the source's `_sort=id`) hold: what a pass resumed after that
+/// cursor has seen already, for its duplicate detection.
+pub async fn page_keys_through(
+    pool: &PgPool,
+    municipality_id: i64,
+    document_type: DocumentType,
+    cursor: &str,
+) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query_as::<_, (String, String, i32, i32)>(
+        "SELECT p.source_id, d.meeting_name, (d.meeting_date - date '1970-01-01'), p.page_number
+         FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
+         WHERE d.municipality_id = $1 AND d.document_type = $2",
+    )
+    .bind(municipality_id)
+    .bind(document_type.as_str())
+    .fetch(pool);
+    let mut keys = std::collections::HashSet::new();
+    while let Some((source_id, meeting, date, page)) = rows.try_next().await? {
+        if source_id.as_bytes() <= cursor.as_bytes() {
+            keys.insert(crate::transform::page_key(&meeting, date, page));
+        }
+    }
+    Ok(keys)
+}

@@ -12,7 +12,8 @@
 //!   `" <a X>"` (a `tag`: space or digit, the only classes a tag accepts there),
 //!   `" &#xX;"` (an `entity`: hex digit).
 //!
-//! Each probe is one statement on its own connection; they run concurrently.
+//! Each probe is one statement; the parser probes run one after the other (each string is
+//! ~9 MB for every code point, and the complete probe runs beside a load).
 
 use sqlx::{PgPool, Row};
 
@@ -30,6 +31,52 @@ const EXPECTED_BODY: &str =
     "to_tsvector('simple'::regconfig, unaccent('unaccent'::regdictionary, COALESCE(t, ''::text)))";
 
 const SEP: char = '\u{1}';
+
+// What each probe found, per code point.
+const WORD: u8 = 1; // " X" is a word
+const UINT: u8 = 2; // " X" is an unsigned integer
+const JOINS: u8 = 4; // "aX" is a word
+const NUMWORD: u8 = 8; // "aX" is a numword
+const TAG: u8 = 16; // "<a X>" is a tag
+const ENTITY: u8 = 32; // "&#xX;" is an entity
+
+/// A probe's expected token types: (type, bit, prefix, suffix) where the token is
+/// prefix + X + suffix; bit 0 marks tokens a probe leaves behind when X is not of the
+/// class it looks for (ignored). Any other token means the probe is not understood: the
+/// non-ASCII characters in it are left to the server.
+type Expect = &'static [(u8, u8, &'static str, &'static str)];
+
+/// " X": a letter is a word, a digit an unsigned integer, anything else blank.
+const WORD_PROBE: Expect = &[(tok::WORD, WORD, "", ""), (tok::UNSIGNEDINT, UINT, "", "")];
+/// " aX": a letter or word joiner makes the word "aX", a digit the numword "aX"; otherwise
+/// "a" stays alone.
+const JOIN_PROBE: Expect = &[
+    (tok::WORD, JOINS, "a", ""),
+    (tok::NUMWORD, NUMWORD, "a", ""),
+    (tok::ASCIIWORD, 0, "a", ""),
+];
+/// " <a X>": a space or digit keeps the tag; otherwise "a" and a letter X are words.
+const SPACE_PROBE: Expect = &[
+    (tok::TAG, TAG, "<a ", ">"),
+    (tok::ASCIIWORD, 0, "a", ""),
+    (tok::WORD, 0, "", ""),
+];
+/// " &#xX;": a hex digit makes an entity; otherwise "x" joins X as a word or numword.
+const XDIGIT_PROBE: Expect = &[
+    (tok::XMLENTITY, ENTITY, "&#x", ";"),
+    (tok::ASCIIWORD, 0, "x", ""),
+    (tok::WORD, 0, "x", ""),
+    (tok::NUMWORD, 0, "x", ""),
+];
+
+/// The token types a probe ignores, which the server need not send.
+fn ignored(expect: Expect) -> Vec<i32> {
+    expect
+        .iter()
+        .filter(|e| e.1 == 0)
+        .map(|e| e.0 as i32)
+        .collect()
+}
 
 fn sql(step: &'static str) -> impl FnOnce(sqlx::Error) -> VectorError {
     move |source| VectorError::Sql { step, source }
@@ -221,7 +268,7 @@ pub(crate) async fn read_rules(
     }
     summary.rules_file_checked = check_rules_file(pool, options.as_deref()).await?;
 
-    // The per-character probes, concurrently.
+    // The per-character probes.
     let last = coverage.last();
     let lower_input: String = (1u32..=last).filter_map(char::from_u32).collect();
     let unaccent_input: String = {
@@ -241,26 +288,8 @@ pub(crate) async fn read_rules(
         }
         s
     };
-    let p_word = probe(|c, s| {
-        s.push(' ');
-        s.push(c);
-    });
-    let p_join = probe(|c, s| {
-        s.push_str(" a");
-        s.push(c);
-    });
-    let p_space = probe(|c, s| {
-        s.push_str(" <a ");
-        s.push(c);
-        s.push('>');
-    });
-    let p_xdigit = probe(|c, s| {
-        s.push_str(" &#x");
-        s.push(c);
-        s.push(';');
-    });
 
-    let (lowered, (unaccented, sep_alone), t_word, t_join, t_space, t_xdigit) = tokio::try_join!(
+    let (lowered, (unaccented, sep_alone)) = tokio::try_join!(
         async {
             sqlx::query_scalar::<_, Option<String>>(
                 "SELECT (ts_lexize($1::oid::regdictionary, $2))[1]",
@@ -281,12 +310,52 @@ pub(crate) async fn read_rules(
             .await
             .map_err(sql("running unaccent over every code point"))
         },
-        parse_tokens(pool, parser, &p_word),
-        parse_tokens(pool, parser, &p_join),
-        parse_tokens(pool, parser, &p_space),
-        parse_tokens(pool, parser, &p_xdigit),
     )?;
-    drop((p_word, p_join, p_space, p_xdigit));
+    // The parser probes one after the other: each probe string (and its answer) is ~9 MB
+    // for every code point, and the complete probe runs beside a load. The server leaves
+    // out the token types the probe ignores (`ignored`).
+    let t_word = parse_tokens(
+        pool,
+        parser,
+        &probe(|c, s| {
+            s.push(' ');
+            s.push(c);
+        }),
+        &ignored(WORD_PROBE),
+    )
+    .await?;
+    let t_join = parse_tokens(
+        pool,
+        parser,
+        &probe(|c, s| {
+            s.push_str(" a");
+            s.push(c);
+        }),
+        &ignored(JOIN_PROBE),
+    )
+    .await?;
+    let t_space = parse_tokens(
+        pool,
+        parser,
+        &probe(|c, s| {
+            s.push_str(" <a ");
+            s.push(c);
+            s.push('>');
+        }),
+        &ignored(SPACE_PROBE),
+    )
+    .await?;
+    let t_xdigit = parse_tokens(
+        pool,
+        parser,
+        &probe(|c, s| {
+            s.push_str(" &#x");
+            s.push(c);
+            s.push(';');
+        }),
+        &ignored(XDIGIT_PROBE),
+    )
+    .await?;
 
     // Lowercasing.
     let Some(lowered) = lowered else {
@@ -368,18 +437,9 @@ pub(crate) async fn read_rules(
     }
     // Found by each probe, per code point.
     let mut found = std::collections::HashMap::<u32, u8>::new();
-    const WORD: u8 = 1; // " X" is a word
-    const UINT: u8 = 2; // " X" is an unsigned integer
-    const JOINS: u8 = 4; // "aX" is a word
-    const NUMWORD: u8 = 8; // "aX" is a numword
-    const TAG: u8 = 16; // "<a X>" is a tag
-    const ENTITY: u8 = 32; // "&#xX;" is an entity
     let mut unverified = std::collections::BTreeSet::<u32>::new();
-    // Each probe's expected token types: (type, bit, prefix, suffix) where the token is
-    // prefix + X + suffix; bit 0 marks tokens a probe leaves behind when X is not of the
-    // class it looks for. Any other token means the probe is not understood: the
-    // non-ASCII characters in it are left to the server.
-    let mut note = |tokens: &[(i32, String)], expect: &[(u8, u8, &str, &str)]| {
+    // Each token against its probe's expectations (`Expect`).
+    let mut note = |tokens: &[(i32, String)], expect: Expect| {
         for (ty, joined) in tokens {
             let rule = expect.iter().find(|(t, ..)| *t as i32 == *ty);
             for token in joined.split(SEP) {
@@ -402,40 +462,10 @@ pub(crate) async fn read_rules(
             }
         }
     };
-    // " X": a letter is a word, a digit an unsigned integer, anything else blank.
-    note(
-        &t_word,
-        &[(tok::WORD, WORD, "", ""), (tok::UNSIGNEDINT, UINT, "", "")],
-    );
-    // " aX": a letter or word joiner makes the word "aX", a digit the numword "aX";
-    // otherwise "a" stays alone.
-    note(
-        &t_join,
-        &[
-            (tok::WORD, JOINS, "a", ""),
-            (tok::NUMWORD, NUMWORD, "a", ""),
-            (tok::ASCIIWORD, 0, "a", ""),
-        ],
-    );
-    // " <a X>": a space or digit keeps the tag; otherwise "a" and a letter X are words.
-    note(
-        &t_space,
-        &[
-            (tok::TAG, TAG, "<a ", ">"),
-            (tok::ASCIIWORD, 0, "a", ""),
-            (tok::WORD, 0, "", ""),
-        ],
-    );
-    // " &#xX;": a hex digit makes an entity; otherwise "x" joins X as a word or numword.
-    note(
-        &t_xdigit,
-        &[
-            (tok::XMLENTITY, ENTITY, "&#x", ";"),
-            (tok::ASCIIWORD, 0, "x", ""),
-            (tok::WORD, 0, "x", ""),
-            (tok::NUMWORD, 0, "x", ""),
-        ],
-    );
+    note(&t_word, WORD_PROBE);
+    note(&t_join, JOIN_PROBE);
+    note(&t_space, SPACE_PROBE);
+    note(&t_xdigit, XDIGIT_PROBE);
 
     let mut bmp_class = vec![0u8; 0x10000].into_boxed_slice();
     let mut astral: Vec<(u32, u32, u8)> = Vec::new();
@@ -510,19 +540,22 @@ pub(crate) async fn read_rules(
     ))
 }
 
-/// The non-blank tokens of `ts_parse(parser, text)`, grouped by type, joined by U+0001
-/// (a control character: it ends every token type, so it never occurs inside one).
+/// The non-blank tokens of `ts_parse(parser, text)` but those of the `ignored` types,
+/// grouped by type, joined by U+0001 (a control character: it ends every token type, so it
+/// never occurs inside one).
 async fn parse_tokens(
     pool: &PgPool,
     parser: i64,
     text: &str,
+    ignored: &[i32],
 ) -> Result<Vec<(i32, String)>, VectorError> {
     sqlx::query_as(
         "SELECT tokid, string_agg(token, chr(1)) FROM ts_parse($1::oid, $2)
-         WHERE tokid <> 12 GROUP BY tokid",
+         WHERE tokid <> 12 AND tokid <> ALL($3) GROUP BY tokid",
     )
     .bind(parser)
     .bind(text)
+    .bind(ignored)
     .fetch_all(pool)
     .await
     .map_err(sql("classifying every code point with ts_parse"))
