@@ -17,6 +17,7 @@ use tracing::{instrument, warn};
 use crate::batch::{JobKey, PageBatch};
 use crate::copy::{encode_pages_with_vectors, STAGING_COLUMNS};
 use crate::store::is_transient_sql;
+use crate::store::sql::{self, autocommit};
 
 /// How the load stage writes.
 #[derive(Clone, Debug)]
@@ -240,9 +241,9 @@ impl Load {
             };
         }
         let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
+            sql::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
                 .bind(batch.job.job_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(autocommit(&self.pool))
                 .await
                 .map_err(|source| LoadError::Sql {
                     job: batch.job.to_string(),
@@ -274,21 +275,21 @@ impl Load {
         let job = &batch.job;
         let doc_type = job.document_type.as_str();
         if self.config.bulk {
-            sqlx::query("SET LOCAL civicload.bulk = 'on'")
+            sql::query("SET LOCAL civicload.bulk = 'on'")
                 .execute(&mut **tx)
                 .await?;
         }
         if batch.vectors.is_some() {
             // The vectors in this batch come from civicload (stages::tsvector, identical to
             // civicload_page_vector by its differential test): the trigger keeps them.
-            sqlx::query("SET LOCAL civicload.vectors_supplied = 'on'")
+            sql::query("SET LOCAL civicload.vectors_supplied = 'on'")
                 .execute(&mut **tx)
                 .await?;
         }
         let (mut created, mut updated) = (0i64, 0i64);
         let pages = batch.rows.num_rows();
         if pages > 0 {
-            sqlx::query(
+            sql::query(
                 "CREATE TEMP TABLE civicload_stage (
                     source_id text, meeting text, meeting_date date, page_number int,
                     text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector
@@ -310,7 +311,7 @@ impl Load {
             }
             copy.finish().await?;
 
-            sqlx::query(
+            sql::query(
                 "INSERT INTO meeting_documents (municipality_id, document_type, meeting_name, meeting_date)
                  SELECT DISTINCT $1::bigint, $2::text, meeting, meeting_date FROM civicload_stage
                  ON CONFLICT (municipality_id, document_type, meeting_name, meeting_date) DO NOTHING",
@@ -320,7 +321,7 @@ impl Load {
             .execute(&mut **tx)
             .await?;
 
-            (created, updated) = sqlx::query_as(
+            (created, updated) = sql::query_as(
                 "WITH written AS (
                     INSERT INTO meeting_pages AS p
                         (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector)
@@ -356,7 +357,7 @@ impl Load {
                 .collect();
             let raws: Vec<&str> = batch.rejects.iter().map(|r| r.raw.as_str()).collect();
             let reasons: Vec<&str> = batch.rejects.iter().map(|r| r.reason.as_str()).collect();
-            sqlx::query(
+            sql::query(
                 "INSERT INTO page_rejects (municipality_id, document_type, source_id, raw, reason, job_id)
                  SELECT $1, $2, s, r::jsonb, why, $3 FROM unnest($4::text[], $5::text[], $6::text[]) AS t(s, r, why)
                  ON CONFLICT DO NOTHING",
@@ -387,7 +388,7 @@ impl Load {
             let recorded = custom.record(tx, batch, &outcome, elapsed).await?;
             return Ok(recorded.then_some(outcome));
         }
-        let moved = sqlx::query(
+        let moved = sql::query(
             "UPDATE backfill_jobs SET
                 last_cursor = coalesce($4, last_cursor), batch_seq = $3,
                 pages_fetched = pages_fetched + $5, pages_created = pages_created + $6,
