@@ -223,3 +223,83 @@ async fn three_processes_through_pgbouncer_share_the_work_and_end_exact() {
     );
     assert_search_ready(&db, expected.len()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_leases_through_pgbouncer_admit_one_holder_and_outlive_no_dead_process() {
+    use stages::store::leases::Lease;
+    init();
+    let bouncer = PgBouncer::start();
+    let db = TestDb::new("pgbouncerlease");
+    let url = bouncer.url(&db);
+    let out = run_at(&url, None, &["migrate"]);
+    assert_ok(&out, "migrate", &bouncer);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let me = format!("{}/{}/aaaa", host.trim(), std::process::id());
+    let other = format!("{}/{}/bbbb", host.trim(), std::process::id());
+
+    let held = Lease::try_acquire(&pool, "post-load", &me)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert!(
+        Lease::try_acquire(&pool, "post-load", &other)
+            .await
+            .unwrap()
+            .is_none(),
+        "a held lease is not taken by another owner"
+    );
+    assert!(
+        Lease::try_acquire(&pool, "maintain", &other)
+            .await
+            .unwrap()
+            .is_some(),
+        "leases of other names are independent"
+    );
+    held.release().await.unwrap();
+    let taken = Lease::try_acquire(&pool, "post-load", &other)
+        .await
+        .unwrap()
+        .expect("a released lease is free");
+    drop(taken);
+
+    // A holder of this machine whose process is gone (kill -9) loses its lease at once; one
+    // elsewhere keeps it until it expires.
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "UPDATE maintenance_leases SET owner = $1, expires_at = now() + interval '1 hour'
+         WHERE name = 'post-load'",
+    )
+    .bind(format!("{}/4000000/dead", host.trim()))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(Lease::try_acquire(&pool, "post-load", &me)
+        .await
+        .unwrap()
+        .is_some());
+    sqlx::query(
+        "UPDATE maintenance_leases SET owner = 'otherhost/4000000/dead', expires_at = now() + interval '1 hour'
+         WHERE name = 'post-load'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(Lease::try_acquire(&pool, "post-load", &me)
+        .await
+        .unwrap()
+        .is_none());
+    sqlx::query("UPDATE maintenance_leases SET expires_at = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(Lease::try_acquire(&pool, "post-load", &me)
+        .await
+        .unwrap()
+        .is_some());
+    pool.close().await;
+}

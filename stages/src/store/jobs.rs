@@ -406,8 +406,9 @@ pub async fn totals(pool: &PgPool) -> Result<Vec<Totals>, sqlx::Error> {
 
 /// Refreshes `meeting_page_stats` without blocking readers.
 pub async fn refresh_stats(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sql::query("REFRESH MATERIALIZED VIEW CONCURRENTLY meeting_page_stats")
-        .execute(autocommit(pool))
+    // One simple-protocol statement, like the other maintenance statements.
+    sqlx::raw_sql("REFRESH MATERIALIZED VIEW CONCURRENTLY meeting_page_stats")
+        .execute(pool)
         .await?;
     Ok(())
 }
