@@ -54,6 +54,9 @@ min_pool_size = 0
 reserve_pool_size = 0
 max_client_conn = 500
 ignore_startup_parameters = extra_float_digits
+# civicload creates the test database through the pooler: the login that failed before
+# it existed is retried after 1 s instead of 15.
+server_login_retry = 1
 logfile = {dir}/pgbouncer.log
 pidfile = {dir}/pgbouncer.pid
 ",
