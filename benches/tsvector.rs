@@ -9,6 +9,8 @@
 //! ```sh
 //! cargo bench --bench tsvector
 //! ```
+// The bench talks to PostgreSQL directly with sqlx (clippy.toml steers the program to stages::store::sql).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 use std::process::Command;

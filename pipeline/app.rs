@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use stages::source::SourceClient;
-use stages::store::{self, jobs, municipalities};
+use stages::store::{self, jobs, leases::Lease, municipalities};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -261,15 +261,12 @@ async fn prepare_for_search(
         println!("{others} jobs are still being loaded by other workers: the last to finish builds the search vectors and indexes (or run `civicload vectorize`, then `civicload maintain`).");
         return Ok(());
     }
-    let Some(mut lock) = jobs::try_post_load_lock(pool).await? else {
+    let Some(lease) = Lease::try_acquire(pool, jobs::POST_LOAD_LEASE, owner).await? else {
         println!("Another civicload process is preparing the database for search; leaving it to that one.");
         return Ok(());
     };
     let result = crate::maintain::after_backfill(pool, mode).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(jobs::POST_LOAD_LOCK)
-        .execute(&mut *lock)
-        .await;
+    let _ = lease.release().await;
     result
 }
 

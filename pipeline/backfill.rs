@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::cli::BackfillArgs;
 use crate::progress::Progress;
 use crate::report::JobResult;
+use stages::store::sql::{self, autocommit};
 
 /// Batches in flight between two stages: enough to overlap fetch with load, small enough
 /// that memory stays flat (a batch is ~1000 pages, a few MB).
@@ -513,10 +514,10 @@ pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> any
         };
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         if h == host && !alive {
-            let r = sqlx::query("UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
+            let r = sql::query("UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
                 .bind(row.id)
                 .bind(owner)
-                .execute(pool)
+                .execute(autocommit(pool))
                 .await?;
             released += r.rows_affected();
         }

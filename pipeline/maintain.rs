@@ -21,7 +21,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
+use stages::store::leases::Lease;
 use stages::store::maintenance;
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
@@ -96,14 +97,8 @@ async fn maintenance_session(
     options: &PgConnectOptions,
     maintenance_work_mem: &str,
 ) -> anyhow::Result<PgConnection> {
-    let mut conn = options
-        .clone()
-        .application_name("civicload maintain")
-        .connect()
-        .await
-        .context("opening a maintenance session")?;
-    search::prepare_maintenance_session(&mut conn, maintenance_work_mem).await?;
-    Ok(conn)
+    let options = options.clone().application_name("civicload maintain");
+    Ok(search::maintenance_session(&options, maintenance_work_mem).await?)
 }
 
 /// Runs the plan: drop leftovers of interrupted rebuilds, REINDEX CONCURRENTLY as asked,
@@ -117,7 +112,8 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
     // CREATE INDEX CONCURRENTLY on one table can deadlock (each waits for the other's
     // snapshot or lock). The later run then finds the work done.
     let t = Instant::now();
-    search::advisory_lock_polling(&mut conn, MAINTAIN_LOCK)
+    let owner = crate::backfill::owner_id();
+    let lease = Lease::acquire(pool, MAINTAIN_LEASE, &owner)
         .await
         .context("waiting for another civicload maintenance run to finish")?;
     if t.elapsed() > Duration::from_secs(1) {
@@ -126,19 +122,20 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
             "Waited for another civicload maintenance run."
         );
     }
-    let steps = maintain_locked(pool, plan, &mut conn).await;
-    let _ = search::advisory_unlock(&mut conn, MAINTAIN_LOCK).await;
+    let steps = maintain_locked(pool, plan, &mut conn, &owner).await;
+    let _ = lease.release().await;
     let _ = sqlx::Connection::close(conn).await;
     steps
 }
 
-/// The advisory-lock key that serializes maintenance runs.
-const MAINTAIN_LOCK: &str = "civicload maintain";
+/// The lease that serializes maintenance runs (`stages::store::leases`).
+const MAINTAIN_LEASE: &str = "maintain";
 
 async fn maintain_locked(
     pool: &PgPool,
     plan: &MaintainPlan,
     conn: &mut PgConnection,
+    owner: &str,
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
 
@@ -177,7 +174,15 @@ async fn maintain_locked(
     }
 
     for index in &SEARCH_INDEXES {
-        let build = search::ensure_search_index(pool, conn, index, plan.build).await?;
+        let build = search::ensure_search_index(
+            pool,
+            conn,
+            index,
+            plan.build,
+            owner,
+            &plan.maintenance_work_mem,
+        )
+        .await?;
         steps.push(Step {
             step: format!("search index {}", build.name),
             seconds: build.took.as_secs_f64(),

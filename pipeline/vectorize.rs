@@ -26,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use stages::store::maintenance::{self, RelSizes};
 use stages::store::search::{self, SearchError, VectorTarget};
+use stages::store::sql::{self, autocommit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
@@ -181,17 +182,29 @@ impl Vectorize {
         let connections = self.args.connections();
         // Session settings only. synchronous_commit off: a crash can lose the last few
         // committed batches, which merely leaves their vectors NULL for the next run.
-        // statement_timeout 0: an application role may carry one.
-        let options = options
-            .clone()
-            .application_name("civicload vectorize")
-            .options([("synchronous_commit", "off"), ("statement_timeout", "0")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(connections as u32 + 2)
-            .acquire_timeout(Duration::from_secs(120))
-            .connect_with(options)
+        // statement_timeout 0: an application role may carry one. A transaction-pooling
+        // PgBouncer refuses session settings: each batch sets both for its own
+        // transaction anyway (`search::vectorize_ids`); only the VACUUMs lose them.
+        let options = options.clone().application_name("civicload vectorize");
+        let pool_options = || {
+            PgPoolOptions::new()
+                .max_connections(connections as u32 + 2)
+                .acquire_timeout(Duration::from_secs(120))
+        };
+        let pool = match pool_options()
+            .connect_with(
+                options
+                    .clone()
+                    .options([("synchronous_commit", "off"), ("statement_timeout", "0")]),
+            )
             .await
-            .context("connecting for vectorize")?;
+        {
+            Err(e) if stages::store::refuses_session_settings(&e) => {
+                pool_options().connect_with(options).await
+            }
+            other => other,
+        }
+        .context("connecting for vectorize")?;
         let result = self.run_on(&pool, connections).await;
         // Closing the pool ends the sessions, which also publishes their statistics.
         pool.close().await;
@@ -438,9 +451,9 @@ async fn update_with_retries(
 
 async fn estimated_rows(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
     let est: Option<f32> =
-        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+        sql::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
             .bind(table)
-            .fetch_one(pool)
+            .fetch_one(autocommit(pool))
             .await?;
     Ok(est.map(|e| e.max(0.0) as i64).unwrap_or(0))
 }

@@ -8,6 +8,8 @@
 #   - PostgreSQL 15 server (+ contrib: unaccent), cluster 15/main, started, ready
 #   - a PostgreSQL SUPERUSER LOGIN role named like the OS user, and database `civicload`
 #     (the Rust program connects via the unix socket in /var/run/postgresql, peer auth)
+#   - pgbouncer (for tests/pgbouncer.rs, which runs a private instance of its own; the
+#     system service the package may start is stopped)
 #   - .venv/ with fixtures/requirements.txt (datasette 1.0a28, moto[server], pyarrow)
 #   - checks that cargo exists (does not install Rust)
 #   - .gitignore entries for generated files
@@ -91,6 +93,18 @@ fi
 if [ "$(psql_pg -tAc "select 1 from pg_database where datname = '${DB_NAME}'")" != "1" ]; then
     psql_pg -c "create database \"${DB_NAME}\" owner \"${OS_USER}\""
     say "created database ${DB_NAME} owned by ${OS_USER}"
+fi
+
+# ---------------------------------------------------------------- PgBouncer
+# tests/pgbouncer.rs starts a private pgbouncer (its own ini, user list and loopback port)
+# and stops it by its PID. Debian's package may start a system instance on port 6432 (not
+# where policy-rc.d forbids it): stop it, nothing here uses it.
+if [ ! -x /usr/sbin/pgbouncer ]; then
+    apt_install pgbouncer
+    if [ -x /etc/init.d/pgbouncer ] && "${SUDO[@]}" /etc/init.d/pgbouncer status >/dev/null 2>&1; then
+        "${SUDO[@]}" /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+        say "stopped the pgbouncer service the package started (the tests run their own)"
+    fi
 fi
 
 # ---------------------------------------------------------------- Python venv

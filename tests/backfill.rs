@@ -2,6 +2,8 @@
 //! like civic.band (default sort `date` descending: the pagination trap) leaves PostgreSQL
 //! holding exactly the corpus, page by page; a rerun changes nothing; a re-OCR'd page is
 //! updated in place; a municipality the source does not know fails alone, clearly.
+// Tests talk to PostgreSQL directly with sqlx (clippy.toml steers the program to stages::store::sql).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! fault-injecting proxy in front of the real Datasette), SIGKILL at random instants,
 //! SIGTERM, a PostgreSQL restart, and several processes sharing the work. Every test ends
 //! by comparing PostgreSQL with the corpus page by page.
+// Tests talk to PostgreSQL directly with sqlx (clippy.toml steers the program to stages::store::sql).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

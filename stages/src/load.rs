@@ -28,6 +28,7 @@ use tracing::{info, instrument, warn};
 use crate::batch::{col, JobKey, PageBatch};
 use crate::copy::{encode_rows, RowKey, PAGES_COLUMNS, STAGING_COLUMNS};
 use crate::store::is_transient_sql;
+use crate::store::sql::{self, autocommit};
 
 /// How the load stage writes.
 #[derive(Clone, Debug)]
@@ -268,9 +269,9 @@ impl Load {
             };
         }
         let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
+            sql::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
                 .bind(batch.job.job_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(autocommit(&self.pool))
                 .await
                 .map_err(|source| LoadError::Sql {
                     job: batch.job.to_string(),
@@ -307,11 +308,11 @@ impl Load {
             // civicload_page_vector by its differential test): the trigger keeps them, and
             // computes the few civicload left to the server (NULL) as it writes them, bulk
             // or not: cheaper than leaving them to `vectorize`, which rewrites the row.
-            sqlx::query("SET LOCAL civicload.vectors_supplied = 'on'")
+            sql::query("SET LOCAL civicload.vectors_supplied = 'on'")
                 .execute(&mut **tx)
                 .await?;
         } else if self.config.bulk {
-            sqlx::query("SET LOCAL civicload.bulk = 'on'")
+            sql::query("SET LOCAL civicload.bulk = 'on'")
                 .execute(&mut **tx)
                 .await?;
         }
@@ -324,7 +325,7 @@ impl Load {
         if let Some(n) = inserted {
             created = n;
         } else if pages > 0 {
-            sqlx::query(
+            sql::query(
                 "CREATE TEMP TABLE civicload_stage (
                     source_id text, meeting text, meeting_date date, page_number int,
                     text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector
@@ -346,7 +347,7 @@ impl Load {
             }
             copy.finish().await?;
 
-            sqlx::query(
+            sql::query(
                 "INSERT INTO meeting_documents (municipality_id, document_type, meeting_name, meeting_date)
                  SELECT DISTINCT $1::bigint, $2::text, meeting, meeting_date FROM civicload_stage
                  ON CONFLICT (municipality_id, document_type, meeting_name, meeting_date) DO NOTHING",
@@ -356,7 +357,7 @@ impl Load {
             .execute(&mut **tx)
             .await?;
 
-            (created, updated) = sqlx::query_as(
+            (created, updated) = sql::query_as(
                 "WITH written AS (
                     INSERT INTO meeting_pages AS p
                         (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector)
@@ -392,7 +393,7 @@ impl Load {
                 .collect();
             let raws: Vec<&str> = batch.rejects.iter().map(|r| r.raw.as_str()).collect();
             let reasons: Vec<&str> = batch.rejects.iter().map(|r| r.reason.as_str()).collect();
-            sqlx::query(
+            sql::query(
                 "INSERT INTO page_rejects (municipality_id, document_type, source_id, raw, reason, job_id)
                  SELECT $1, $2, s, r::jsonb, why, $3 FROM unnest($4::text[], $5::text[], $6::text[]) AS t(s, r, why)
                  ON CONFLICT DO NOTHING",
@@ -423,7 +424,7 @@ impl Load {
             let recorded = custom.record(tx, batch, &outcome, elapsed).await?;
             return Ok(recorded.then_some(outcome));
         }
-        let moved = sqlx::query(
+        let moved = sql::query(
             "UPDATE backfill_jobs SET
                 last_cursor = coalesce($4, last_cursor), batch_seq = $3,
                 pages_fetched = pages_fetched + $5, pages_created = pages_created + $6,
@@ -479,7 +480,7 @@ async fn insert_pages(
     }
     // New documents come back from the INSERT; the others from the table (the statement's
     // snapshot does not see its own inserts, so each document comes back exactly once).
-    let found: Vec<(i64, String, i32)> = sqlx::query_as(
+    let found: Vec<(i64, String, i32)> = sql::query_as(
         "WITH wanted AS (
             SELECT m, date '1970-01-01' + d AS day FROM unnest($3::text[], $4::int[]) AS t(m, d)
          ), added AS (

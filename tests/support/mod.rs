@@ -432,8 +432,13 @@ pub fn civicload(db: &TestDb, template: Option<&str>, args: &[&str]) -> Output {
 }
 
 pub fn civicload_command(db: &TestDb, template: Option<&str>, args: &[&str]) -> Command {
+    civicload_command_at(&db.url, template, args)
+}
+
+/// The civicload binary with a database URL of its own (e.g. through a pooler).
+pub fn civicload_command_at(url: &str, template: Option<&str>, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_civicload"));
-    cmd.arg("--database-url").arg(&db.url);
+    cmd.arg("--database-url").arg(url);
     if let Some(t) = template {
         cmd.arg("--source-url").arg(t);
     }
@@ -473,6 +478,7 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+pub mod pgbouncer;
 pub mod proxy;
 
 /// A private PostgreSQL 15 cluster on its own port and socket, for tests that restart the

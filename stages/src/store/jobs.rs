@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::sql::{self, autocommit};
 use crate::batch::{DocumentType, JobKey};
 
 /// A job row with its municipality's subdomain.
@@ -68,14 +69,14 @@ pub async fn ensure(
     municipality_id: i64,
     document_type: DocumentType,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "INSERT INTO backfill_jobs (municipality_id, document_type) VALUES ($1, $2)
          ON CONFLICT (municipality_id, document_type) DO UPDATE SET document_type = EXCLUDED.document_type
          RETURNING id",
     )
     .bind(municipality_id)
     .bind(document_type.as_str())
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
@@ -88,7 +89,7 @@ pub async fn ensure_many(
     let municipalities: Vec<i64> = jobs.iter().map(|j| j.0).collect();
     let types: Vec<&str> = jobs.iter().map(|j| j.1.as_str()).collect();
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sql::query(
         "INSERT INTO backfill_jobs (municipality_id, document_type)
          SELECT m, d FROM unnest($1::bigint[], $2::text[]) AS t(m, d)
          ON CONFLICT (municipality_id, document_type) DO NOTHING",
@@ -97,7 +98,7 @@ pub async fn ensure_many(
     .bind(&types)
     .execute(&mut *tx)
     .await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = sql::query_scalar(
         "SELECT j.id FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(m, d, n)
          JOIN backfill_jobs j ON j.municipality_id = t.m AND j.document_type = t.d
          ORDER BY t.n",
@@ -121,7 +122,7 @@ pub async fn start_fresh_pass_for_completed(
     ids: &[i64],
     started_before: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sql::query(
         "UPDATE backfill_jobs SET status = 'pending', last_cursor = NULL, batch_seq = 0, pass = pass + 1,
             pages_fetched = 0, pages_created = 0, pages_updated = 0, pages_unchanged = 0,
             pages_rejected = 0, errors_encountered = 0, verified_at = NULL, last_error = NULL,
@@ -131,7 +132,7 @@ pub async fn start_fresh_pass_for_completed(
     )
     .bind(ids)
     .bind(started_before)
-    .execute(pool)
+    .execute(autocommit(pool))
     .await?;
     Ok(done.rows_affected())
 }
@@ -163,12 +164,12 @@ pub async fn claim_next(
          WHERE j.id = next.id AND m.id = j.municipality_id
          RETURNING {JOB_COLUMNS}"
     );
-    sqlx::query_as(&sql)
+    sql::query_as(&sql)
         .bind(candidates)
         .bind(skip)
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .fetch_optional(pool)
+        .fetch_optional(autocommit(pool))
         .await
 }
 
@@ -186,23 +187,23 @@ pub async fn claim(
          WHERE j.id = $1 AND m.id = j.municipality_id AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
          RETURNING {JOB_COLUMNS}"
     );
-    sqlx::query_as(&sql)
+    sql::query_as(&sql)
         .bind(job_id)
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .fetch_optional(pool)
+        .fetch_optional(autocommit(pool))
         .await
 }
 
 /// Renews the leases of every running job this worker holds.
 pub async fn heartbeat(pool: &PgPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sql::query(
         "UPDATE backfill_jobs SET lease_expires_at = now() + make_interval(secs => $2), heartbeat_at = now()
          WHERE lease_owner = $1 AND status = 'running'",
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
-    .execute(pool)
+    .execute(autocommit(pool))
     .await?;
     Ok(r.rows_affected())
 }
@@ -233,7 +234,7 @@ pub async fn release(
     outcome: Outcome,
     error: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sql::query(
         "UPDATE backfill_jobs SET status = $3, last_error = coalesce($4, CASE WHEN $3 = 'completed' THEN NULL ELSE last_error END),
             errors_encountered = errors_encountered + CASE WHEN $4 IS NULL THEN 0 ELSE 1 END,
             finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END,
@@ -244,7 +245,7 @@ pub async fn release(
     .bind(owner)
     .bind(outcome.status())
     .bind(error)
-    .execute(pool)
+    .execute(autocommit(pool))
     .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -258,7 +259,7 @@ pub async fn record_verification(
     verified: bool,
     failed_reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "UPDATE backfill_jobs SET expected_count = $2, expected_source = $3, actual_count = $4,
             verified_at = CASE WHEN $5 THEN now() ELSE NULL END,
             status = CASE WHEN $6::text IS NOT NULL THEN 'failed' ELSE status END,
@@ -272,7 +273,7 @@ pub async fn record_verification(
     .bind(actual)
     .bind(verified)
     .bind(failed_reason)
-    .execute(pool)
+    .execute(autocommit(pool))
     .await?;
     Ok(())
 }
@@ -283,7 +284,7 @@ pub async fn held_by_others(
     ids: &[i64],
     owner: &str,
 ) -> Result<Vec<(String, String, String, DateTime<Utc>)>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT m.subdomain, j.document_type, j.lease_owner, coalesce(j.heartbeat_at, j.updated_at)
          FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
          WHERE j.id = ANY($1) AND j.lease_owner IS NOT NULL AND j.lease_owner <> $2
@@ -292,7 +293,7 @@ pub async fn held_by_others(
     )
     .bind(ids)
     .bind(owner)
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
 }
 
@@ -303,7 +304,10 @@ pub async fn list(pool: &PgPool, ids: Option<&[i64]>) -> Result<Vec<JobRow>, sql
          WHERE $1::bigint[] IS NULL OR j.id = ANY($1)
          ORDER BY m.subdomain, j.document_type"
     );
-    sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
+    sql::query_as(&sql)
+        .bind(ids)
+        .fetch_all(autocommit(pool))
+        .await
 }
 
 /// Pages stored for a job (municipality + document type).
@@ -312,13 +316,13 @@ pub async fn count_pages(
     municipality_id: i64,
     document_type: DocumentType,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT count(*) FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
          WHERE d.municipality_id = $1 AND d.document_type = $2",
     )
     .bind(municipality_id)
     .bind(document_type.as_str())
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
@@ -328,12 +332,12 @@ pub async fn count_rejects(
     municipality_id: i64,
     document_type: DocumentType,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT count(*) FROM page_rejects WHERE municipality_id = $1 AND document_type = $2",
     )
     .bind(municipality_id)
     .bind(document_type.as_str())
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
@@ -343,13 +347,13 @@ pub async fn local_source_ids(
     municipality_id: i64,
     document_type: DocumentType,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT p.source_id FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
          WHERE d.municipality_id = $1 AND d.document_type = $2 ORDER BY p.source_id",
     )
     .bind(municipality_id)
     .bind(document_type.as_str())
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
 }
 
@@ -359,10 +363,10 @@ pub async fn rejected_source_ids(
     municipality_id: i64,
     document_type: DocumentType,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT DISTINCT source_id FROM page_rejects WHERE municipality_id = $1 AND document_type = $2 AND source_id IS NOT NULL")
+    sql::query_scalar("SELECT DISTINCT source_id FROM page_rejects WHERE municipality_id = $1 AND document_type = $2 AND source_id IS NOT NULL")
         .bind(municipality_id)
         .bind(document_type.as_str())
-        .fetch_all(pool)
+        .fetch_all(autocommit(pool))
         .await
 }
 
@@ -375,7 +379,7 @@ pub async fn delete_pages(
     source_ids: &[String],
 ) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let docs: Vec<i64> = sqlx::query_scalar(
+    let docs: Vec<i64> = sql::query_scalar(
         "DELETE FROM meeting_pages p USING meeting_documents d
          WHERE d.id = p.document_id AND d.municipality_id = $1 AND d.document_type = $2 AND p.source_id = ANY($3)
          RETURNING p.document_id",
@@ -385,7 +389,7 @@ pub async fn delete_pages(
     .bind(source_ids)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM meeting_documents d WHERE d.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)")
+    sql::query("DELETE FROM meeting_documents d WHERE d.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM meeting_pages p WHERE p.document_id = d.id)")
         .bind(&docs)
         .execute(&mut *tx)
         .await?;
@@ -400,11 +404,11 @@ pub async fn set_expected(
     expected: i64,
     route: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE backfill_jobs SET expected_count = $2, expected_source = $3 WHERE id = $1")
+    sql::query("UPDATE backfill_jobs SET expected_count = $2, expected_source = $3 WHERE id = $1")
         .bind(job_id)
         .bind(expected)
         .bind(route)
-        .execute(pool)
+        .execute(autocommit(pool))
         .await?;
     Ok(())
 }
@@ -421,19 +425,20 @@ pub struct Totals {
 }
 
 pub async fn totals(pool: &PgPool) -> Result<Vec<Totals>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT m.subdomain, s.document_type, sum(s.page_count)::bigint AS pages, sum(s.document_count)::bigint AS documents,
                 min(s.month) AS first_month, max(s.month) AS last_month
          FROM meeting_page_stats s JOIN municipalities m ON m.id = s.municipality_id
          GROUP BY m.subdomain, s.document_type ORDER BY m.subdomain, s.document_type",
     )
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
 }
 
 /// Refreshes `meeting_page_stats` without blocking readers.
 pub async fn refresh_stats(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("REFRESH MATERIALIZED VIEW CONCURRENTLY meeting_page_stats")
+    // One simple-protocol statement, like the other maintenance statements.
+    sqlx::raw_sql("REFRESH MATERIALIZED VIEW CONCURRENTLY meeting_page_stats")
         .execute(pool)
         .await?;
     Ok(())
@@ -442,7 +447,7 @@ pub async fn refresh_stats(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// The rows still to fetch for these jobs, when known: each job's expected count, or the
 /// sites list's `pages` (agendas + minutes) when both of a municipality's jobs are planned.
 pub async fn expected_remaining(pool: &PgPool, ids: &[i64]) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "WITH per_muni AS (
             SELECT j.municipality_id, count(*) AS jobs, count(j.expected_count) AS counted,
                    sum(j.expected_count) AS expected, sum(j.pages_fetched) AS fetched, max(m.pages) AS site_pages
@@ -455,34 +460,22 @@ pub async fn expected_remaining(pool: &PgPool, ids: &[i64]) -> Result<Option<i64
          FROM per_muni",
     )
     .bind(ids)
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
 /// Jobs being loaded right now by other live workers (any run).
 pub async fn running_elsewhere(pool: &PgPool, owner: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM backfill_jobs WHERE status = 'running' AND lease_owner <> $1 AND lease_expires_at >= now()")
+    sql::query_scalar("SELECT count(*) FROM backfill_jobs WHERE status = 'running' AND lease_owner <> $1 AND lease_expires_at >= now()")
         .bind(owner)
-        .fetch_one(pool)
+        .fetch_one(autocommit(pool))
         .await
 }
 
-/// The key of the session advisory lock that lets one process at a time prepare the
-/// database for search after a load (VACUUM, index builds and concurrent DDL from several
-/// processes would otherwise deadlock).
-pub const POST_LOAD_LOCK: i64 = 0x6369_7669_6370_6c01;
-
-/// Tries the post-load lock on a connection of its own; the lock lives as long as it.
-pub async fn try_post_load_lock(
-    pool: &PgPool,
-) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(POST_LOAD_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(got.then_some(conn))
-}
+/// The lease that lets one process at a time prepare the database for search after a
+/// load (VACUUM, index builds and concurrent DDL from several processes would otherwise
+/// deadlock): see `leases`.
+pub const POST_LOAD_LEASE: &str = "post-load";
 
 /// True when nothing is stored yet for this municipality and document type: a load may
 /// then COPY its pages straight into `meeting_pages` (`LoadConfig::insert_first`).
@@ -491,13 +484,13 @@ pub async fn stores_nothing(
     municipality_id: i64,
     document_type: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT NOT EXISTS (SELECT 1 FROM meeting_documents
                             WHERE municipality_id = $1 AND document_type = $2)",
     )
     .bind(municipality_id)
     .bind(document_type)
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
@@ -511,19 +504,22 @@ pub async fn page_keys_through(
     cursor: &str,
 ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
     use futures::TryStreamExt;
-    let mut rows = sqlx::query_as::<_, (String, String, i32, i32)>(
+    let mut tx = pool.begin().await?;
+    let mut rows = sql::query_as::<(String, String, i32, i32)>(
         "SELECT p.source_id, d.meeting_name, (d.meeting_date - date '1970-01-01'), p.page_number
          FROM meeting_pages p JOIN meeting_documents d ON d.id = p.document_id
          WHERE d.municipality_id = $1 AND d.document_type = $2",
     )
     .bind(municipality_id)
     .bind(document_type.as_str())
-    .fetch(pool);
+    .fetch(&mut *tx);
     let mut keys = std::collections::HashSet::new();
     while let Some((source_id, meeting, date, page)) = rows.try_next().await? {
         if source_id.as_bytes() <= cursor.as_bytes() {
             keys.insert(crate::transform::page_key(&meeting, date, page));
         }
     }
+    drop(rows);
+    tx.commit().await?;
     Ok(keys)
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::search::SearchError;
+use super::sql::{self, autocommit};
 
 /// The tables civicload owns, biggest first.
 pub const TABLES: [&str; 5] = [
@@ -103,7 +104,7 @@ pub struct IndexInfo {
 
 /// Every index of civicload's tables.
 pub async fn indexes(pool: &PgPool) -> Result<Vec<IndexInfo>, SearchError> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT t.relname::text AS table, c.relname::text AS index, am.amname::text AS method,
                 i.indisvalid AS valid, pg_relation_size(c.oid) AS bytes
          FROM pg_index i
@@ -114,7 +115,7 @@ pub async fn indexes(pool: &PgPool) -> Result<Vec<IndexInfo>, SearchError> {
          ORDER BY t.relname, c.relname",
     )
     .bind(&TABLES[..])
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
     .map_err(err("listing indexes", "pg_index"))
 }
@@ -133,13 +134,13 @@ pub async fn drop_reindex_leftovers(
         .collect();
     for name in &leftovers {
         // The name comes from the catalog, quoted by the server (%I), never from input.
-        let sql: String =
-            sqlx::query_scalar("SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', $1::text)")
+        let statement: String =
+            sql::query_scalar("SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', $1::text)")
                 .bind(name)
-                .fetch_one(&mut *conn)
+                .fetch_one(autocommit(&mut *conn))
                 .await
                 .map_err(err("dropping an interrupted rebuild", "pg_index"))?;
-        sqlx::raw_sql(&sql)
+        sqlx::raw_sql(&statement)
             .execute(&mut *conn)
             .await
             .map_err(err("dropping an interrupted rebuild", "pg_index"))?;
@@ -150,13 +151,13 @@ pub async fn drop_reindex_leftovers(
 /// REINDEX INDEX CONCURRENTLY: rebuilds one index without blocking reads or writes.
 pub async fn reindex_concurrently(conn: &mut PgConnection, index: &str) -> Result<(), SearchError> {
     // The name comes from the catalog (`indexes`), quoted by the server (%I).
-    let sql: String =
-        sqlx::query_scalar("SELECT format('REINDEX INDEX CONCURRENTLY %I', $1::text)")
+    let statement: String =
+        sql::query_scalar("SELECT format('REINDEX INDEX CONCURRENTLY %I', $1::text)")
             .bind(index)
-            .fetch_one(&mut *conn)
+            .fetch_one(autocommit(&mut *conn))
             .await
             .map_err(err("REINDEX CONCURRENTLY", "index"))?;
-    sqlx::raw_sql(&sql)
+    sqlx::raw_sql(&statement)
         .execute(&mut *conn)
         .await
         .map_err(err("REINDEX CONCURRENTLY", "index"))?;
@@ -188,13 +189,13 @@ pub struct RelSizes {
 
 /// Sizes of one of civicload's tables.
 pub async fn rel_sizes(pool: &PgPool, table: &'static str) -> Result<RelSizes, SearchError> {
-    let (heap, tbl, indexes, total): (i64, i64, i64, i64) = sqlx::query_as(
+    let (heap, tbl, indexes, total): (i64, i64, i64, i64) = sql::query_as(
         "SELECT pg_relation_size(c.oid), pg_table_size(c.oid), pg_indexes_size(c.oid),
                 pg_total_relation_size(c.oid)
          FROM pg_class c WHERE c.oid = to_regclass($1)",
     )
     .bind(table)
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(err("measuring", table))?;
     Ok(RelSizes {
@@ -230,7 +231,7 @@ pub struct TableStats {
 
 /// Statistics of civicload's tables.
 pub async fn table_stats(pool: &PgPool) -> Result<Vec<TableStats>, SearchError> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT s.relname::text AS table, s.n_live_tup AS live_rows, s.n_dead_tup AS dead_rows,
                 s.n_mod_since_analyze AS modified_since_analyze,
                 s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
@@ -248,7 +249,7 @@ pub async fn table_stats(pool: &PgPool) -> Result<Vec<TableStats>, SearchError> 
          ORDER BY pg_total_relation_size(c.oid) DESC",
     )
     .bind(&TABLES[..])
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
     .map_err(err("reading table statistics", "pg_stat_user_tables"))
 }
@@ -268,7 +269,7 @@ pub struct IndexStats {
 
 /// Usage of every index of civicload's tables.
 pub async fn index_stats(pool: &PgPool) -> Result<Vec<IndexStats>, SearchError> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT s.relname::text AS table, s.indexrelname::text AS index, am.amname::text AS method,
                 i.indisvalid AS valid, s.idx_scan AS scans, s.idx_tup_read AS tuples_read,
                 pg_relation_size(s.indexrelid) AS bytes, coalesce(c.reloptions, '{}') AS options
@@ -280,7 +281,7 @@ pub async fn index_stats(pool: &PgPool) -> Result<Vec<IndexStats>, SearchError> 
          ORDER BY s.relname, s.indexrelname",
     )
     .bind(&TABLES[..])
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
     .map_err(err("reading index statistics", "pg_stat_user_indexes"))
 }
@@ -300,13 +301,13 @@ pub struct ServerStats {
 
 /// Database size and the server settings the report shows.
 pub async fn server_stats(pool: &PgPool) -> Result<ServerStats, SearchError> {
-    let row: (String, i64, String, String, String, String, String, String) = sqlx::query_as(
+    let row: (String, i64, String, String, String, String, String, String) = sql::query_as(
         "SELECT current_database()::text, pg_database_size(current_database()),
                 current_setting('autovacuum'), current_setting('track_counts'),
                 current_setting('shared_buffers'), current_setting('maintenance_work_mem'),
                 current_setting('max_parallel_workers_per_gather'), current_setting('server_version')",
     )
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(err("reading server settings", "server"))?;
     Ok(ServerStats {
@@ -332,12 +333,12 @@ pub struct Counts {
 
 /// Reads [`Counts`].
 pub async fn counts(pool: &PgPool) -> Result<Counts, SearchError> {
-    let (pages, docs, est): (Option<i64>, Option<i64>, Option<f32>) = sqlx::query_as(
+    let (pages, docs, est): (Option<i64>, Option<i64>, Option<f32>) = sql::query_as(
         "SELECT (SELECT sum(page_count)::bigint FROM meeting_page_stats),
                 (SELECT sum(document_count)::bigint FROM meeting_page_stats),
                 (SELECT reltuples FROM pg_class WHERE oid = 'meeting_pages'::regclass)",
     )
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(err("reading counts", "meeting_page_stats"))?;
     Ok(Counts {
@@ -354,9 +355,9 @@ pub async fn search_plan_uses_index(
     probe: &str,
 ) -> Result<(bool, String), SearchError> {
     let sql = format!("EXPLAIN (FORMAT JSON) {}", super::search::SEARCH_SQL);
-    let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&sql)
+    let plan: sqlx::types::Json<serde_json::Value> = sql::query_scalar(&sql)
         .bind(probe)
-        .fetch_one(pool)
+        .fetch_one(autocommit(pool))
         .await
         .map_err(err("planning the search", "meeting_pages"))?;
     let mut indexes = Vec::new();

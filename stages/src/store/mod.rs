@@ -1,17 +1,21 @@
 //! SQL for the tables the stages share: connecting (and creating the database on first
-//! use), migrations, municipalities and the job table. Plain SQL with bound parameters.
+//! use), migrations, municipalities and the job table. Plain SQL with bound parameters,
+//! sent as `sql` says so that it works through a transaction-pooling PgBouncer too.
 
 pub mod jobs;
+pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
 pub mod replay;
 pub mod search;
+pub mod sql;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tracing::info;
 
 /// Where the local server listens when no URL is given (Debian's default socket folder).
@@ -113,10 +117,123 @@ pub async fn connect(
     Ok(pool)
 }
 
-/// Applies the embedded migrations (idempotent).
+/// The transaction-level advisory lock that lets one process at a time migrate.
+const MIGRATE_LOCK: i64 = 0x6369_7669_6370_6c00;
+
+/// Applies the embedded migrations that are missing (idempotent), all in one transaction.
+///
+/// sqlx's own migrator holds a session advisory lock across its transactions and reuses
+/// named statements: neither survives a transaction-pooling PgBouncer. This runner keeps
+/// sqlx's bookkeeping table (`_sqlx_migrations`, same columns and checks), so databases
+/// migrated by either are the same, but it serializes with `pg_advisory_xact_lock`: a
+/// process that waits sees the migrations the first one committed.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::migrate!("../migrations").run(pool).await?;
+    let migrator = sqlx::migrate!("../migrations");
+    let mut tx = pool.begin().await?;
+    sql::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+            success BOOLEAN NOT NULL,
+            checksum BYTEA NOT NULL,
+            execution_time BIGINT NOT NULL
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sql::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?;
+    let known = |version: i64| migrator.iter().find(|m| m.version == version);
+    for (version, checksum, success) in &applied {
+        if !success {
+            return Err(MigrateError::Dirty(*version).into());
+        }
+        match known(*version) {
+            None => return Err(MigrateError::VersionMissing(*version).into()),
+            Some(m) if *m.checksum != checksum[..] => {
+                return Err(MigrateError::VersionMismatch(*version).into())
+            }
+            Some(_) => {}
+        }
+    }
+    for m in migrator.iter() {
+        if m.migration_type.is_down_migration() || applied.iter().any(|a| a.0 == m.version) {
+            continue;
+        }
+        if m.no_tx {
+            // All migrations share one transaction: that is what makes them safe through a
+            // pooler and beside a concurrent process.
+            let why = format!(
+                "migration {} is marked no-transaction; civicload's cannot be",
+                m.version
+            );
+            return Err(MigrateError::Source(why.into()).into());
+        }
+        let started = Instant::now();
+        sqlx::raw_sql(&m.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| MigrateError::ExecuteMigration(e, m.version))?;
+        sql::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, $2, TRUE, $3, $4)",
+        )
+        .bind(m.version)
+        .bind(&*m.description)
+        .bind(&*m.checksum)
+        .bind(started.elapsed().as_nanos() as i64)
+        .execute(&mut *tx)
+        .await?;
+        info!(version = m.version, description = %m.description, "Applied a migration.");
+    }
+    tx.commit().await?;
     Ok(())
+}
+
+/// Whether the server refused to create a session because the database does not exist.
+/// PgBouncer passes the server's message on under its own code (08P01).
+fn is_missing_database(db: &dyn sqlx::error::DatabaseError, name: &str) -> bool {
+    db.code().as_deref() == Some("3D000")
+        || (db.code().as_deref() == Some("08P01")
+            && db.message() == format!("database \"{name}\" does not exist"))
+}
+
+/// Opens one connection whose session carries `settings`, given as startup options (no
+/// statement, so nothing to undo). A pooler that cannot hold session settings refuses
+/// them (PgBouncer: "unsupported startup parameter: options"): the session then opens
+/// without them, on the server's defaults, and says so.
+pub async fn connect_with_settings(
+    options: &PgConnectOptions,
+    settings: &[(&str, &str)],
+) -> Result<PgConnection, sqlx::Error> {
+    match options
+        .clone()
+        .options(settings.iter().copied())
+        .connect()
+        .await
+    {
+        Err(e) if refuses_session_settings(&e) => {
+            info!(
+                settings = ?settings.iter().map(|s| s.0).collect::<Vec<_>>(),
+                "The connection pooler refuses session settings: this session runs with the server's defaults."
+            );
+            options.connect().await
+        }
+        other => other,
+    }
+}
+
+/// Whether a connection was refused for its startup options: a pooler that cannot hold
+/// session settings (PgBouncer in transaction mode: "unsupported startup parameter").
+pub fn refuses_session_settings(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.message().contains("unsupported startup parameter"))
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
@@ -128,7 +245,7 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
             let _ = conn.close().await;
             Ok(())
         }
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {
+        Err(sqlx::Error::Database(db)) if is_missing_database(db.as_ref(), &name) => {
             let admin = options.clone().database("postgres");
             let mut conn = admin
                 .connect()
@@ -137,9 +254,10 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
                     target: describe(&admin),
                     source,
                 })?;
-            // CREATE DATABASE takes no bind parameters; quote the identifier ourselves.
+            // CREATE DATABASE takes no bind parameters; quote the identifier ourselves. It
+            // cannot run in a transaction: one simple-protocol statement.
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            match sqlx::raw_sql(&format!("CREATE DATABASE {quoted}"))
                 .execute(&mut conn)
                 .await
             {
@@ -168,7 +286,7 @@ pub struct Digest {
 }
 
 pub async fn digest(pool: &PgPool) -> Result<Digest, sqlx::Error> {
-    let (pages, digest): (i64, Option<String>) = sqlx::query_as(
+    let (pages, digest): (i64, Option<String>) = sql::query_as(
         "SELECT count(*), md5(string_agg(h, '' ORDER BY h)) FROM (
             SELECT md5(concat_ws(chr(31), m.subdomain, d.document_type, d.meeting_name, d.meeting_date::text,
                    p.page_number::text, p.source_id, p.text, coalesce(p.page_image, chr(9216)),
@@ -178,7 +296,7 @@ pub async fn digest(pool: &PgPool) -> Result<Digest, sqlx::Error> {
             JOIN municipalities m ON m.id = d.municipality_id
          ) x",
     )
-    .fetch_one(pool)
+    .fetch_one(sql::autocommit(pool))
     .await?;
     Ok(Digest {
         pages,

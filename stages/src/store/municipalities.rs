@@ -1,5 +1,6 @@
 //! The `municipalities` table: the list of sources and their expected page counts.
 
+use super::sql::{self, autocommit};
 use sqlx::PgPool;
 
 /// A municipality as listed in civic.band's `sites` table.
@@ -23,13 +24,13 @@ pub struct Municipality {
 
 /// Registers a subdomain if it is new; returns its id.
 pub async fn ensure(pool: &PgPool, subdomain: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "INSERT INTO municipalities (subdomain) VALUES ($1)
          ON CONFLICT (subdomain) DO UPDATE SET subdomain = EXCLUDED.subdomain
          RETURNING id",
     )
     .bind(subdomain)
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
@@ -42,7 +43,7 @@ pub async fn upsert_sites(pool: &PgPool, sites: &[Site]) -> Result<(u64, u64), s
         let col = |f: fn(&Site) -> Option<String>| chunk.iter().map(f).collect::<Vec<_>>();
         let subdomains: Vec<String> = chunk.iter().map(|s| s.subdomain.clone()).collect();
         let pages: Vec<Option<i64>> = chunk.iter().map(|s| s.pages).collect();
-        let rows: Vec<bool> = sqlx::query_scalar(
+        let rows: Vec<bool> = sql::query_scalar(
             "INSERT INTO municipalities (subdomain, name, state, country, kind, pages)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
              ON CONFLICT (subdomain) DO UPDATE SET
@@ -67,10 +68,10 @@ pub async fn upsert_sites(pool: &PgPool, sites: &[Site]) -> Result<(u64, u64), s
 
 /// Every registered municipality, biggest expected first.
 pub async fn all(pool: &PgPool) -> Result<Vec<Municipality>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT id, subdomain, pages FROM municipalities ORDER BY pages DESC NULLS LAST, subdomain",
     )
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
 }
 

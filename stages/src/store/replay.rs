@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use super::sql::{self, autocommit};
 use crate::store::jobs::JobRow;
 
 /// Claims a job for replay: like a backfill claim (lease, status `running`), but a
@@ -18,7 +19,7 @@ pub async fn claim(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(
+    sql::query_as(
         "UPDATE backfill_jobs j SET
             status = 'running', lease_owner = $2,
             lease_expires_at = now() + make_interval(secs => $3), heartbeat_at = now(),
@@ -37,7 +38,7 @@ pub async fn claim(
     .bind(job_id)
     .bind(owner)
     .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
+    .fetch_optional(autocommit(pool))
     .await
 }
 
@@ -47,9 +48,9 @@ pub async fn loaded_files(
     job_id: i64,
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT path, sha256 FROM replay_files WHERE job_id = $1")
+        sql::query_as("SELECT path, sha256 FROM replay_files WHERE job_id = $1")
             .bind(job_id)
-            .fetch_all(pool)
+            .fetch_all(autocommit(pool))
             .await?;
     Ok(rows.into_iter().collect())
 }
@@ -77,7 +78,7 @@ pub async fn record_file(
     counts: [i64; 4],
     elapsed: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
+    let inserted = sql::query(
         "INSERT INTO replay_files (path, sha256, job_id, pass, seq, pages, rejects)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (path, sha256) DO NOTHING",
     )
@@ -94,7 +95,7 @@ pub async fn record_file(
         return Ok(false);
     }
     let [created, updated, unchanged, rejected] = counts;
-    let moved = sqlx::query(
+    let moved = sql::query(
         "UPDATE backfill_jobs SET
             pages_fetched = pages_fetched + $3, pages_created = pages_created + $4,
             pages_updated = pages_updated + $5, pages_unchanged = pages_unchanged + $6,
@@ -123,7 +124,7 @@ pub async fn file_recorded(
     sha256: &str,
     owner: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM replay_files WHERE path = $1 AND sha256 = $2)
             AND EXISTS (SELECT 1 FROM backfill_jobs WHERE id = $3 AND lease_owner = $4)",
     )
@@ -131,29 +132,29 @@ pub async fn file_recorded(
     .bind(sha256)
     .bind(job_id)
     .bind(owner)
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
 /// True when the database holds no pages, documents, rejects, jobs or loaded files (the
 /// municipality list may be there: it is reference data, not content).
 pub async fn is_empty(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sql::query_scalar(
         "SELECT NOT EXISTS (SELECT 1 FROM meeting_pages) AND NOT EXISTS (SELECT 1 FROM meeting_documents)
             AND NOT EXISTS (SELECT 1 FROM page_rejects) AND NOT EXISTS (SELECT 1 FROM backfill_jobs)
             AND NOT EXISTS (SELECT 1 FROM replay_files)",
     )
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
 }
 
 /// Empties the content tables (CASCADE: tables added later that point at them go too).
 pub async fn empty(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "TRUNCATE replay_files, page_rejects, meeting_pages, meeting_documents, backfill_jobs
          RESTART IDENTITY CASCADE",
     )
-    .execute(pool)
+    .execute(autocommit(pool))
     .await?;
     Ok(())
 }

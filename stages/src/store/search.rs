@@ -8,7 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use super::leases::Lease;
+use super::sql::{self, autocommit};
 
 /// A failure of a search-readiness step, naming the table or index and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +135,8 @@ impl VectorTarget {
 
 /// Rows whose vector is still NULL.
 pub async fn missing_count(pool: &PgPool, target: VectorTarget) -> Result<i64, SearchError> {
-    sqlx::query_scalar(target.count_sql())
-        .fetch_one(pool)
+    sql::query_scalar(target.count_sql())
+        .fetch_one(autocommit(pool))
         .await
         .map_err(SearchError::sql(
             "counting rows without a vector",
@@ -149,10 +153,10 @@ pub async fn next_missing_ids(
     after: i64,
     limit: i64,
 ) -> Result<Vec<i64>, SearchError> {
-    sqlx::query_scalar(target.next_ids_sql())
+    sql::query_scalar(target.next_ids_sql())
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(autocommit(pool))
         .await
         .map_err(SearchError::sql(
             "listing rows without a vector",
@@ -164,6 +168,10 @@ pub async fn next_missing_ids(
 /// Builds the vectors of these rows (those still NULL) in one transaction of its own;
 /// returns how many rows it wrote.
 ///
+/// The transaction's own settings: synchronous_commit off (a crash can lose the last few
+/// committed batches, which merely leaves their vectors NULL for the next run) and no
+/// statement timeout (an application role may carry one).
+///
 /// `flush_stats` asks the server to publish this connection's table statistics right
 /// away (PostgreSQL 15+): otherwise the dead rows these updates leave can be reported
 /// seconds later, after the VACUUM that removed them, and `health` would see phantom
@@ -174,29 +182,35 @@ pub async fn vectorize_ids(
     ids: &[i64],
     flush_stats: bool,
 ) -> Result<u64, SearchError> {
-    let err = SearchError::sql("building vectors", target.table(), RERUN_VECTORIZE);
-    let done = sqlx::query(target.update_sql())
+    let err = |step| SearchError::sql(step, target.table(), RERUN_VECTORIZE);
+    let mut tx = conn.begin().await.map_err(err("building vectors"))?;
+    sql::query(
+        "SELECT set_config('synchronous_commit', 'off', true), set_config('statement_timeout', '0', true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(err("building vectors"))?;
+    let done = sql::query(target.update_sql())
         .bind(ids)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await
-        .map_err(err)?;
+        .map_err(err("building vectors"))?;
     if flush_stats {
-        sqlx::query("SELECT pg_stat_force_next_flush()")
-            .execute(&mut *conn)
+        // Flagged in this transaction, on its server connection: the flush happens when
+        // the transaction ends.
+        sql::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut *tx)
             .await
-            .map_err(SearchError::sql(
-                "publishing table statistics",
-                target.table(),
-                RERUN_VECTORIZE,
-            ))?;
+            .map_err(err("publishing table statistics"))?;
     }
+    tx.commit().await.map_err(err("building vectors"))?;
     Ok(done.rows_affected())
 }
 
 /// The server's version number (e.g. 150004).
 pub async fn server_version(pool: &PgPool) -> Result<i32, SearchError> {
-    let v: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
-        .fetch_one(pool)
+    let v: String = sql::query_scalar("SELECT current_setting('server_version_num')")
+        .fetch_one(autocommit(pool))
         .await
         .map_err(SearchError::sql(
             "reading the server version",
@@ -209,9 +223,9 @@ pub async fn server_version(pool: &PgPool) -> Result<i32, SearchError> {
 /// Pages held, estimated or exact when few: `SELECT count(*)` of a 100M-row table takes
 /// minutes, and the bulk decision only needs to know "fewer than `limit`".
 pub async fn pages_up_to(pool: &PgPool, limit: i64) -> Result<i64, SearchError> {
-    sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM meeting_pages LIMIT $1) AS head")
+    sql::query_scalar("SELECT count(*) FROM (SELECT 1 FROM meeting_pages LIMIT $1) AS head")
         .bind(limit)
-        .fetch_one(pool)
+        .fetch_one(autocommit(pool))
         .await
         .map_err(SearchError::sql(
             "counting pages",
@@ -289,13 +303,13 @@ impl IndexState {
 
 /// The catalog state of an index, None when it does not exist.
 pub async fn index_state(pool: &PgPool, name: &str) -> Result<Option<IndexState>, SearchError> {
-    let row: Option<(bool, Option<Vec<String>>, String, i64)> = sqlx::query_as(
+    let row: Option<(bool, Option<Vec<String>>, String, i64)> = sql::query_as(
         "SELECT i.indisvalid, c.reloptions, am.amname::text, pg_relation_size(c.oid)
          FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_am am ON am.oid = c.relam
          WHERE c.oid = to_regclass($1)",
     )
     .bind(name)
-    .fetch_optional(pool)
+    .fetch_optional(autocommit(pool))
     .await
     .map_err(SearchError::sql(
         "reading the index catalog",
@@ -335,75 +349,78 @@ pub struct IndexBuild {
     pub bytes: i64,
 }
 
-/// Session settings of a maintenance connection: memory for index builds and VACUUM, and
-/// no statement timeout (a server or role may set one for the application; building a GIN
-/// index over 100M pages takes far longer).
-pub async fn prepare_maintenance_session(
-    conn: &mut PgConnection,
+/// A dedicated session for maintenance, with memory for index builds and VACUUM and no
+/// statement timeout (a server or role may set one for the application; building a GIN
+/// index over 100M pages takes far longer), given as startup options, so its settings
+/// never leak into connections the load goes on using.
+///
+/// A transaction-pooling PgBouncer cannot hold session settings and refuses them: the
+/// session then runs on the server's defaults, except where a step can run in a
+/// transaction and sets its own (the plain CREATE INDEX after an initial load).
+pub async fn maintenance_session(
+    options: &PgConnectOptions,
     maintenance_work_mem: &str,
-) -> Result<(), SearchError> {
-    // client_connection_check_interval (PostgreSQL 14+): if civicload is killed during an
-    // hour-long index build, the server notices within 10 s and stops it, instead of
-    // finishing work nobody waits for.
-    sqlx::query(
-        "SELECT set_config('maintenance_work_mem', $1, false), set_config('statement_timeout', '0', false),
-                CASE WHEN current_setting('server_version_num')::int >= 140000
-                     THEN set_config('client_connection_check_interval', '10s', false) END",
-    )
-    .bind(maintenance_work_mem)
-    .execute(&mut *conn)
-    .await
-    .map_err(SearchError::sql(
+) -> Result<PgConnection, SearchError> {
+    let bad_size = SearchError::sql(
         "setting maintenance_work_mem",
         "session",
         "Pass a valid size such as 1GB or 512MB.",
-    ))?;
-    Ok(())
-}
-
-/// Takes a session-level advisory lock, waiting for it on the client side.
-///
-/// Why not `pg_advisory_lock`: a session blocked in that SELECT holds a snapshot, and
-/// CREATE INDEX CONCURRENTLY / REINDEX CONCURRENTLY in the session holding the lock wait
-/// for every older snapshot to end: a deadlock. Polling `pg_try_advisory_lock` waits
-/// outside any statement.
-pub async fn advisory_lock_polling(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
-    loop {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-        if got {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    );
+    // A startup option is one word: a size is digits and a unit.
+    if maintenance_work_mem.is_empty()
+        || !maintenance_work_mem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.')
+    {
+        return Err(bad_size(sqlx::Error::Configuration(
+            format!("{maintenance_work_mem:?} is not a size").into(),
+        )));
     }
+    let mut settings = vec![
+        ("maintenance_work_mem", maintenance_work_mem),
+        ("statement_timeout", "0"),
+    ];
+    // client_connection_check_interval (PostgreSQL 14+): if civicload is killed during an
+    // hour-long index build, the server notices within 10 s and stops it, instead of
+    // finishing work nobody waits for.
+    let probe = options.clone().connect().await.map_err(SearchError::sql(
+        "connecting",
+        "server",
+        RERUN_MAINTAIN,
+    ))?;
+    if probe.server_version_num().unwrap_or(0) >= 140000 {
+        settings.push(("client_connection_check_interval", "10s"));
+    }
+    let _ = probe.close().await;
+    super::connect_with_settings(options, &settings)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => bad_size(e),
+            _ => SearchError::sql("opening a maintenance session", "server", RERUN_MAINTAIN)(e),
+        })
 }
 
-/// Releases a lock taken with [`advisory_lock_polling`].
-pub async fn advisory_unlock(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// The lease that serializes builds of one search index.
+fn index_lease(index: &SearchIndex) -> String {
+    format!("index {}", index.name)
 }
 
-/// Builds the index if it is missing (or invalid), under a session-level advisory lock so
-/// two civicload processes finishing at once do not build it twice.
+/// Builds the index if it is missing (or invalid), under a lease so two civicload
+/// processes finishing at once do not build it twice.
 pub async fn ensure_search_index(
     pool: &PgPool,
     conn: &mut PgConnection,
     index: &SearchIndex,
     mode: BuildMode,
+    owner: &str,
+    maintenance_work_mem: &str,
 ) -> Result<IndexBuild, SearchError> {
     let started = Instant::now();
     let advice = RERUN_MAINTAIN;
     let err = |step| SearchError::sql(step, index.name, advice);
-    // Session-level lock: CREATE INDEX CONCURRENTLY cannot run inside a transaction.
-    advisory_lock_polling(conn, index.name)
+    let lease = Lease::acquire(pool, &index_lease(index), owner)
         .await
-        .map_err(err("waiting for the index build lock"))?;
+        .map_err(err("waiting for the index build lease"))?;
     let result = async {
         let mut replaced_invalid = false;
         let existing = index_state(pool, index.name).await?;
@@ -431,14 +448,32 @@ pub async fn ensure_search_index(
                 .map_err(err("dropping an invalid index"))?;
             replaced_invalid = true;
         }
-        let create = match mode {
-            BuildMode::Blocking => index.create,
-            BuildMode::Concurrently => index.create_concurrently,
-        };
-        sqlx::raw_sql(create)
-            .execute(&mut *conn)
-            .await
-            .map_err(err("building the index"))?;
+        match mode {
+            // In a transaction of its own, with its memory set there: that holds through
+            // a pooler too.
+            BuildMode::Blocking => {
+                let mut tx = conn.begin().await.map_err(err("building the index"))?;
+                sql::query(
+                    "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
+                )
+                .bind(maintenance_work_mem)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("setting maintenance_work_mem"))?;
+                sqlx::raw_sql(index.create)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("building the index"))?;
+                tx.commit().await.map_err(err("building the index"))?;
+            }
+            // Cannot run in a transaction: alone, on the session's settings.
+            BuildMode::Concurrently => {
+                sqlx::raw_sql(index.create_concurrently)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err("building the index"))?;
+            }
+        }
         let bytes = index_state(pool, index.name)
             .await?
             .map(|s| s.bytes)
@@ -453,9 +488,9 @@ pub async fn ensure_search_index(
         })
     }
     .await;
-    let unlock = advisory_unlock(conn, index.name).await;
+    let released = lease.release().await;
     let build = result?;
-    unlock.map_err(err("releasing the index build lock"))?;
+    released.map_err(err("releasing the index build lease"))?;
     Ok(build)
 }
 
@@ -472,7 +507,7 @@ pub async fn relax_fastupdate(pool: &PgPool, index: &SearchIndex) -> Result<bool
     match index_state(pool, index.name).await? {
         Some(s) if s.valid && s.fastupdate_off() => {
             sqlx::raw_sql(index.fastupdate_on)
-                .execute(pool)
+                .execute(autocommit(pool))
                 .await
                 .map_err(SearchError::sql(
                     "switching fastupdate on",
@@ -496,12 +531,12 @@ pub async fn restore_fastupdate_off(
     match index_state(pool, index.name).await? {
         Some(s) if !s.fastupdate_off() => {
             sqlx::raw_sql(index.fastupdate_off)
-                .execute(pool)
+                .execute(autocommit(pool))
                 .await
                 .map_err(err("switching fastupdate off"))?;
-            sqlx::query("SELECT gin_clean_pending_list(to_regclass($1))")
+            sql::query("SELECT gin_clean_pending_list(to_regclass($1))")
                 .bind(index.name)
-                .execute(pool)
+                .execute(autocommit(pool))
                 .await
                 .map_err(err("merging the pending list"))?;
             Ok(true)
@@ -515,7 +550,7 @@ pub async fn restore_fastupdate_off(
 pub async fn drop_search_indexes(pool: &PgPool) -> Result<(), SearchError> {
     for index in &SEARCH_INDEXES {
         sqlx::raw_sql(index.drop)
-            .execute(pool)
+            .execute(autocommit(pool))
             .await
             .map_err(SearchError::sql(
                 "dropping the index before a bulk load",
@@ -585,7 +620,7 @@ async fn apply_search_settings(
     conn: &mut PgConnection,
     settings: SearchSettings,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sql::query(
         "SELECT set_config('max_parallel_workers_per_gather', $1, true),
                 set_config('parallel_setup_cost', '50', true),
                 set_config('enable_seqscan', $2, true)",
@@ -610,7 +645,7 @@ pub async fn explain_search(
     apply_search_settings(&mut tx, settings)
         .await
         .map_err(err("applying the search settings"))?;
-    let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&format!(
+    let plan: sqlx::types::Json<serde_json::Value> = sql::query_scalar(&format!(
         "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {SEARCH_SQL}"
     ))
     .bind(query)
@@ -633,7 +668,7 @@ pub async fn search(
     apply_search_settings(&mut tx, settings)
         .await
         .map_err(err("applying the search settings"))?;
-    let hits = sqlx::query_as(SEARCH_SQL)
+    let hits = sql::query_as(SEARCH_SQL)
         .bind(query)
         .fetch_all(&mut *tx)
         .await

@@ -19,6 +19,7 @@ use sqlx::{PgPool, Row};
 
 use super::parser::{class, tok};
 use super::{Rules, RulesSummary, VectorBuilder, VectorError};
+use crate::store::sql::{self, autocommit};
 
 /// Server major versions whose parser the differential test (tests/tsvector_diff.rs) has
 /// proven identical to `parser.rs`. Another version makes the builder refuse: run that
@@ -113,13 +114,13 @@ pub(crate) async fn read_rules(
     let mut summary = RulesSummary::default();
 
     // The server, its encoding and locale.
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT current_setting('server_version_num')::int,
                 current_setting('server_version'),
                 current_setting('server_encoding'),
                 current_setting('lc_ctype')",
     )
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(sql("reading the server version"))?;
     let version_num: i32 = row.get(0);
@@ -140,12 +141,12 @@ pub(crate) async fn read_rules(
     }
 
     // The expression being reproduced.
-    let body: Option<String> = sqlx::query_scalar(
+    let body: Option<String> = sql::query_scalar(
         "SELECT pg_get_functiondef(p.oid) FROM pg_proc p
          WHERE p.proname = 'civicload_page_vector' AND p.pronargs = 1
            AND p.proargtypes[0] = 'text'::regtype AND pg_function_is_visible(p.oid)",
     )
-    .fetch_optional(pool)
+    .fetch_optional(autocommit(pool))
     .await
     .map_err(sql("reading civicload_page_vector"))?;
     let Some(body) = body else {
@@ -162,12 +163,12 @@ pub(crate) async fn read_rules(
     }
 
     // The configuration: the default parser, and which token types go to which dictionary.
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT c.oid::bigint, p.oid::bigint, p.prsstart::text, p.prstoken::text, p.prsend::text
          FROM pg_ts_config c JOIN pg_ts_parser p ON p.oid = c.cfgparser
          WHERE c.oid = 'simple'::regconfig",
     )
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(sql("reading the simple configuration"))?;
     let config: i64 = row.get(0);
@@ -185,9 +186,9 @@ pub(crate) async fn read_rules(
         )));
     }
     let types: Vec<(i32, String)> =
-        sqlx::query_as("SELECT tokid, alias FROM ts_token_type($1::oid)")
+        sql::query_as("SELECT tokid, alias FROM ts_token_type($1::oid)")
             .bind(parser)
-            .fetch_all(pool)
+            .fetch_all(autocommit(pool))
             .await
             .map_err(sql("reading the parser's token types"))?;
     let expected: Vec<(i32, String)> = (1..=tok::LAST)
@@ -198,7 +199,7 @@ pub(crate) async fn read_rules(
             "the parser's token types are not the default parser's".into(),
         ));
     }
-    let map: Vec<(i32, i32, i64, String, Option<String>)> = sqlx::query_as(
+    let map: Vec<(i32, i32, i64, String, Option<String>)> = sql::query_as(
         "SELECT m.maptokentype, m.mapseqno, d.oid::bigint, t.tmpllexize::text, d.dictinitoption
          FROM pg_ts_config_map m
          JOIN pg_ts_dict d ON d.oid = m.mapdict
@@ -206,7 +207,7 @@ pub(crate) async fn read_rules(
          WHERE m.mapcfg = $1::oid ORDER BY 1, 2",
     )
     .bind(config)
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
     .map_err(sql("reading the simple configuration's mapping"))?;
     let mut indexed = [false; tok::LAST as usize + 1];
@@ -251,12 +252,12 @@ pub(crate) async fn read_rules(
         .collect();
 
     // The unaccent dictionary: its template, and (if the server lets us read it) its file.
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT t.tmpllexize::text, d.dictinitoption FROM pg_ts_dict d
          JOIN pg_ts_template t ON t.oid = d.dicttemplate
          WHERE d.oid = 'public.unaccent'::regdictionary",
     )
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(sql("reading the unaccent dictionary"))?;
     let lexize: String = row.get(0);
@@ -291,22 +292,20 @@ pub(crate) async fn read_rules(
 
     let (lowered, (unaccented, sep_alone)) = tokio::try_join!(
         async {
-            sqlx::query_scalar::<_, Option<String>>(
-                "SELECT (ts_lexize($1::oid::regdictionary, $2))[1]",
-            )
-            .bind(dict)
-            .bind(&lower_input)
-            .fetch_one(pool)
-            .await
-            .map_err(sql("lowercasing every code point with ts_lexize"))
+            sql::query_scalar::<Option<String>>("SELECT (ts_lexize($1::oid::regdictionary, $2))[1]")
+                .bind(dict)
+                .bind(&lower_input)
+                .fetch_one(autocommit(pool))
+                .await
+                .map_err(sql("lowercasing every code point with ts_lexize"))
         },
         async {
-            sqlx::query_as::<_, (String, String)>(
+            sql::query_as::<(String, String)>(
                 "SELECT public.unaccent('public.unaccent'::regdictionary, $1),
                         public.unaccent('public.unaccent'::regdictionary, chr(1))",
             )
             .bind(&unaccent_input)
-            .fetch_one(pool)
+            .fetch_one(autocommit(pool))
             .await
             .map_err(sql("running unaccent over every code point"))
         },
@@ -549,14 +548,14 @@ async fn parse_tokens(
     text: &str,
     ignored: &[i32],
 ) -> Result<Vec<(i32, String)>, VectorError> {
-    sqlx::query_as(
+    sql::query_as(
         "SELECT tokid, string_agg(token, chr(1)) FROM ts_parse($1::oid, $2)
          WHERE tokid <> 12 AND tokid <> ALL($3) GROUP BY tokid",
     )
     .bind(parser)
     .bind(text)
     .bind(ignored)
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
     .map_err(sql("classifying every code point with ts_parse"))
 }
@@ -573,12 +572,12 @@ async fn check_rules_file(pool: &PgPool, options: Option<&str>) -> Result<bool, 
         return Ok(false);
     };
     // Reading the file needs superuser or pg_read_server_files: without, the probe alone.
-    let content: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
+    let content: Result<Option<String>, sqlx::Error> = sql::query_scalar(
         "SELECT pg_read_file(setting || '/tsearch_data/' || $1 || '.rules')
          FROM pg_config WHERE name = 'SHAREDIR'",
     )
     .bind(name)
-    .fetch_optional(pool)
+    .fetch_optional(autocommit(pool))
     .await;
     let content = match content {
         Ok(Some(c)) => c,
@@ -628,11 +627,11 @@ pub(crate) const SAMPLE: &[&str] = &[
 /// Compares the builder with the server on [`SAMPLE`].
 pub(crate) async fn self_check(pool: &PgPool, builder: &VectorBuilder) -> Result<(), VectorError> {
     let texts: Vec<String> = SAMPLE.iter().map(|s| s.to_string()).collect();
-    let server: Vec<String> = sqlx::query_scalar(
+    let server: Vec<String> = sql::query_scalar(
         "SELECT civicload_page_vector(t)::text FROM unnest($1::text[]) WITH ORDINALITY AS x(t, n) ORDER BY n",
     )
     .bind(&texts)
-    .fetch_all(pool)
+    .fetch_all(autocommit(pool))
     .await
     .map_err(sql("comparing vectors on the built-in sample"))?;
     for (text, server) in texts.iter().zip(server) {
