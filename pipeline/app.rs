@@ -126,9 +126,10 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     let client =
         SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, args.batch_size))
             .context("building the HTTP client")?;
-    // Each running job holds at most one connection for its batch transaction; leave room
-    // for claims, heartbeats and verification.
-    let pool = connect(cli, u32::from(args.concurrency) + 3).await?;
+    // Each running job (`--concurrency` and the two small-job workers) holds at most one
+    // connection for its batch transaction; leave room for claims, heartbeats, verification
+    // and the ANALYZE near the end of a bulk load.
+    let pool = connect(cli, u32::from(args.concurrency) + 5).await?;
     // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
     let load_mode = crate::maintain::decide_bulk(&pool, &args).await?;
     let args = BackfillArgs {
@@ -148,10 +149,10 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         // point: a text with a rarer one meanwhile gets its vector from PostgreSQL.
         tokio::spawn(async move {
             use stages::tsvector::{Coverage, VectorBuilder};
-            for coverage in [Coverage::Basic, Coverage::All] {
+            for coverage in [Coverage::Basic, Coverage::Assigned] {
                 match VectorBuilder::from_server_covering(&pool, coverage).await {
                     Ok(v) => shared.resolve(Some(v)),
-                    Err(e) if coverage == Coverage::All && shared.is_ready() => {
+                    Err(e) if coverage == Coverage::Assigned && shared.is_ready() => {
                         warn!("PostgreSQL computes the search vectors of texts with code points beyond U+FFFF in this run ({e}).");
                     }
                     Err(e) => {
@@ -194,7 +195,8 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
     }
 
-    let load_phase = started.elapsed();
+    // Start to the last job's end; an ANALYZE still running then counts as preparation.
+    let load_phase = started.elapsed() - (result.wall - result.loaded);
     println!("{}", report::summary_table(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed

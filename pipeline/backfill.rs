@@ -10,7 +10,7 @@ use stages::fetch::{Fetch, Transform};
 use stages::load::{Load, LoadConfig, LoadObserver, LoadReport};
 use stages::reconcile::{reconcile, Verdict};
 use stages::source::SourceClient;
-use stages::store::jobs::{self, JobRow, Outcome};
+use stages::store::jobs::{self, ClaimOrder, JobRow, Outcome};
 use stages::store::municipalities;
 use stages::{DocumentType, JobKey};
 use tokio::sync::mpsc;
@@ -22,6 +22,12 @@ use crate::cli::BackfillArgs;
 use crate::progress::Progress;
 use crate::report::JobResult;
 use stages::store::sql::{self, autocommit};
+
+/// Jobs of at most this many pages (two source requests) are small: see `ClaimOrder`.
+const SMALL_JOB_PAGES: i64 = 2_000;
+/// Workers for small jobs beside `--concurrency`: a small job is a few round trips of
+/// latency, not work, and holds a few MB at most.
+const SMALL_JOB_WORKERS: usize = 2;
 
 /// Batches in flight between two stages: enough to overlap fetch with load, small enough
 /// that memory stays flat (a batch is ~1000 pages, a few MB).
@@ -46,6 +52,9 @@ pub struct RunResult {
     pub jobs: Vec<JobResult>,
     pub interrupted: bool,
     pub wall: Duration,
+    /// From the start of the run to the last job's end (`wall` adds the wait for an
+    /// ANALYZE still running then).
+    pub loaded: Duration,
     /// `meeting_pages` was analyzed during the last pages of the load.
     pub pages_analyzed: bool,
 }
@@ -116,12 +125,19 @@ impl Backfill {
 
         let mut workers = JoinSet::new();
         let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
-        for _ in 0..self.args.concurrency {
+        // `--concurrency` workers take the biggest jobs first; two more take the small
+        // ones, smallest first, meanwhile (see `ClaimOrder`).
+        let small = ClaimOrder::SmallestFirst {
+            at_most: SMALL_JOB_PAGES,
+        };
+        let orders = std::iter::repeat_n(ClaimOrder::BiggestFirst, self.args.concurrency.into())
+            .chain(std::iter::repeat_n(small, SMALL_JOB_WORKERS));
+        for order in orders {
             let me = self.clone();
             let ids = ids.clone();
             let attempted = attempted.clone();
             let progress = progress.clone();
-            workers.spawn(async move { me.worker(ids, attempted, progress).await });
+            workers.spawn(async move { me.worker(ids, attempted, progress, order).await });
         }
         let mut results = Vec::new();
         let mut first_error = None;
@@ -134,6 +150,7 @@ impl Backfill {
                 }
             }
         }
+        let loaded = started.elapsed();
         stop_logging.cancel();
         let _ = heartbeat.await;
         if let Some(task) = analyzing {
@@ -154,6 +171,7 @@ impl Backfill {
             jobs: results,
             interrupted: self.cancel.is_cancelled(),
             wall: started.elapsed(),
+            loaded,
             pages_analyzed: analyzed.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -167,6 +185,7 @@ impl Backfill {
         ids: Vec<i64>,
         attempted: Arc<std::sync::Mutex<Vec<i64>>>,
         progress: Arc<Progress>,
+        order: ClaimOrder,
     ) -> anyhow::Result<Vec<JobResult>> {
         let mut results = Vec::new();
         loop {
@@ -175,10 +194,14 @@ impl Backfill {
             }
             let skip = attempted.lock().expect("attempted lock").clone();
             let claimed = with_db_retries(|| {
-                jobs::claim_next(&self.pool, &ids, &skip, &self.owner, self.lease())
+                jobs::claim_next(&self.pool, &ids, &skip, &self.owner, self.lease(), order)
             })
             .await?;
             let Some(job) = claimed else {
+                if order != ClaimOrder::BiggestFirst {
+                    // No small job left: the others finish the rest.
+                    return Ok(results);
+                }
                 // Nothing claimable: wait while other workers hold jobs of this run, so a
                 // dead worker's job is taken over when its lease expires.
                 let others = jobs::held_by_others(&self.pool, &ids, &self.owner).await?;
@@ -429,12 +452,12 @@ pub async fn plan_jobs(
 }
 
 /// The share of a bulk load's expected pages after which `meeting_pages` is analyzed.
-const ANALYZE_AT: f64 = 0.95;
+const ANALYZE_AT: f64 = 0.9;
 
-/// Runs `ANALYZE meeting_pages` once 95% of the expected pages are committed, while the
-/// last (small) jobs finish. ANALYZE cannot run beside the search index build that follows
+/// Runs `ANALYZE meeting_pages` once 90% of the expected pages are committed, while the
+/// last jobs finish. ANALYZE cannot run beside the search index build that follows
 /// the load (their locks conflict), and with the statistics target of the vectors it takes
-/// seconds, so this takes it off the critical path. The statistics then describe 95% of the
+/// seconds, so this takes it off the critical path. The statistics then describe 90% of the
 /// pages; autovacuum re-analyzes once the rest is in (2% changed, see migration 0002).
 async fn analyze_near_the_end(
     pool: PgPool,

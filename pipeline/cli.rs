@@ -142,7 +142,7 @@ pub struct BackfillArgs {
     /// Rows per source request and per committed batch (at most 1000, Datasette's maximum).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
-    /// Jobs run at once.
+    /// Jobs run at once, biggest first (two more workers clear the small ones meanwhile).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
     /// Only continue unfinished jobs from their checkpoints; leave completed jobs alone.

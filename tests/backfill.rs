@@ -287,11 +287,18 @@ async fn the_sites_table_plans_every_municipality_biggest_first() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
-    // One worker claims the biggest municipality's jobs first.
-    let order: Vec<String> = {
+    // The one big-job worker claims the biggest municipality's jobs first (the small-job
+    // workers take municipalities of at most 2,000 pages, smallest first, meanwhile).
+    let (order, biggest_pages): (Vec<String>, i64) = {
         let mut conn = db.connect().await;
-        sqlx::query_scalar("SELECT m.subdomain FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id ORDER BY j.started_at LIMIT 1").fetch_all(&mut conn).await.unwrap()
+        let order = sqlx::query_scalar("SELECT m.subdomain FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id WHERE m.pages > 2000 ORDER BY j.started_at LIMIT 1").fetch_all(&mut conn).await.unwrap();
+        let pages = sqlx::query_scalar("SELECT max(pages)::bigint FROM municipalities")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (order, pages)
     };
+    assert!(biggest_pages > 2000, "the corpus needs a big municipality");
     let biggest = corpus.largest();
     assert_eq!(order, vec![biggest]);
 }

@@ -305,7 +305,7 @@ impl VectorBuilder {
     /// `simple` configuration) and proves the result on a built-in sample. Runs once per
     /// process; takes a few seconds (see [`RulesSummary::elapsed`]).
     pub async fn from_server(pool: &PgPool) -> Result<VectorBuilder, VectorError> {
-        Self::from_server_covering(pool, Coverage::All).await
+        Self::from_server_covering(pool, Coverage::Assigned).await
     }
 
     /// `from_server`, asking only about the code points `coverage` names: a text with any

@@ -137,21 +137,41 @@ pub async fn start_fresh_pass_for_completed(
     Ok(done.rows_affected())
 }
 
+/// Which job a worker claims next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimOrder {
+    /// The biggest first, so a run does not end waiting on one giant.
+    BiggestFirst,
+    /// The smallest first, among jobs of at most this many pages (by their expected count,
+    /// else their municipality's): a worker that clears the many small tables while the
+    /// others load the big ones, instead of leaving them, each a few round trips of
+    /// latency, to the end of the run.
+    SmallestFirst { at_most: i64 },
+}
+
 /// Claims the next job among `candidates` (not in `skip`) that is not completed and not
-/// leased by a live worker; big jobs first so a run does not end waiting on one giant.
+/// leased by a live worker, in `order`.
 pub async fn claim_next(
     pool: &PgPool,
     candidates: &[i64],
     skip: &[i64],
     owner: &str,
     lease: Duration,
+    order: ClaimOrder,
 ) -> Result<Option<JobRow>, sqlx::Error> {
+    let (filter, direction) = match order {
+        ClaimOrder::BiggestFirst => (String::new(), "DESC"),
+        ClaimOrder::SmallestFirst { at_most } => (
+            format!("AND coalesce(j.expected_count, m.pages, 0) <= {at_most}"),
+            "ASC",
+        ),
+    };
     let sql = format!(
         "WITH next AS (
             SELECT j.id FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
             WHERE j.id = ANY($1) AND NOT (j.id = ANY($2)) AND j.status <> 'completed'
-              AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
-            ORDER BY coalesce(j.expected_count, m.pages, 0) DESC, j.id
+              AND (j.lease_owner IS NULL OR j.lease_expires_at < now()) {filter}
+            ORDER BY coalesce(j.expected_count, m.pages, 0) {direction}, j.id
             LIMIT 1
             FOR UPDATE OF j SKIP LOCKED
          )
