@@ -6,7 +6,7 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int32Type};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::{Array, Date32Array, Int32Array, RecordBatch, StringArray};
 use bytes::{BufMut, BytesMut};
 
 use crate::batch::col;
@@ -92,41 +92,96 @@ pub fn encode_pages_with_vectors(batch: &RecordBatch, vectors: Option<&VectorFie
     encode_rows(batch, vectors, RowKey::Meeting)
 }
 
-/// Encodes a page batch, its vectors and how its rows name their meeting (`RowKey`).
+/// Encodes a page batch, its vectors and how its rows name their meeting (`RowKey`), as
+/// one buffer.
 pub fn encode_rows(batch: &RecordBatch, vectors: Option<&VectorFields>, key: RowKey) -> BytesMut {
-    if let RowKey::Document { document_ids, .. } = key {
-        assert_eq!(
-            document_ids.len(),
-            batch.num_rows(),
-            "one document id per row"
-        );
+    let rows = CopyRows::new(batch, vectors, key);
+    let mut out = BytesMut::with_capacity(rows.encoded_len());
+    rows.header(&mut out);
+    for i in 0..rows.len() {
+        rows.row(i, &mut out);
     }
-    let ids = batch.column(col::SOURCE_ID).as_string::<i32>();
-    let meetings = batch.column(col::MEETING).as_string::<i32>();
-    let dates = batch.column(col::DATE).as_primitive::<Date32Type>();
-    let pages = batch.column(col::PAGE).as_primitive::<Int32Type>();
-    let texts = batch.column(col::TEXT).as_string::<i32>();
-    let images = batch.column(col::PAGE_IMAGE).as_string::<i32>();
-    let entities = batch.column(col::ENTITIES).as_string::<i32>();
-    let votes = batch.column(col::VOTES).as_string::<i32>();
+    rows.trailer(&mut out);
+    out
+}
 
-    let payload: usize = [ids, meetings, texts, images, entities, votes]
+/// The rows of a binary COPY stream, encoded one at a time: the load sends them in chunks
+/// of a few hundred KB, so a batch is never held twice in full (rows and COPY stream).
+pub struct CopyRows<'a> {
+    ids: &'a StringArray,
+    meetings: &'a StringArray,
+    dates: &'a Date32Array,
+    pages: &'a Int32Array,
+    texts: &'a StringArray,
+    images: &'a StringArray,
+    entities: &'a StringArray,
+    votes: &'a StringArray,
+    vectors: Option<&'a VectorFields>,
+    key: RowKey<'a>,
+}
+
+impl<'a> CopyRows<'a> {
+    pub fn new(batch: &'a RecordBatch, vectors: Option<&'a VectorFields>, key: RowKey<'a>) -> Self {
+        if let RowKey::Document { document_ids, .. } = key {
+            assert_eq!(
+                document_ids.len(),
+                batch.num_rows(),
+                "one document id per row"
+            );
+        }
+        CopyRows {
+            ids: batch.column(col::SOURCE_ID).as_string::<i32>(),
+            meetings: batch.column(col::MEETING).as_string::<i32>(),
+            dates: batch.column(col::DATE).as_primitive::<Date32Type>(),
+            pages: batch.column(col::PAGE).as_primitive::<Int32Type>(),
+            texts: batch.column(col::TEXT).as_string::<i32>(),
+            images: batch.column(col::PAGE_IMAGE).as_string::<i32>(),
+            entities: batch.column(col::ENTITIES).as_string::<i32>(),
+            votes: batch.column(col::VOTES).as_string::<i32>(),
+            vectors,
+            key,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The size of the whole stream.
+    pub fn encoded_len(&self) -> usize {
+        let payload: usize = [
+            self.ids,
+            self.meetings,
+            self.texts,
+            self.images,
+            self.entities,
+            self.votes,
+        ]
         .iter()
         .map(|a| a.values().len())
         .sum();
-    let vector_bytes = vectors.map(|v| v.buf.len()).unwrap_or(0);
-    let mut out = BytesMut::with_capacity(payload + vector_bytes + batch.num_rows() * 52 + 32);
-    out.put_slice(SIGNATURE);
-    out.put_i32(0); // flags
-    out.put_i32(0); // header extension length
-    for i in 0..batch.num_rows() {
+        let vector_bytes = self.vectors.map(|v| v.buf.len()).unwrap_or(0);
+        payload + vector_bytes + self.len() * 52 + 32
+    }
+
+    pub fn header(&self, out: &mut BytesMut) {
+        out.put_slice(SIGNATURE);
+        out.put_i32(0); // flags
+        out.put_i32(0); // header extension length
+    }
+
+    pub fn row(&self, i: usize, out: &mut BytesMut) {
         out.put_i16(9);
-        put_text(&mut out, Some(ids.value(i)));
-        match key {
+        put_text(out, Some(self.ids.value(i)));
+        match self.key {
             RowKey::Meeting => {
-                put_text(&mut out, Some(meetings.value(i)));
+                put_text(out, Some(self.meetings.value(i)));
                 out.put_i32(4);
-                out.put_i32(dates.value(i) - PG_EPOCH_OFFSET_DAYS);
+                out.put_i32(self.dates.value(i) - PG_EPOCH_OFFSET_DAYS);
             }
             RowKey::Document {
                 municipality_id,
@@ -139,18 +194,21 @@ pub fn encode_rows(batch: &RecordBatch, vectors: Option<&VectorFields>, key: Row
             }
         }
         out.put_i32(4);
-        out.put_i32(pages.value(i));
-        put_text(&mut out, Some(texts.value(i)));
-        put_text(&mut out, images.is_valid(i).then(|| images.value(i)));
-        put_jsonb(&mut out, entities.is_valid(i).then(|| entities.value(i)));
-        put_jsonb(&mut out, votes.is_valid(i).then(|| votes.value(i)));
-        match vectors {
+        out.put_i32(self.pages.value(i));
+        put_text(out, Some(self.texts.value(i)));
+        let (images, entities, votes) = (self.images, self.entities, self.votes);
+        put_text(out, images.is_valid(i).then(|| images.value(i)));
+        put_jsonb(out, entities.is_valid(i).then(|| entities.value(i)));
+        put_jsonb(out, votes.is_valid(i).then(|| votes.value(i)));
+        match self.vectors {
             Some(v) => out.put_slice(v.field(i)),
             None => out.put_i32(-1),
         }
     }
-    out.put_i16(-1);
-    out
+
+    pub fn trailer(&self, out: &mut BytesMut) {
+        out.put_i16(-1);
+    }
 }
 
 fn put_text(out: &mut BytesMut, value: Option<&str>) {

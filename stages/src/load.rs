@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::batch::{col, JobKey, PageBatch};
-use crate::copy::{encode_rows, RowKey, PAGES_COLUMNS, STAGING_COLUMNS};
+use crate::copy::{CopyRows, RowKey, PAGES_COLUMNS, STAGING_COLUMNS};
 use crate::store::is_transient_sql;
 use crate::store::sql::{self, autocommit};
 
@@ -338,11 +338,9 @@ impl Load {
                     "COPY civicload_stage ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
                 ))
                 .await?;
-            if let Err(e) = copy
-                .send(encode_rows(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting).freeze())
-                .await
-            {
-                let _ = copy.abort("encoding failed").await;
+            let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting);
+            if let Err(e) = send_rows(&mut copy, &rows).await {
+                let _ = copy.abort("sending the rows failed").await;
                 return Err(e);
             }
             copy.finish().await?;
@@ -525,12 +523,29 @@ async fn insert_pages(
         municipality_id: job.municipality_id,
         document_ids: &document_ids,
     };
-    if let Err(e) = copy
-        .send(encode_rows(&batch.rows, batch.vectors.as_deref(), key).freeze())
-        .await
-    {
-        let _ = copy.abort("encoding failed").await;
+    let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), key);
+    if let Err(e) = send_rows(&mut copy, &rows).await {
+        let _ = copy.abort("sending the rows failed").await;
         return Err(e);
     }
     Ok(Some(copy.finish().await? as i64))
+}
+
+/// Sends a COPY stream in chunks of about `COPY_CHUNK` bytes, encoding as it goes.
+async fn send_rows(
+    copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
+    rows: &CopyRows<'_>,
+) -> Result<(), sqlx::Error> {
+    const COPY_CHUNK: usize = 256 * 1024;
+    let mut out = bytes::BytesMut::with_capacity(COPY_CHUNK + 16 * 1024);
+    rows.header(&mut out);
+    for i in 0..rows.len() {
+        rows.row(i, &mut out);
+        if out.len() >= COPY_CHUNK {
+            copy.send(out.split().freeze()).await?;
+        }
+    }
+    rows.trailer(&mut out);
+    copy.send(out.freeze()).await?;
+    Ok(())
 }
