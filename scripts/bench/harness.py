@@ -112,10 +112,14 @@ class Bench:
     def db_size_mb(self, name):
         return int(self.psql("postgres", f"SELECT pg_database_size('{name}')")) / 1e6
 
-    def measure(self, name, cmd, stdin=None, env=None):
-        """Runs cmd under /usr/bin/time -v; returns (wall_s, peak_rss_mb, rc, stdout_path)."""
+    def measure(self, name, cmd, stdin=None, env=None, settle=True):
+        """Runs cmd under /usr/bin/time -v; returns (wall_s, peak_rss_mb, rc, stdout_path).
+        A CHECKPOINT first (untimed, before a contender's first step only), so no
+        contender pays for writing out the previous one's dirty buffers."""
         out_path = os.path.join(self.scratch, f"{name}.out")
         time_path = os.path.join(self.scratch, f"{name}.time")
+        if settle:
+            self.psql("postgres", "CHECKPOINT", check=False)
         started = time.monotonic()
         with open(out_path, "w") as out:
             rc = subprocess.run(
@@ -203,7 +207,7 @@ class Bench:
             path = os.path.join(self.scratch, f"a-{step}.sql")
             with open(path, "w") as f:
                 f.write(sql + "\n")
-            wall, r, rc, out = self.measure(f"a-{step}", ["psql", "-h", SOCKET, "-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path])
+            wall, r, rc, out = self.measure(f"a-{step}", ["psql", "-h", SOCKET, "-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path], settle=step == "copy")
             if rc != 0:
                 raise RuntimeError(f"recipe step {step} failed (exit {rc}); see {out}")
             log(f"  (a) {step}: {wall:.1f} s")
