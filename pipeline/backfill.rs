@@ -457,8 +457,8 @@ const ANALYZE_AT: f64 = 0.8;
 /// Runs `ANALYZE meeting_pages` once 80% of the expected pages are committed, while the
 /// last jobs finish. ANALYZE cannot run beside the search index build that follows
 /// the load (their locks conflict), and with the statistics target of the vectors it takes
-/// seconds (23 s at 1M pages), so this takes it off the critical path. The statistics then describe 80% of the
-/// pages; autovacuum re-analyzes once the rest is in (2% changed, see migration 0002).
+/// seconds (23 s at 1M pages), so this takes it off the critical path. The statistics
+/// then describe 80% of the pages; autovacuum re-analyzes once the rest is in (2% changed, see migration 0002).
 async fn analyze_near_the_end(
     pool: PgPool,
     progress: Arc<Progress>,
