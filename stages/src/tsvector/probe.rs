@@ -70,6 +70,9 @@ const XDIGIT_PROBE: Expect = &[
     (tok::NUMWORD, 0, "x", ""),
 ];
 
+/// Writes one probe segment for a code point.
+type Segment = fn(char, &mut String);
+
 /// The token types a probe ignores, which the server need not send.
 fn ignored(expect: Expect) -> Vec<i32> {
     expect
@@ -98,10 +101,12 @@ pub enum Coverage {
 /// The code points from `from` on that `coverage` asks about, without surrogates.
 fn probed(coverage: Coverage, from: u32) -> impl Iterator<Item = char> {
     let (first, second) = match coverage {
-        Coverage::Basic => (from..=0xFFFF, 1..=0),
-        Coverage::Assigned => (from..=0x3FFFF, 0xE0000..=0xEFFFF),
+        Coverage::Basic => (from..=0xFFFF, None),
+        Coverage::Assigned => (from..=0x3FFFF, Some(0xE0000..=0xEFFFF)),
     };
-    first.chain(second).filter_map(char::from_u32)
+    first
+        .chain(second.into_iter().flatten())
+        .filter_map(char::from_u32)
 }
 
 /// The non-ASCII code points of the probes.
@@ -314,48 +319,44 @@ pub(crate) async fn read_rules(
     // The parser probes one after the other: each probe string (and its answer) is ~9 MB
     // for every code point, and the complete probe runs beside a load. The server leaves
     // out the token types the probe ignores (`ignored`).
-    let t_word = parse_tokens(
-        pool,
-        parser,
-        &probe(|c, s| {
-            s.push(' ');
-            s.push(c);
-        }),
-        &ignored(WORD_PROBE),
-    )
-    .await?;
-    let t_join = parse_tokens(
-        pool,
-        parser,
-        &probe(|c, s| {
-            s.push_str(" a");
-            s.push(c);
-        }),
-        &ignored(JOIN_PROBE),
-    )
-    .await?;
-    let t_space = parse_tokens(
-        pool,
-        parser,
-        &probe(|c, s| {
-            s.push_str(" <a ");
-            s.push(c);
-            s.push('>');
-        }),
-        &ignored(SPACE_PROBE),
-    )
-    .await?;
-    let t_xdigit = parse_tokens(
-        pool,
-        parser,
-        &probe(|c, s| {
-            s.push_str(" &#x");
-            s.push(c);
-            s.push(';');
-        }),
-        &ignored(XDIGIT_PROBE),
-    )
-    .await?;
+    let segments: [(Segment, Expect); 4] = [
+        (
+            |c, s| {
+                s.push(' ');
+                s.push(c);
+            },
+            WORD_PROBE,
+        ),
+        (
+            |c, s| {
+                s.push_str(" a");
+                s.push(c);
+            },
+            JOIN_PROBE,
+        ),
+        (
+            |c, s| {
+                s.push_str(" <a ");
+                s.push(c);
+                s.push('>');
+            },
+            SPACE_PROBE,
+        ),
+        (
+            |c, s| {
+                s.push_str(" &#x");
+                s.push(c);
+                s.push(';');
+            },
+            XDIGIT_PROBE,
+        ),
+    ];
+    let mut answers = Vec::with_capacity(segments.len());
+    for (segment, expect) in segments {
+        answers.push(parse_tokens(pool, parser, &probe(segment), &ignored(expect)).await?);
+    }
+    let [t_word, t_join, t_space, t_xdigit]: [Vec<(i32, String)>; 4] =
+        answers.try_into().expect("four probes");
 
     // Lowercasing.
     let Some(lowered) = lowered else {
