@@ -386,7 +386,7 @@ impl JobContext {
             LoadConfig {
                 owner: self.owner.clone(),
                 bulk: false,
-                retry_for: Duration::from_secs(300),
+                retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
             },
         )

@@ -11,7 +11,7 @@ use stages::load::{Load, LoadConfig, LoadObserver, LoadReport};
 use stages::reconcile::{reconcile, Verdict};
 use stages::source::SourceClient;
 use stages::store::jobs::{self, ClaimOrder, JobRow, Outcome};
-use stages::store::municipalities;
+use stages::store::{is_transient_sql, municipalities, retry_transient, DB_RETRY_FOR};
 use stages::{DocumentType, JobKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -275,7 +275,7 @@ impl Backfill {
             LoadConfig {
                 owner: self.owner.clone(),
                 bulk: self.args.bulk,
-                retry_for: Duration::from_secs(300),
+                retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
             },
         );
@@ -555,53 +555,24 @@ async fn reconcile_with_retries(
     job: &JobKey,
     counted: Option<stages::source::SourceCount>,
 ) -> Result<stages::reconcile::Reconciliation, stages::reconcile::ReconcileError> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut attempt = 0;
-    loop {
-        match reconcile(pool, client, job, counted.clone()).await {
-            Err(stages::reconcile::ReconcileError::Sql(e))
-                if stages::store::is_transient_sql(&e) && Instant::now() < deadline =>
-            {
-                attempt += 1;
-                warn!(job = %job, attempt, error = %e, "Database unavailable while verifying; retrying.");
-                tokio::time::sleep(stages::source::backoff_delay(
-                    attempt,
-                    Duration::from_millis(250),
-                    Duration::from_secs(10),
-                    None,
-                ))
-                .await;
-            }
-            other => return other,
-        }
-    }
+    retry_transient(
+        DB_RETRY_FOR,
+        |e| matches!(e, stages::reconcile::ReconcileError::Sql(e) if is_transient_sql(e)),
+        |attempt, e| warn!(job = %job, attempt, error = %e, "Database unavailable while verifying; retrying."),
+        || reconcile(pool, client, job, counted.clone()),
+    )
+    .await
 }
 
 /// Retries a job-table call through a lost connection or a restarting server.
-async fn with_db_retries<T, F, Fut>(mut f: F) -> anyhow::Result<T>
+async fn with_db_retries<T, F, Fut>(f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if stages::store::is_transient_sql(&e) && Instant::now() < deadline => {
-                attempt += 1;
-                warn!(attempt, error = %e, "Database unavailable; retrying.");
-                tokio::time::sleep(stages::source::backoff_delay(
-                    attempt,
-                    Duration::from_millis(250),
-                    Duration::from_secs(10),
-                    None,
-                ))
-                .await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let on_retry =
+        |attempt, e: &sqlx::Error| warn!(attempt, error = %e, "Database unavailable; retrying.");
+    Ok(retry_transient(DB_RETRY_FOR, is_transient_sql, on_retry, f).await?)
 }
 
 impl JobResult {

@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use stages::store::maintenance::{self, RelSizes};
 use stages::store::search::{self, SearchError, VectorTarget};
 use stages::store::sql::{self, autocommit};
+use stages::store::{retry_transient, DB_RETRY_FOR};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
@@ -418,35 +419,17 @@ async fn update_with_retries(
     ids: Vec<i64>,
     flush_stats: bool,
 ) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut attempt = 0u32;
-    loop {
-        let result: Result<u64, SearchError> = async {
-            let mut conn = pool.acquire().await.map_err(|cause| SearchError::Sql {
-                step: "connecting",
-                object: target.table(),
-                advice: "Check the database, then rerun `civicload vectorize`.",
-                cause,
-            })?;
-            search::vectorize_ids(&mut conn, target, &ids, flush_stats).await
-        }
-        .await;
-        match result {
-            Ok(n) => return Ok(n),
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                attempt += 1;
-                warn!(attempt, error = %e, "Database unavailable; retrying the batch.");
-                tokio::time::sleep(stages::source::backoff_delay(
-                    attempt,
-                    Duration::from_millis(250),
-                    Duration::from_secs(10),
-                    None,
-                ))
-                .await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let on_retry = |attempt, e: &SearchError| warn!(attempt, error = %e, "Database unavailable; retrying the batch.");
+    let batch = || async {
+        let mut conn = pool.acquire().await.map_err(|cause| SearchError::Sql {
+            step: "connecting",
+            object: target.table(),
+            advice: "Check the database, then rerun `civicload vectorize`.",
+            cause,
+        })?;
+        search::vectorize_ids(&mut conn, target, &ids, flush_stats).await
+    };
+    Ok(retry_transient(DB_RETRY_FOR, SearchError::is_transient, on_retry, batch).await?)
 }
 
 async fn estimated_rows(pool: &PgPool, table: &str) -> anyhow::Result<i64> {

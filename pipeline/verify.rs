@@ -101,7 +101,7 @@ async fn repair_held(
             LoadConfig {
                 owner: String::new(),
                 bulk: false,
-                retry_for: Duration::from_secs(300),
+                retry_for: stages::store::DB_RETRY_FOR,
                 insert_first: false,
             },
         );

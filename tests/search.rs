@@ -373,6 +373,55 @@ async fn ordinary_writes_keep_vectors_current_and_bulk_sessions_leave_them_to_ve
             .unwrap();
     assert_eq!(v, "'board':5 'of':2 'resume':1 'the':3 'zoning':4");
 
+    // A load that supplies vectors (`civicload.vectors_supplied`, for its transaction):
+    // the trigger keeps a supplied vector (its WHEN condition skips the function) and
+    // computes one left NULL.
+    let other: i64 = scalar_i64(&pool, "SELECT max(id) FROM meeting_pages").await;
+    let vector_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT search_vector::text FROM meeting_pages WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL civicload.vectors_supplied = 'on'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE meeting_pages SET text = 'Budget hearing', search_vector = $2::tsvector WHERE id = $1",
+    )
+    .bind(id)
+    .bind("'budget':1 'hearing':2")
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE meeting_pages SET text = 'Café', search_vector = NULL WHERE id = $1")
+        .bind(other)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(vector_of(id).await, "'budget':1 'hearing':2");
+    assert_eq!(vector_of(other).await, "'cafe':1");
+    // Without the setting a vector written with the row is not trusted: the trigger
+    // computes it from the text.
+    sqlx::query(
+        "UPDATE meeting_pages SET text = 'Zoning Board', search_vector = $2::tsvector WHERE id = $1",
+    )
+    .bind(id)
+    .bind("'stale':1")
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(vector_of(id).await, "'board':2 'zoning':1");
+
     // A bulk session (what the load does with --bulk): the changed row's vector is reset
     // to NULL for vectorize, for that transaction only.
     let mut tx = pool.begin().await.unwrap();

@@ -27,8 +27,8 @@ use tracing::{info, instrument, warn};
 
 use crate::batch::{col, JobKey, PageBatch};
 use crate::copy::{CopyRows, RowKey, PAGES_COLUMNS, STAGING_COLUMNS};
-use crate::store::is_transient_sql;
 use crate::store::sql::{self, autocommit};
+use crate::store::{is_transient_sql, retry_transient};
 
 /// How the load stage writes.
 #[derive(Clone, Debug)]
@@ -171,27 +171,13 @@ impl Load {
         batch: &PageBatch,
         elapsed: Duration,
     ) -> Result<BatchOutcome, LoadError> {
-        let deadline = Instant::now() + self.config.retry_for;
-        let mut attempt = 0u32;
-        loop {
-            match self.commit(batch, elapsed).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(LoadError::Sql { source, .. })
-                    if is_transient_sql(&source) && Instant::now() < deadline =>
-                {
-                    attempt += 1;
-                    let delay = crate::source::backoff_delay(
-                        attempt,
-                        Duration::from_millis(250),
-                        Duration::from_secs(10),
-                        None,
-                    );
-                    warn!(job = %batch.job, seq = batch.seq, attempt, error = %source, "Database unavailable; retrying the batch.");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        retry_transient(
+            self.config.retry_for,
+            |e| matches!(e, LoadError::Sql { source, .. } if is_transient_sql(source)),
+            |attempt, e| warn!(job = %batch.job, seq = batch.seq, attempt, error = %e, "Database unavailable; retrying the batch."),
+            || self.commit(batch, elapsed),
+        )
+        .await
     }
 
     /// Writes pages and rejects outside the job's batch sequence (repairs): no checkpoint.

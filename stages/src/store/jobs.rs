@@ -56,7 +56,7 @@ impl JobRow {
     }
 }
 
-const JOB_COLUMNS: &str =
+pub(crate) const JOB_COLUMNS: &str =
     "j.id, j.municipality_id, m.subdomain, j.document_type, j.status, j.last_cursor,
     j.batch_seq, j.pass, j.pages_fetched, j.pages_created, j.pages_updated, j.pages_unchanged,
     j.pages_rejected, j.errors_encountered, j.expected_count, j.expected_source, j.actual_count,
@@ -149,6 +149,13 @@ pub enum ClaimOrder {
     SmallestFirst { at_most: i64 },
 }
 
+/// The SET list of a claim that gives job `j` to owner `$1` for `$2` seconds: running, with
+/// a retry counted when it had failed, been paused or been interrupted.
+pub(crate) const TAKE_JOB: &str = "status = 'running', lease_owner = $1,
+    lease_expires_at = now() + make_interval(secs => $2), heartbeat_at = now(),
+    retry_count = j.retry_count + CASE WHEN j.status IN ('failed', 'paused', 'running') THEN 1 ELSE 0 END,
+    started_at = coalesce(j.started_at, now()), finished_at = NULL, updated_at = now()";
+
 /// Claims the next job among `candidates` (not in `skip`) that is not completed and not
 /// leased by a live worker, in `order`.
 pub async fn claim_next(
@@ -169,26 +176,22 @@ pub async fn claim_next(
     let sql = format!(
         "WITH next AS (
             SELECT j.id FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
-            WHERE j.id = ANY($1) AND NOT (j.id = ANY($2)) AND j.status <> 'completed'
+            WHERE j.id = ANY($3) AND NOT (j.id = ANY($4)) AND j.status <> 'completed'
               AND (j.lease_owner IS NULL OR j.lease_expires_at < now()) {filter}
             ORDER BY coalesce(j.expected_count, m.pages, 0) {direction}, j.id
             LIMIT 1
             FOR UPDATE OF j SKIP LOCKED
          )
-         UPDATE backfill_jobs j SET
-            status = 'running', lease_owner = $3,
-            lease_expires_at = now() + make_interval(secs => $4), heartbeat_at = now(),
-            retry_count = j.retry_count + CASE WHEN j.status IN ('failed', 'paused', 'running') THEN 1 ELSE 0 END,
-            started_at = coalesce(j.started_at, now()), finished_at = NULL, updated_at = now()
+         UPDATE backfill_jobs j SET {TAKE_JOB}
          FROM next, municipalities m
          WHERE j.id = next.id AND m.id = j.municipality_id
          RETURNING {JOB_COLUMNS}"
     );
     sql::query_as(&sql)
-        .bind(candidates)
-        .bind(skip)
         .bind(owner)
         .bind(lease.as_secs_f64())
+        .bind(candidates)
+        .bind(skip)
         .fetch_optional(autocommit(pool))
         .await
 }

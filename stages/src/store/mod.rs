@@ -73,6 +73,44 @@ pub fn is_transient_sql(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How long callers keep retrying through a lost connection or a restarting server,
+/// unless configured otherwise.
+pub const DB_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Runs `attempt` until it succeeds, fails with an error `transient` refuses, or `retry_for`
+/// has passed; between tries it calls `on_retry` (which logs) and waits with capped
+/// exponential backoff (250 ms doubling to 10 s). Every database retry loop of civicload
+/// is this one: a batch commit, a job-table call, a verification, a vectorize batch.
+pub async fn retry_transient<T, E, F, Fut>(
+    retry_for: Duration,
+    transient: impl Fn(&E) -> bool,
+    mut on_retry: impl FnMut(u32, &E),
+    mut attempt: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + retry_for;
+    let mut tries = 0u32;
+    loop {
+        match attempt().await {
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                tries += 1;
+                on_retry(tries, &e);
+                tokio::time::sleep(crate::source::backoff_delay(
+                    tries,
+                    Duration::from_millis(250),
+                    Duration::from_secs(10),
+                    None,
+                ))
+                .await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Connection options from a URL, or the local socket and database `civicload`.
 pub fn connect_options(url: Option<&str>) -> Result<PgConnectOptions, StoreError> {
     let options = match url {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::sql::{self, autocommit};
-use crate::store::jobs::JobRow;
+use crate::store::jobs::{JobRow, JOB_COLUMNS, TAKE_JOB};
 
 /// Claims a job for replay: like a backfill claim (lease, status `running`), but a
 /// completed job is taken too, since an archive may hold files it has not loaded yet.
@@ -19,27 +19,19 @@ pub async fn claim(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sql::query_as(
-        "UPDATE backfill_jobs j SET
-            status = 'running', lease_owner = $2,
-            lease_expires_at = now() + make_interval(secs => $3), heartbeat_at = now(),
-            retry_count = j.retry_count + CASE WHEN j.status IN ('failed', 'paused', 'running') THEN 1 ELSE 0 END,
-            verified_at = NULL, started_at = coalesce(j.started_at, now()), finished_at = NULL,
-            updated_at = now()
+    let sql = format!(
+        "UPDATE backfill_jobs j SET {TAKE_JOB}, verified_at = NULL
          FROM municipalities m
-         WHERE j.id = $1 AND m.id = j.municipality_id
-           AND (j.lease_owner IS NULL OR j.lease_expires_at < now() OR j.lease_owner = $2)
-         RETURNING j.id, j.municipality_id, m.subdomain, j.document_type, j.status, j.last_cursor,
-            j.batch_seq, j.pass, j.pages_fetched, j.pages_created, j.pages_updated, j.pages_unchanged,
-            j.pages_rejected, j.errors_encountered, j.expected_count, j.expected_source, j.actual_count,
-            j.verified_at, j.last_error, j.retry_count, j.started_at, j.finished_at, j.elapsed_seconds,
-            j.lease_owner, j.lease_expires_at",
-    )
-    .bind(job_id)
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(autocommit(pool))
-    .await
+         WHERE j.id = $3 AND m.id = j.municipality_id
+           AND (j.lease_owner IS NULL OR j.lease_expires_at < now() OR j.lease_owner = $1)
+         RETURNING {JOB_COLUMNS}"
+    );
+    sql::query_as(&sql)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(job_id)
+        .fetch_optional(autocommit(pool))
+        .await
 }
 
 /// The (path, sha256) of every file already loaded for a job.
