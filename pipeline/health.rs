@@ -196,6 +196,20 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
             "autovacuum is off: dead rows pile up; turn it on in postgresql.conf",
         )
     });
+    if let Some(t) = tables.iter().find(|t| {
+        t.table == "meeting_pages"
+            && t.options
+                .iter()
+                .any(|o| o == maintenance::AUTOVACUUM_PAUSED)
+    }) {
+        out.push(check(
+            "autovacuum",
+            t.table.clone(),
+            "paused",
+            Verdict::Warning,
+            "a bulk load paused it and has not finished: resume the backfill, or run `civicload maintain`",
+        ));
+    }
     if server.track_counts != "on" {
         out.push(check(
             "autovacuum",

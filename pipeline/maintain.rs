@@ -23,7 +23,7 @@ use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool};
 use stages::store::leases::Lease;
-use stages::store::maintenance;
+use stages::store::maintenance::{self, Toast};
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
@@ -70,6 +70,9 @@ pub struct MaintainPlan {
     pub vacuum: bool,
     /// Whether the vacuum also analyzes `meeting_pages` (false: the load just did).
     pub analyze_pages: bool,
+    /// Whether the vacuum of `meeting_pages` covers its TOAST table: not after a bulk
+    /// load, whose TOAST rows are new (the few a resumed job replaced are autovacuum's).
+    pub vacuum_toast: Toast,
     pub maintenance_work_mem: String,
 }
 
@@ -201,15 +204,28 @@ async fn maintain_locked(
         });
     }
 
+    let t = Instant::now();
+    if maintenance::resume_pages_autovacuum(conn).await? {
+        steps.push(Step {
+            step: "autovacuum of meeting_pages resumed".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: "paused during the bulk load".into(),
+        });
+    }
+
     if plan.vacuum {
         for table in maintenance::TABLES {
             let t = Instant::now();
             let analyze = plan.analyze_pages || table != "meeting_pages";
-            maintenance::vacuum(conn, table, analyze).await?;
+            maintenance::vacuum(conn, table, analyze, plan.vacuum_toast).await?;
+            let toast = match plan.vacuum_toast {
+                Toast::Skipped if table == "meeting_pages" => ", TOAST left to autovacuum",
+                _ => "",
+            };
             steps.push(Step {
                 step: match analyze {
-                    true => format!("VACUUM (ANALYZE) {table}"),
-                    false => format!("VACUUM {table} (analyzed during the load)"),
+                    true => format!("VACUUM (ANALYZE) {table}{toast}"),
+                    false => format!("VACUUM {table} (analyzed during the load{toast})"),
                 },
                 seconds: t.elapsed().as_secs_f64(),
                 detail: String::new(),
@@ -238,6 +254,7 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
         },
         vacuum: true,
         analyze_pages: true,
+        vacuum_toast: Toast::Included,
         maintenance_work_mem: args.maintenance_work_mem.clone(),
     };
     let started = Instant::now();
@@ -313,6 +330,7 @@ pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<L
         "the search index is in service"
     };
     if bulk {
+        maintenance::pause_pages_autovacuum(pool).await?;
         info!(
             pages,
             "Bulk mode ({why}): the search index is built after the load, and any search vector the load leaves out."
@@ -414,6 +432,11 @@ fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainP
         vacuum: mode.bulk || mode.initial || rewritten > 0,
         // Unless vectorize rewrote pages since.
         analyze_pages: !mode.pages_analyzed || rewritten > 0,
+        // Vectorize rewrites rows (and their TOAST values) where it ran.
+        vacuum_toast: match mode.bulk && rewritten == 0 {
+            true => Toast::Skipped,
+            false => Toast::Included,
+        },
         maintenance_work_mem,
     }
 }

@@ -238,7 +238,8 @@ impl Vectorize {
                         _ => "meeting_documents",
                     };
                     info!(table, "VACUUM (ANALYZE) after vectorize.");
-                    maintenance::vacuum(&mut conn, table, true).await?;
+                    maintenance::vacuum(&mut conn, table, true, maintenance::Toast::Included)
+                        .await?;
                 }
             }
         }

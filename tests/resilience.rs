@@ -79,6 +79,9 @@ async fn ten_sigkills_at_random_instants_then_resume_end_exact() {
     let subs = corpus.subdomains().join(",");
     let mut rng = rand::rng();
     let mut killed_mid_run = 0;
+    let mut left_paused = 0;
+    let paused = "SELECT count(*) FROM pg_class WHERE oid = 'meeting_pages'::regclass
+                  AND 'autovacuum_enabled=false' = ANY(reloptions)";
     for round in 0..10 {
         let mut child = civicload_command(
             &db,
@@ -107,7 +110,19 @@ async fn ten_sigkills_at_random_instants_then_resume_end_exact() {
         }
         let _ = child.wait();
         eprintln!("round {round}: stopped after {wait:?}");
+        // A bulk load pauses autovacuum on meeting_pages; killed, it leaves it paused, and
+        // `health` says so.
+        if db.scalar_i64(paused).await == 1 {
+            left_paused += 1;
+            let health = civicload(&db, None, &["health", "--json"]);
+            assert!(
+                text(&health).contains("a bulk load paused it"),
+                "{}",
+                text(&health)
+            );
+        }
     }
+    assert!(left_paused > 0, "no kill left autovacuum paused");
     assert!(
         killed_mid_run >= 5,
         "the load finished too early to test anything ({killed_mid_run} kills landed)"
@@ -127,6 +142,8 @@ async fn ten_sigkills_at_random_instants_then_resume_end_exact() {
         assert_eq!(j["status"], "completed", "{j}");
         assert!(!j["verified_at"].is_null(), "{j}");
     }
+    // The load that finished resumed autovacuum.
+    assert_eq!(db.scalar_i64(paused).await, 0, "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]

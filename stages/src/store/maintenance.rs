@@ -46,19 +46,90 @@ fn vacuum_sql(table: &str, analyze: bool) -> Option<&'static str> {
     })
 }
 
+/// `meeting_pages` without its TOAST table (PostgreSQL 14 and later).
+fn vacuum_pages_heap_sql(analyze: bool) -> &'static str {
+    match analyze {
+        true => "VACUUM (ANALYZE, PROCESS_TOAST FALSE) meeting_pages",
+        false => "VACUUM (PROCESS_TOAST FALSE) meeting_pages",
+    }
+}
+
+/// What a VACUUM covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Toast {
+    /// The table and its TOAST table.
+    Included,
+    /// The table alone (where the server can; older ones vacuum both). Right after a bulk
+    /// load the TOAST rows are all freshly inserted: vacuuming them only sets visibility
+    /// bits no query reads, yet it is most of the work (80% of the pages), and autovacuum
+    /// visits them later anyway.
+    Skipped,
+}
+
 /// VACUUM (with ANALYZE when asked) one of civicload's tables. VACUUM cannot run inside a
 /// transaction block, so it goes over the simple query protocol on its own connection.
 pub async fn vacuum(
     conn: &mut PgConnection,
     table: &'static str,
     analyze: bool,
+    toast: Toast,
 ) -> Result<(), SearchError> {
-    let sql = vacuum_sql(table, analyze).expect("a civicload table");
+    let heap_only = toast == Toast::Skipped
+        && table == "meeting_pages"
+        && sql::query_scalar::<bool>("SELECT current_setting('server_version_num')::int >= 140000")
+            .fetch_one(autocommit(&mut *conn))
+            .await
+            .map_err(err("VACUUM", table))?;
+    let sql = match heap_only {
+        true => vacuum_pages_heap_sql(analyze),
+        false => vacuum_sql(table, analyze).expect("a civicload table"),
+    };
     sqlx::raw_sql(sql)
         .execute(conn)
         .await
         .map_err(err("VACUUM", table))?;
     Ok(())
+}
+
+/// The storage option a bulk load sets on `meeting_pages` (and its TOAST table) while it
+/// runs, which [`resume_pages_autovacuum`] removes.
+pub const AUTOVACUUM_PAUSED: &str = "autovacuum_enabled=false";
+
+/// Pauses autovacuum on `meeting_pages` for a bulk load. The table grows by ~10,000 pages a
+/// second: autovacuum would vacuum and analyze it again and again meanwhile (an ANALYZE of
+/// the vectors costs ~20 s of CPU at 1M pages), work the growing table makes obsolete at
+/// once, taken from the load. The load analyzes the table itself near its end, and the
+/// phase after it vacuums it and resumes autovacuum. A storage option, not a server
+/// setting: it outlives a killed load, so the resumed load (or `civicload maintain`) ends
+/// it, and `civicload health` warns while it lasts.
+pub async fn pause_pages_autovacuum(pool: &PgPool) -> Result<(), SearchError> {
+    sql::query(
+        "ALTER TABLE meeting_pages SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)",
+    )
+    .execute(autocommit(pool))
+    .await
+    .map_err(err("pausing autovacuum", "meeting_pages"))?;
+    Ok(())
+}
+
+/// Ends [`pause_pages_autovacuum`]; true when it was paused.
+pub async fn resume_pages_autovacuum(conn: &mut PgConnection) -> Result<bool, SearchError> {
+    let paused: bool = sql::query_scalar(
+        "SELECT coalesce($1 = ANY(reloptions), false) FROM pg_class WHERE oid = 'meeting_pages'::regclass",
+    )
+    .bind(AUTOVACUUM_PAUSED)
+    .fetch_one(autocommit(&mut *conn))
+    .await
+    .map_err(err("reading the storage options", "meeting_pages"))?;
+    if paused {
+        sql::query(
+            "ALTER TABLE meeting_pages RESET (autovacuum_enabled, toast.autovacuum_enabled)",
+        )
+        .execute(autocommit(&mut *conn))
+        .await
+        .map_err(err("resuming autovacuum", "meeting_pages"))?;
+    }
+    Ok(paused)
 }
 
 /// `ANALYZE meeting_pages` on a connection of the pool (it runs in a transaction, unlike
@@ -83,7 +154,7 @@ pub async fn vacuum_unless_busy(
     let sql = match table {
         "meeting_pages" => "VACUUM (SKIP_LOCKED) meeting_pages",
         "meeting_documents" => "VACUUM (SKIP_LOCKED) meeting_documents",
-        _ => return vacuum(conn, table, false).await,
+        _ => return vacuum(conn, table, false, Toast::Included).await,
     };
     sqlx::raw_sql(sql)
         .execute(conn)
