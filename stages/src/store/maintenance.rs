@@ -30,28 +30,23 @@ fn err(step: &'static str, object: &'static str) -> impl FnOnce(sqlx::Error) -> 
 
 /// One literal statement per table: VACUUM takes no bind parameters, and a statement is
 /// never built from input.
-fn vacuum_sql(table: &str, analyze: bool) -> Option<&'static str> {
-    Some(match (table, analyze) {
-        ("meeting_pages", true) => "VACUUM (ANALYZE) meeting_pages",
-        ("meeting_pages", false) => "VACUUM meeting_pages",
-        ("meeting_documents", true) => "VACUUM (ANALYZE) meeting_documents",
-        ("meeting_documents", false) => "VACUUM meeting_documents",
-        ("page_rejects", true) => "VACUUM (ANALYZE) page_rejects",
-        ("page_rejects", false) => "VACUUM page_rejects",
-        ("backfill_jobs", true) => "VACUUM (ANALYZE) backfill_jobs",
-        ("backfill_jobs", false) => "VACUUM backfill_jobs",
-        ("municipalities", true) => "VACUUM (ANALYZE) municipalities",
-        ("municipalities", false) => "VACUUM municipalities",
+fn vacuum_sql(table: &str, analyze: bool, heap_only: bool) -> Option<&'static str> {
+    Some(match (table, analyze, heap_only) {
+        // Without the TOAST table: PostgreSQL 14 and later.
+        ("meeting_pages", true, true) => "VACUUM (ANALYZE, PROCESS_TOAST FALSE) meeting_pages",
+        ("meeting_pages", false, true) => "VACUUM (PROCESS_TOAST FALSE) meeting_pages",
+        ("meeting_pages", true, false) => "VACUUM (ANALYZE) meeting_pages",
+        ("meeting_pages", false, false) => "VACUUM meeting_pages",
+        ("meeting_documents", true, _) => "VACUUM (ANALYZE) meeting_documents",
+        ("meeting_documents", false, _) => "VACUUM meeting_documents",
+        ("page_rejects", true, _) => "VACUUM (ANALYZE) page_rejects",
+        ("page_rejects", false, _) => "VACUUM page_rejects",
+        ("backfill_jobs", true, _) => "VACUUM (ANALYZE) backfill_jobs",
+        ("backfill_jobs", false, _) => "VACUUM backfill_jobs",
+        ("municipalities", true, _) => "VACUUM (ANALYZE) municipalities",
+        ("municipalities", false, _) => "VACUUM municipalities",
         _ => return None,
     })
-}
-
-/// `meeting_pages` without its TOAST table (PostgreSQL 14 and later).
-fn vacuum_pages_heap_sql(analyze: bool) -> &'static str {
-    match analyze {
-        true => "VACUUM (ANALYZE, PROCESS_TOAST FALSE) meeting_pages",
-        false => "VACUUM (PROCESS_TOAST FALSE) meeting_pages",
-    }
 }
 
 /// What a VACUUM covers.
@@ -80,10 +75,7 @@ pub async fn vacuum(
             .fetch_one(autocommit(&mut *conn))
             .await
             .map_err(err("VACUUM", table))?;
-    let sql = match heap_only {
-        true => vacuum_pages_heap_sql(analyze),
-        false => vacuum_sql(table, analyze).expect("a civicload table"),
-    };
+    let sql = vacuum_sql(table, analyze, heap_only).expect("a civicload table");
     sqlx::raw_sql(sql)
         .execute(conn)
         .await
