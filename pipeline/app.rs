@@ -165,6 +165,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         });
         vectors
     };
+    let skip_fk_checks = args.bulk && fk_checks_skippable(&pool).await;
     let cancel = CancellationToken::new();
     // Installed before planning, so a SIGTERM at any moment is a graceful stop.
     let signals = tokio::spawn(stop_on_signal(cancel.clone()));
@@ -176,6 +177,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         owner: owner_id(),
         cancel: cancel.clone(),
         spool: spool.clone(),
+        skip_fk_checks,
     });
     let ids = backfill
         .plan()
@@ -248,6 +250,25 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         }
         println!("See `civicload status --incomplete`; rerun the same command to continue them.");
         Ok(EXIT_INCOMPLETE)
+    }
+}
+
+/// Whether this bulk load may COPY pages without per-row foreign-key checks (see
+/// stages/src/store/integrity.rs); says which way it goes.
+async fn fk_checks_skippable(pool: &PgPool) -> bool {
+    match stages::store::integrity::may_skip_fk_checks(pool).await {
+        Ok(true) => {
+            info!("Bulk mode: new pages are written without per-row foreign-key checks (session_replication_role = replica, for the COPY only); one query after the load proves every page's document and municipality exist.");
+            true
+        }
+        Ok(false) => {
+            info!("Bulk mode with per-row foreign-key checks: this role may not set session_replication_role. `GRANT SET ON PARAMETER session_replication_role TO <role>` (PostgreSQL 15+) lets a bulk load check them once after the load instead (~20% less server work per page).");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "Could not tell whether this role may set session_replication_role; keeping the per-row foreign-key checks.");
+            false
+        }
     }
 }
 

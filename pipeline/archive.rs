@@ -388,6 +388,7 @@ impl JobContext {
                 bulk: false,
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
+                skip_fk_checks: false,
             },
         )
         .with_checkpoint(Arc::new(FileCheckpoint {

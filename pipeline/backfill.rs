@@ -45,6 +45,8 @@ pub struct Backfill {
     pub cancel: CancellationToken,
     /// Where batches are spooled as Parquet before they are loaded (`--spool`).
     pub spool: Option<stages::archive::Archive>,
+    /// New pages are COPYed without per-row foreign-key checks (`LoadConfig::skip_fk_checks`).
+    pub skip_fk_checks: bool,
 }
 
 /// The result of a run: per-job results in the order they finished.
@@ -277,6 +279,7 @@ impl Backfill {
                 bulk: self.args.bulk,
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
+                skip_fk_checks: self.skip_fk_checks,
             },
         );
         let observer: Arc<dyn LoadObserver> = progress.clone();

@@ -382,15 +382,26 @@ async fn finish_load(
     }
     let table_rows = maintenance::counts(pool).await?.pages_estimated;
     let plan = after_load_plan(mode, vectorized.pages_updated(), table_rows);
-    let steps = tokio::select! {
-        steps = maintain(pool, &plan) => steps.context(
-            "preparing the database for search after the load (run `civicload maintain` to finish)",
-        )?,
+    // The references a bulk load did not check row by row, checked at once beside the
+    // index build (which uses one core).
+    let references = async {
+        match mode.is_bulk() {
+            true => check_references(pool).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (steps, references) = tokio::select! {
+        (steps, references) = async { tokio::join!(maintain(pool, &plan), references) } => (
+            steps.context(
+                "preparing the database for search after the load (run `civicload maintain` to finish)",
+            )?,
+            references?,
+        ),
         _ = cancel.cancelled() => anyhow::bail!(
             "stopped while preparing the database for search: the pages and vectors are in; run `civicload maintain` to finish"
         ),
     };
-    for s in &steps {
+    for s in steps.iter().chain(&references) {
         println!("{s}");
     }
     let sizes = maintenance::rel_sizes(pool, "meeting_pages").await?;
@@ -403,6 +414,34 @@ async fn finish_load(
         bytes(sizes.total)
     );
     Ok(())
+}
+
+/// Every page's document and municipality exist (see stages/src/store/integrity.rs); an
+/// error that names the dangling pages and what to do otherwise.
+async fn check_references(pool: &PgPool) -> anyhow::Result<Step> {
+    let started = Instant::now();
+    let (dangling, total) = stages::store::integrity::dangling_pages(pool)
+        .await
+        .context("checking that every page's document and municipality exist (run `civicload maintain` after the cause is fixed)")?;
+    if total > 0 {
+        let listed: Vec<String> = dangling
+            .iter()
+            .map(|d| format!("{} document {}: {} pages", d.municipality, d.document_id, d.pages))
+            .collect();
+        anyhow::bail!(
+            "{total} pages in meeting_pages reference a meeting document or municipality that does not exist ({}{}). \
+             The bulk load wrote its pages without per-row foreign-key checks and checked them here: something deleted those rows while their pages were loading. \
+             Delete the dangling pages (DELETE FROM meeting_pages p WHERE NOT EXISTS (SELECT 1 FROM meeting_documents d WHERE d.id = p.document_id) OR NOT EXISTS (SELECT 1 FROM municipalities m WHERE m.id = p.municipality_id)), \
+             then run `civicload backfill --subdomain <those municipalities>` to load them again.",
+            listed.join("; "),
+            if dangling.iter().map(|d| d.pages).sum::<i64>() == total { "" } else { "; ..." }
+        );
+    }
+    Ok(Step {
+        step: "foreign keys of meeting_pages checked".into(),
+        seconds: started.elapsed().as_secs_f64(),
+        detail: "every page's document and municipality exist".into(),
+    })
 }
 
 /// A bulk load ends with a rebuild of the btrees that vectorize churned, the search

@@ -103,6 +103,7 @@ async fn repair_held(
                 bulk: false,
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first: false,
+                skip_fk_checks: false,
             },
         );
         let mut builder = PageBuilder::new();

@@ -9,6 +9,8 @@ mod support;
 
 use std::process::Command;
 
+use sqlx::Connection;
+
 use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,4 +303,152 @@ async fn the_sites_table_plans_every_municipality_biggest_first() {
     assert!(biggest_pages > 2000, "the corpus needs a big municipality");
     let biggest = corpus.largest();
     assert_eq!(order, vec![biggest]);
+}
+
+/// Counts the rows that fire an ordinary (origin) row trigger on meeting_pages, as the
+/// foreign-key triggers are: whether a load ran them shows in `fired`.
+const ORIGIN_TRIGGER_PROBE: &str = "
+    CREATE TABLE fired (page_id bigint);
+    GRANT INSERT, SELECT ON fired TO PUBLIC;
+    CREATE FUNCTION note_fired() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO fired VALUES (NEW.id); RETURN NEW; END $$;
+    CREATE TRIGGER note_fired AFTER INSERT ON meeting_pages
+        FOR EACH ROW EXECUTE FUNCTION note_fired();";
+
+/// A bulk load whose role may set session_replication_role COPYs its pages without the
+/// per-row foreign-key triggers (an ordinary row trigger stays silent, the search-vector
+/// trigger still fires) and checks every reference once after the load; a role that may
+/// not keeps the per-row checks. Both hold exactly the corpus. A page whose document is
+/// gone is caught by that check, which names it and fails the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
+    init();
+    let corpus = Corpus::cached(6_000, 5, 12, 0);
+    let server = Datasette::start(&corpus);
+    let subs = corpus.subdomains().join(",");
+    let expected = corpus.expected_pages();
+
+    // A superuser (the test's own role): no per-row triggers but the vector trigger.
+    let db = TestDb::new("fk_super");
+    let out = civicload(&db, None, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut conn = db.connect().await;
+    sqlx::raw_sql(ORIGIN_TRIGGER_PROBE)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", &subs],
+    );
+    assert!(out.status.success(), "backfill failed:\n{}", text(&out));
+    assert!(
+        text(&out).contains("foreign keys of meeting_pages checked"),
+        "a bulk load checks the references after the load:\n{}",
+        text(&out)
+    );
+    assert_same_pages(&expected, &db.pages().await);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM fired").await,
+        0,
+        "the COPY of a bulk load by a superuser runs no origin row trigger"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM meeting_pages
+             WHERE search_vector IS DISTINCT FROM civicload_page_vector(text)"
+        )
+        .await,
+        0,
+        "every vector is exact"
+    );
+    // In a replica session the vector trigger (ENABLE ALWAYS) still computes a vector the
+    // load leaves NULL.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::raw_sql(
+        "SET LOCAL session_replication_role = replica;
+         SET LOCAL civicload.vectors_supplied = 'on';
+         INSERT INTO meeting_pages (document_id, municipality_id, source_id, page_number, text)
+         SELECT document_id, municipality_id, 'probe', 100000, 'Café Zoning' FROM meeting_pages LIMIT 1",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let vector: String = sqlx::query_scalar(
+        "SELECT search_vector::text FROM meeting_pages WHERE source_id = 'probe'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(vector, "'cafe':1 'zoning':2");
+    tx.rollback().await.unwrap();
+
+    // A page whose document does not exist (written unchecked, as a replica session
+    // could): the check after the next bulk load names it and fails the run.
+    let first = corpus.subdomains()[0].clone();
+    sqlx::raw_sql(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO meeting_pages (document_id, municipality_id, source_id, page_number, text)
+         SELECT (SELECT max(id) + 1000 FROM meeting_documents), id, 'dangling', 1, 'orphan'
+         FROM municipalities WHERE subdomain = '{first}';
+         RESET session_replication_role;"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", &first, "--bulk"],
+    );
+    assert!(!out.status.success(), "a dangling page must fail the run:\n{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("1 pages in meeting_pages reference a meeting document or municipality that does not exist ({first} document")),
+        "the error names the dangling page:\n{}",
+        text(&out)
+    );
+    drop(conn);
+    drop(db);
+
+    // A role that may not set session_replication_role: the per-row checks stay on.
+    let role = format!("civicload_plain_{}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect("postgres:///postgres?host=/var/run/postgresql")
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} NOLOGIN CREATEDB; GRANT {role} TO current_user;"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    {
+        let db = TestDb::new("fk_plain");
+        // Connected as the test's own user, acting as the plain role for the whole session.
+        let url = format!("{}&options=-c%20role%3D{role}", db.url);
+        let run = |args: &[&str]| {
+            civicload_command_at(&url, Some(&server.template), args)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["migrate"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let mut conn = db.connect().await;
+        sqlx::raw_sql(ORIGIN_TRIGGER_PROBE)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let out = run(&["backfill", "--subdomain", &subs]);
+        assert!(out.status.success(), "backfill failed:\n{}", text(&out));
+        assert_same_pages(&expected, &db.pages().await);
+        assert_eq!(
+            db.scalar_i64("SELECT count(*) FROM fired").await,
+            expected.len() as i64,
+            "without the privilege every page runs the row triggers"
+        );
+    }
+    sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {role}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

@@ -2,6 +2,7 @@
 //! use), migrations, municipalities and the job table. Plain SQL with bound parameters,
 //! sent as `sql` says so that it works through a transaction-pooling PgBouncer too.
 
+pub mod integrity;
 pub mod jobs;
 pub mod leases;
 pub mod maintenance;
