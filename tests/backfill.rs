@@ -315,6 +315,29 @@ const ORIGIN_TRIGGER_PROBE: &str = "
     CREATE TRIGGER note_fired AFTER INSERT ON meeting_pages
         FOR EACH ROW EXECUTE FUNCTION note_fired();";
 
+/// Migrates `db` through `url`, plants the origin-trigger probe, and backfills `subs`.
+async fn load_with_trigger_probe(
+    db: &TestDb,
+    url: &str,
+    template: &str,
+    subs: &str,
+) -> std::process::Output {
+    let run = |args: &[&str]| {
+        civicload_command_at(url, Some(template), args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["migrate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    sqlx::raw_sql(ORIGIN_TRIGGER_PROBE)
+        .execute(&mut db.connect().await)
+        .await
+        .unwrap();
+    let out = run(&["backfill", "--subdomain", subs]);
+    assert!(out.status.success(), "backfill failed:\n{}", text(&out));
+    out
+}
+
 /// A bulk load whose role may set session_replication_role COPYs its pages without the
 /// per-row foreign-key triggers (an ordinary row trigger stays silent, the search-vector
 /// trigger still fires) and checks every reference once after the load; a role that may
@@ -330,19 +353,8 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
 
     // A superuser (the test's own role): no per-row triggers but the vector trigger.
     let db = TestDb::new("fk_super");
-    let out = civicload(&db, None, &["migrate"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = load_with_trigger_probe(&db, &db.url, &server.template, &subs).await;
     let mut conn = db.connect().await;
-    sqlx::raw_sql(ORIGIN_TRIGGER_PROBE)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let out = civicload(
-        &db,
-        Some(&server.template),
-        &["backfill", "--subdomain", &subs],
-    );
-    assert!(out.status.success(), "backfill failed:\n{}", text(&out));
     assert!(
         text(&out).contains("foreign keys of meeting_pages checked"),
         "a bulk load checks the references after the load:\n{}",
@@ -426,20 +438,7 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
         let db = TestDb::new("fk_plain");
         // Connected as the test's own user, acting as the plain role for the whole session.
         let url = format!("{}&options=-c%20role%3D{role}", db.url);
-        let run = |args: &[&str]| {
-            civicload_command_at(&url, Some(&server.template), args)
-                .output()
-                .unwrap()
-        };
-        let out = run(&["migrate"]);
-        assert!(out.status.success(), "{}", text(&out));
-        let mut conn = db.connect().await;
-        sqlx::raw_sql(ORIGIN_TRIGGER_PROBE)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let out = run(&["backfill", "--subdomain", &subs]);
-        assert!(out.status.success(), "backfill failed:\n{}", text(&out));
+        load_with_trigger_probe(&db, &url, &server.template, &subs).await;
         assert_same_pages(&expected, &db.pages().await);
         assert_eq!(
             db.scalar_i64("SELECT count(*) FROM fired").await,
