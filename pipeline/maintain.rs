@@ -426,7 +426,12 @@ async fn check_references(pool: &PgPool) -> anyhow::Result<Step> {
     if total > 0 {
         let listed: Vec<String> = dangling
             .iter()
-            .map(|d| format!("{} document {}: {} pages", d.municipality, d.document_id, d.pages))
+            .map(|d| {
+                format!(
+                    "{} document {}: {} pages",
+                    d.municipality, d.document_id, d.pages
+                )
+            })
             .collect();
         anyhow::bail!(
             "{total} pages in meeting_pages reference a meeting document or municipality that does not exist ({}{}). \

@@ -414,7 +414,11 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
         Some(&server.template),
         &["backfill", "--subdomain", &first, "--bulk"],
     );
-    assert!(!out.status.success(), "a dangling page must fail the run:\n{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a dangling page must fail the run:\n{}",
+        text(&out)
+    );
     assert!(
         text(&out).contains(&format!("1 pages in meeting_pages reference a meeting document or municipality that does not exist ({first} document")),
         "the error names the dangling page:\n{}",
