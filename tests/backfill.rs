@@ -338,6 +338,20 @@ async fn load_with_trigger_probe(
     out
 }
 
+/// What `health` says of the bulk loads' foreign-key checks, for the role of `url`.
+fn bulk_foreign_keys_health(url: &str) -> String {
+    let out = civicload_command_at(url, None, &["health", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    checks
+        .iter()
+        .find(|c| c["check"] == "bulk loads")
+        .map(|c| c["value"].as_str().unwrap().to_string())
+        .expect("health reports how bulk loads check foreign keys")
+}
+
 /// A bulk load whose role may set session_replication_role COPYs its pages without the
 /// per-row foreign-key triggers (an ordinary row trigger stays silent, the search-vector
 /// trigger still fires) and checks every reference once after the load; a role that may
@@ -365,6 +379,10 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
         db.scalar_i64("SELECT count(*) FROM fired").await,
         0,
         "the COPY of a bulk load by a superuser runs no origin row trigger"
+    );
+    assert_eq!(
+        bulk_foreign_keys_health(&db.url),
+        "checked once after the load"
     );
     assert_eq!(
         db.scalar_i64(
@@ -449,6 +467,7 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
             expected.len() as i64,
             "without the privilege every page runs the row triggers"
         );
+        assert_eq!(bulk_foreign_keys_health(&url), "checked row by row");
     }
     sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {role}"))
         .execute(&mut admin)
