@@ -422,7 +422,7 @@ async fn check_references(pool: &PgPool) -> anyhow::Result<Step> {
     let started = Instant::now();
     let (dangling, total) = stages::store::integrity::dangling_pages(pool)
         .await
-        .context("checking that every page's document and municipality exist (run `civicload maintain` after the cause is fixed)")?;
+        .context("checking that every page's document and municipality exist (the pages are loaded; the next bulk backfill checks again)")?;
     if total > 0 {
         let listed: Vec<String> = dangling
             .iter()
