@@ -145,22 +145,26 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     } else {
         let vectors = stages::fetch::SharedVectors::pending(args.bulk);
         let (pool, shared) = (pool.clone(), vectors.clone());
-        // The Basic Multilingual Plane first (a fraction of a second), then every code
-        // point: a text with a rarer one meanwhile gets its vector from PostgreSQL.
+        // Planes 0 and 1 first (about a second: every script in common use, and the
+        // emoji); every assigned code point (several seconds of the server's CPU) only once
+        // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
         tokio::spawn(async move {
             use stages::tsvector::{Coverage, VectorBuilder};
-            for coverage in [Coverage::Basic, Coverage::Assigned] {
-                match VectorBuilder::from_server_covering(&pool, coverage).await {
-                    Ok(v) => shared.resolve(Some(v)),
-                    Err(e) if coverage == Coverage::Assigned && shared.is_ready() => {
-                        warn!("PostgreSQL computes the search vectors of texts with code points beyond U+FFFF in this run ({e}).");
-                    }
-                    Err(e) => {
-                        warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
-                        shared.resolve(None);
-                        return;
-                    }
+            let common = match VectorBuilder::from_server_covering(&pool, Coverage::Common).await
+            {
+                Ok(v) => Arc::new(v),
+                Err(e) => {
+                    warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
+                    shared.resolve(None);
+                    return;
                 }
+            };
+            shared.resolve(Some(common.clone()));
+            common.beyond_coverage().await;
+            info!("A page has a code point beyond U+1FFFF: reading the server's rules for every assigned code point.");
+            match VectorBuilder::from_server_covering(&pool, Coverage::Assigned).await {
+                Ok(v) => shared.resolve(Some(Arc::new(v))),
+                Err(e) => warn!("PostgreSQL computes the search vectors of texts with code points beyond U+1FFFF in this run ({e})."),
             }
         });
         vectors

@@ -116,8 +116,8 @@ pub struct Transform {
 }
 
 /// A vector builder that becomes available while the pipeline runs (reading the server's
-/// rules takes seconds), and may be replaced by a better one (`Coverage::Basic` first,
-/// then `Coverage::All`). Batches transformed before any is ready carry no vectors and
+/// rules takes seconds), and may be replaced by a better one (`Coverage::Common` first,
+/// then `Coverage::Assigned` if a text needs it). Batches transformed before any is ready carry no vectors and
 /// PostgreSQL computes theirs, unless the transform waits for one (`pending(true)`): a
 /// bulk load does, because a vector left to the server then costs a second write.
 #[derive(Clone, Default)]
@@ -154,11 +154,11 @@ impl SharedVectors {
 
     /// A builder is ready (it replaces an earlier one), or none will be (None; ignored
     /// once a builder is in use).
-    pub fn resolve(&self, builder: Option<crate::tsvector::VectorBuilder>) {
+    pub fn resolve(&self, builder: Option<Arc<crate::tsvector::VectorBuilder>>) {
         {
             let mut state = self.state.write().expect("vector state lock");
             match (builder, &*state) {
-                (Some(b), _) => *state = VectorState::Ready(Arc::new(b)),
+                (Some(b), _) => *state = VectorState::Ready(b),
                 (None, VectorState::Pending) => *state = VectorState::Unavailable,
                 (None, _) => {}
             }

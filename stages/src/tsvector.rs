@@ -195,7 +195,17 @@ impl Rules {
         } else if cp <= 0xFFFF {
             self.bmp_class[cp as usize]
         } else {
-            match self.astral_class.binary_search_by(|&(lo, hi, _)| {
+            match self.astral_range(cp) {
+                Some(i) => self.astral_class[i].2,
+                None => class::UNVERIFIED,
+            }
+        }
+    }
+
+    /// The range of `astral_class` holding `cp`, if the probes asked about it.
+    fn astral_range(&self, cp: u32) -> Option<usize> {
+        self.astral_class
+            .binary_search_by(|&(lo, hi, _)| {
                 if hi < cp {
                     std::cmp::Ordering::Less
                 } else if lo > cp {
@@ -203,11 +213,13 @@ impl Rules {
                 } else {
                     std::cmp::Ordering::Equal
                 }
-            }) {
-                Ok(i) => self.astral_class[i].2,
-                Err(_) => class::UNVERIFIED,
-            }
-        }
+            })
+            .ok()
+    }
+
+    /// Whether the probes asked about `c` (see [`Coverage`]).
+    fn probed(&self, c: char) -> bool {
+        (c as u32) <= 0xFFFF || self.astral_range(c as u32).is_some()
     }
 
     #[inline]
@@ -290,6 +302,24 @@ impl Rules {
 pub struct VectorBuilder {
     rules: Rules,
     summary: RulesSummary,
+    beyond: Beyond,
+}
+
+/// Whether a text held a code point the probes did not ask about, so that a caller can
+/// read wider rules only when its texts need them ([`VectorBuilder::beyond_coverage`]).
+#[derive(Default)]
+struct Beyond {
+    seen: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Beyond {
+    fn note(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 impl fmt::Debug for VectorBuilder {
@@ -319,6 +349,7 @@ impl VectorBuilder {
         let builder = VectorBuilder {
             rules,
             summary: RulesSummary::default(),
+            beyond: Beyond::default(),
         };
         probe::self_check(pool, &builder).await?;
         summary.elapsed = started.elapsed();
@@ -329,6 +360,18 @@ impl VectorBuilder {
     /// What was read from the server.
     pub fn summary(&self) -> &RulesSummary {
         &self.summary
+    }
+
+    /// Returns once [`VectorBuilder::vector`] has been asked about a text with a code point
+    /// beyond the coverage this builder was read with (it returned `None` for it): the
+    /// moment to read wider rules, if the caller started narrow.
+    pub async fn beyond_coverage(&self) {
+        // Created before the check, so a note in between is not missed.
+        let notified = self.beyond.notify.notified();
+        if self.beyond.seen.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// The server's `civicload_page_vector(text)` for `text`, or `None` when civicload
@@ -362,6 +405,9 @@ impl VectorBuilder {
             let c = text[i..].chars().next().expect("a char starts here");
             let class = rules.class(c);
             if class & class::UNVERIFIED != 0 {
+                if !rules.probed(c) {
+                    self.beyond.note();
+                }
                 return None;
             }
             let len = c.len_utf8();
@@ -775,6 +821,7 @@ mod tests {
                 dispatch: Dispatch::new(&ascii_class),
             },
             summary: RulesSummary::default(),
+            beyond: Beyond::default(),
         }
     }
 
@@ -783,6 +830,37 @@ mod tests {
         fn shared<T: Send + Sync>() {}
         shared::<VectorBuilder>();
         shared::<Tsv>();
+    }
+
+    #[tokio::test]
+    async fn a_code_point_beyond_the_probes_asks_for_wider_rules() {
+        use futures::FutureExt;
+        // Probed: the BMP and U+10000..U+1FFFF (class 0 there: not a letter).
+        let b = rules(&[]);
+        assert!(b.vector("plain words").is_some());
+        assert!(b.vector("a 🏛 b").is_some(), "U+1F3DB was probed");
+        assert!(b.vector("a\0b").is_none());
+        assert!(
+            b.beyond_coverage().now_or_never().is_none(),
+            "a probed code point, or a fallback for another reason, needs no wider rules"
+        );
+        // Waiting before the text comes by, and after: both return.
+        let waiting = tokio::spawn({
+            let b = std::sync::Arc::new(b);
+            let w = b.clone();
+            async move {
+                let waiter = tokio::spawn(async move { w.beyond_coverage().await });
+                tokio::task::yield_now().await;
+                assert!(b.vector("a \u{20000} b").is_none(), "U+20000 was not probed");
+                waiter.await.unwrap();
+                b
+            }
+        });
+        let b = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiter is woken")
+            .unwrap();
+        assert!(b.beyond_coverage().now_or_never().is_some());
     }
 
     #[test]
