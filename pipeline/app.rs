@@ -150,8 +150,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
         tokio::spawn(async move {
             use stages::tsvector::{Coverage, VectorBuilder};
-            let common = match VectorBuilder::from_server_covering(&pool, Coverage::Common).await
-            {
+            let common = match VectorBuilder::from_server_covering(&pool, Coverage::Common).await {
                 Ok(v) => Arc::new(v),
                 Err(e) => {
                     warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");

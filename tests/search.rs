@@ -31,6 +31,18 @@ struct Fixture {
 
 impl Fixture {
     fn start(pages: u32, municipalities: u32, bad_rows: u32, port: u16) -> Fixture {
+        Self::start_with(pages, municipalities, bad_rows, port, |_, _| {})
+    }
+
+    /// `start`, with `prepare(corpus dir, subdomains)` run on the generated corpus before
+    /// Datasette serves it.
+    fn start_with(
+        pages: u32,
+        municipalities: u32,
+        bad_rows: u32,
+        port: u16,
+        prepare: impl FnOnce(&Path, &[String]),
+    ) -> Fixture {
         let dir = tempfile::Builder::new()
             .prefix("civicload-search-")
             .tempdir()
@@ -46,6 +58,17 @@ impl Fixture {
                 .args(["--bad-rows", &bad_rows.to_string()])
                 .args(["--seed", "6"]),
         );
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let mut subdomains: Vec<String> = summary["municipalities"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        subdomains.sort();
+        prepare(&out, &subdomains);
         let started = run_ok(
             Command::new(Path::new(ROOT).join("scripts/fixture-server.sh"))
                 .arg("start")
@@ -58,16 +81,6 @@ impl Fixture {
             .expect("the server prints the template last")
             .trim()
             .to_string();
-        let summary: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
-                .unwrap();
-        let mut subdomains: Vec<String> = summary["municipalities"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        subdomains.sort();
         Fixture {
             dir,
             template,
@@ -647,5 +660,73 @@ async fn the_search_uses_the_gin_index_and_maintain_keeps_it_healthy() {
     let checks = health(&db);
     assert!(warnings(&checks, "search index").is_empty());
     assert!(warnings(&checks, "dead tuples").is_empty());
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_point_beyond_plane_1_gets_the_wider_rules_only_when_a_page_has_one() {
+    // Rules for every assigned code point cost the server seconds of CPU beside the load,
+    // so civicload reads them only once a page needs them (planes 0 and 1 first).
+    let fx = Fixture::start_with(1200, 2, 0, 8875, |corpus, subdomains| {
+        // The second municipality's pages get letters of plane 2 (CJK Extension B) and
+        // plane 14 (tags), and plane 1 emoji, which the first rules already cover.
+        run_ok(
+            Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sqlite3, sys\n\
+                     db = sqlite3.connect(sys.argv[1])\n\
+                     for t in ('agendas', 'minutes'):\n\
+                     \x20   db.execute(f\"UPDATE {t} SET text = text || ' \\U00020000\\U0002A6D6abc \\U0001F3DB \\U000E0041 Ünïcode' WHERE rowid % 3 = 0\")\n\
+                     db.commit()\n",
+                )
+                .arg(corpus.join("dbs").join(format!("{}.db", subdomains[1]))),
+        );
+    });
+    let db = Db::new("wider");
+    let load = |subdomain: &str| {
+        let out = run_ok(civicload(&db).env("RUST_LOG", "info").args([
+            "--source-url",
+            &fx.template,
+            "backfill",
+            "--subdomain",
+            subdomain,
+        ]));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    const WIDER: &str = "reading the server's rules for every assigned code point";
+
+    let first = load(&fx.subdomains[0]);
+    assert!(
+        !first.contains(WIDER),
+        "no page of {} has a code point beyond plane 1:\n{first}",
+        fx.subdomains[0]
+    );
+    let second = load(&fx.subdomains[1]);
+    assert!(
+        second.contains(WIDER),
+        "pages of {} have code points beyond plane 1:\n{second}",
+        fx.subdomains[1]
+    );
+    assert!(
+        !second.contains("PostgreSQL computes the search vectors"),
+        "{second}"
+    );
+
+    let pool = db.pool().await;
+    assert_eq!(
+        scalar_i64(&pool, "SELECT count(*) FROM meeting_pages").await,
+        fx.valid_pages
+    );
+    assert!(
+        scalar_i64(
+            &pool,
+            "SELECT count(*) FROM meeting_pages WHERE text LIKE '%' || chr(131072) || '%'"
+        )
+        .await
+            > 0,
+        "the pages with plane-2 letters arrived"
+    );
+    assert_all_vectors_exact(&pool).await;
     pool.close().await;
 }

@@ -851,7 +851,10 @@ mod tests {
             async move {
                 let waiter = tokio::spawn(async move { w.beyond_coverage().await });
                 tokio::task::yield_now().await;
-                assert!(b.vector("a \u{20000} b").is_none(), "U+20000 was not probed");
+                assert!(
+                    b.vector("a \u{20000} b").is_none(),
+                    "U+20000 was not probed"
+                );
                 waiter.await.unwrap();
                 b
             }
