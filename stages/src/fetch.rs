@@ -117,9 +117,10 @@ pub struct Transform {
 
 /// A vector builder that becomes available while the pipeline runs (reading the server's
 /// rules takes seconds), and may be replaced by a better one (`Coverage::Common` first,
-/// then `Coverage::Assigned` if a text needs it). Batches transformed before any is ready carry no vectors and
-/// PostgreSQL computes theirs, unless the transform waits for one (`pending(true)`): a
-/// bulk load does, because a vector left to the server then costs a second write.
+/// then `Coverage::Assigned` if a text needs it). Batches transformed before any is ready
+/// carry no vectors and PostgreSQL computes theirs, unless the transform waits for one
+/// (`pending(true)`): a bulk load does, because a vector left to the server then costs a
+/// second write.
 #[derive(Clone, Default)]
 pub struct SharedVectors {
     state: Arc<std::sync::RwLock<VectorState>>,
