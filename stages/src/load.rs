@@ -351,8 +351,8 @@ impl Load {
             (created, updated) = sql::query_as(
                 "WITH written AS (
                     INSERT INTO meeting_pages AS p
-                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector)
-                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector
+                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector, meeting_date)
+                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector, d.meeting_date
                     FROM civicload_stage s
                     JOIN meeting_documents d
                       ON d.municipality_id = $1 AND d.document_type = $2

@@ -9,6 +9,7 @@ pub mod maintenance;
 pub mod municipalities;
 pub mod replay;
 pub mod search;
+pub mod search_fn;
 pub mod sql;
 
 use std::str::FromStr;

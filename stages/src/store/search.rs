@@ -28,7 +28,7 @@ pub enum SearchError {
 }
 
 impl SearchError {
-    fn sql(
+    pub(crate) fn sql(
         step: &'static str,
         object: &'static str,
         advice: &'static str,
