@@ -130,7 +130,7 @@ CREATE FUNCTION civicload_search_threshold(order_by text, wanted int, rank_exact
 RETURNS bigint LANGUAGE sql STABLE
 RETURN CASE WHEN order_by = 'rank' THEN greatest(rank_exact_up_to, wanted)::bigint + 1
     ELSE greatest(10000, sqrt(wanted::float8 * greatest(
-        (SELECT c.reltuples FROM pg_class c WHERE c.oid = 'meeting_pages'::regclass), 0))::bigint) END;
+        (SELECT c.reltuples FROM pg_class c WHERE c.oid = to_regclass('meeting_pages')), 0))::bigint) END;
 
 -- The application's search: whole corpus, optional filters (municipality subdomain, state,
 -- meeting dates from/to inclusive, document type), `page_size` results after

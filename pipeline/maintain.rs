@@ -216,7 +216,7 @@ async fn maintain_locked(
     }
 
     let t = Instant::now();
-    if maintenance::resume_pages_autovacuum(conn).await? {
+    if maintenance::resume_pages_autovacuum(pool).await? {
         steps.push(Step {
             step: "autovacuum of meeting_pages resumed".into(),
             seconds: t.elapsed().as_secs_f64(),

@@ -357,7 +357,9 @@ impl Load {
                     JOIN meeting_documents d
                       ON d.municipality_id = $1 AND d.document_type = $2
                      AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
-                    ON CONFLICT (document_id, page_number) DO UPDATE SET
+                    -- + municipality_id: the partition key (migration 0010); the document
+                    -- determines it, so the same rows conflict as before.
+                    ON CONFLICT (document_id, page_number, municipality_id) DO UPDATE SET
                         source_id = EXCLUDED.source_id, text = EXCLUDED.text,
                         page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
                         votes = EXCLUDED.votes, updated_at = now(),
