@@ -368,7 +368,10 @@ impl Load {
                     WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
                           IS DISTINCT FROM
                           (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)
-                    RETURNING (xmax = 0) AS created
+                    -- Not xmax = 0: a partitioned table (migration 0010) cannot return system
+                    -- columns. A row this statement inserted has created_at = now() (the
+                    -- column default, this transaction's start); an updated one is older.
+                    RETURNING (p.created_at = now()) AS created
                  )
                  SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written",
             )
