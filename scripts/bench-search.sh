@@ -3,13 +3,14 @@
 # application's search (`civicload_search` through `civicload search-bench`) for every
 # query class in both orders.
 #
-#   scripts/bench-search.sh --pages N [--seed S] [--runs R] [--port P] [--reuse]
+#   scripts/bench-search.sh --pages N [--seed S] [--runs R] [--port P] [--reuse] [--no-build]
 #
 #   --pages N   corpus size (fixtures/generate.py, cached in fixtures/generated/bench-N,
 #               shared with scripts/bench.sh)
 #   --seed S    another generated corpus (fixtures/generated/bench-N-seed-S)
 #   --runs R    timed runs per class and order, after one warm-up run (default 20)
 #   --reuse     keep the database of an earlier run when it holds N pages (no reload)
+#   --no-build  use target/release/civicload as it is
 #
 # The database (bench_search_N[_sS]) is loaded by civicload itself: `municipalities sync`,
 # then `backfill --subdomain all` from the corpus served by Datasette 1.0a28, which also
@@ -27,7 +28,8 @@ SEED=1
 RUNS=20
 PORT="${BENCH_SEARCH_PORT:-8893}"
 REUSE=0
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+BUILD=1
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --pages) PAGES="${2:?}"; shift 2 ;;
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS="${2:?}"; shift 2 ;;
         --port) PORT="${2:?}"; shift 2 ;;
         --reuse) REUSE=1; shift ;;
+        --no-build) BUILD=0; shift ;;
         -h|--help) usage ;;
         *) echo "bench-search: unknown argument $1" >&2; usage ;;
     esac
@@ -44,8 +47,10 @@ done
 say() { echo "bench-search: $*" >&2; }
 
 [ -x .venv/bin/datasette ] || { say "no .venv: running scripts/setup.sh"; scripts/setup.sh; }
-say "building civicload (release) ..."
-cargo build --release --quiet --bin civicload
+if [ "$BUILD" = 1 ]; then
+    say "building civicload (release) ..."
+    cargo build --release --quiet --bin civicload
+fi
 CIVICLOAD="$ROOT/target/release/civicload"
 
 CORPUS="$ROOT/fixtures/generated/bench-$PAGES"
