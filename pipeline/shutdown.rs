@@ -1,7 +1,8 @@
 //! Stopping on a signal, bounded: the first SIGTERM or Ctrl-C stops new work and lets the
 //! batches in flight commit; whatever has not ended after [`STOP_GRACE`] is abandoned
 //! (its transactions roll back, and the checkpoints keep every job exact), and the process
-//! exits 1. A second signal stops at once. One handler for every long command.
+//! exits 1, within 30 s of the signal in all (the grace, then at most [`HAND_BACK_LIMIT`]
+//! to pause the jobs). A second signal stops at once. One handler for every long command.
 
 use std::time::Duration;
 
@@ -12,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// How long a stop waits for the work in flight.
-pub const STOP_GRACE: Duration = Duration::from_secs(30);
+pub const STOP_GRACE: Duration = Duration::from_secs(25);
+/// How long an abandoning stop tries to pause its jobs (a stalled database must not hold
+/// the stop; the leases then expire).
+const HAND_BACK_LIMIT: Duration = Duration::from_secs(3);
 
 /// Exit status of a stop that abandoned work in flight (the contract's "incomplete").
 const EXIT_ABANDONED: i32 = 1;
@@ -89,17 +93,15 @@ pub fn on_signal(
 /// takes them at once; gives up after a few seconds (a stalled database must not hold the
 /// stop), and then the leases simply expire.
 async fn hand_back(leases: &Leases) {
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        jobs::abandon(&leases.pool, &leases.owner),
-    )
-    .await
-    {
+    match tokio::time::timeout(HAND_BACK_LIMIT, jobs::abandon(&leases.pool, &leases.owner)).await {
         Ok(Ok(n)) if n > 0 => warn!(jobs = n, "Paused the jobs this process held."),
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             warn!(error = %e, "Could not pause the jobs this process held; their leases expire.")
         }
-        Err(_) => warn!("The database did not answer within 3 s; the jobs' leases expire."),
+        Err(_) => warn!(
+            "The database did not answer within {} s; the jobs' leases expire.",
+            HAND_BACK_LIMIT.as_secs()
+        ),
     }
 }
