@@ -268,13 +268,17 @@ impl Load {
         }
     }
 
-    /// A stall as the error that `commit_watched` counts.
-    fn stalled<T>(
+    /// The result of a watched attempt; a stall becomes the error that `commit_watched`
+    /// counts, and an abandoned attempt's connection is closed, not pooled.
+    fn settle<T>(
+        watched: Watched<T>,
         batch: &PageBatch,
         conn: &mut sqlx::pool::PoolConnection<Postgres>,
-        waiting: Waiting,
-        abandoned: bool,
     ) -> Result<T, LoadError> {
+        let (waiting, abandoned) = match watched {
+            Watched::Done(r) => return r,
+            Watched::Stalled { waiting, abandoned } => (waiting, abandoned),
+        };
         if abandoned {
             conn.close_on_drop();
         }
@@ -302,11 +306,7 @@ impl Load {
 
     /// Writes pages and rejects outside the job's batch sequence (repairs): no checkpoint.
     pub async fn commit_unguarded(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
-        let sql_err = |source| LoadError::Sql {
-            job: batch.job.to_string(),
-            seq: batch.seq,
-            source,
-        };
+        let sql_err = sql_error(batch);
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
         self.pulse.start(Stage::Load, batch.seq, Step::Begin);
         let watched = self
@@ -322,12 +322,7 @@ impl Load {
             })
             .await;
         self.pulse.idle(Stage::Load);
-        match watched {
-            Watched::Done(r) => r,
-            Watched::Stalled { waiting, abandoned } => {
-                Self::stalled(batch, &mut conn, waiting, abandoned)
-            }
-        }
+        Self::settle(watched, batch, &mut conn)
     }
 
     /// Writes one batch, its rejects and the checkpoint in one transaction.
@@ -336,22 +331,12 @@ impl Load {
         batch: &PageBatch,
         elapsed: Duration,
     ) -> Result<BatchOutcome, LoadError> {
-        let job = &batch.job;
-        let sql_err = |source| LoadError::Sql {
-            job: job.to_string(),
-            seq: batch.seq,
-            source,
-        };
+        let sql_err = sql_error(batch);
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
         let watched = self
             .watched(batch, self.attempt(&mut conn, batch, elapsed))
             .await;
-        match watched {
-            Watched::Done(r) => r,
-            Watched::Stalled { waiting, abandoned } => {
-                Self::stalled(batch, &mut conn, waiting, abandoned)
-            }
-        }
+        Self::settle(watched, batch, &mut conn)
     }
 
     /// One attempt at committing a batch on `conn` (see `commit`).
@@ -362,11 +347,7 @@ impl Load {
         elapsed: Duration,
     ) -> Result<BatchOutcome, LoadError> {
         let job = &batch.job;
-        let sql_err = |source| LoadError::Sql {
-            job: job.to_string(),
-            seq: batch.seq,
-            source,
-        };
+        let sql_err = sql_error(batch);
         loop {
             let insert = self.inserting.load(Ordering::Relaxed);
             self.pulse.step(Stage::Load, Step::Begin);
@@ -600,6 +581,15 @@ impl Load {
             return Ok(None);
         }
         Ok(Some(outcome))
+    }
+}
+
+/// Wraps a database error of `batch` (naming its job and sequence number).
+fn sql_error(batch: &PageBatch) -> impl Fn(sqlx::Error) -> LoadError + Copy + '_ {
+    |source| LoadError::Sql {
+        job: batch.job.to_string(),
+        seq: batch.seq,
+        source,
     }
 }
 
