@@ -490,13 +490,15 @@ impl Load {
             (created, updated) = sql::query_as(
                 "WITH written AS (
                     INSERT INTO meeting_pages AS p
-                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector)
-                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector
+                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector, meeting_date)
+                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector, d.meeting_date
                     FROM civicload_stage s
                     JOIN meeting_documents d
                       ON d.municipality_id = $1 AND d.document_type = $2
                      AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
-                    ON CONFLICT (document_id, page_number) DO UPDATE SET
+                    -- + municipality_id: the partition key (migration 0010); the document
+                    -- determines it, so the same rows conflict as before.
+                    ON CONFLICT (document_id, page_number, municipality_id) DO UPDATE SET
                         source_id = EXCLUDED.source_id, text = EXCLUDED.text,
                         page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
                         votes = EXCLUDED.votes, updated_at = now(),
@@ -505,7 +507,10 @@ impl Load {
                     WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
                           IS DISTINCT FROM
                           (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)
-                    RETURNING (xmax = 0) AS created
+                    -- Not xmax = 0: a partitioned table (migration 0010) cannot return system
+                    -- columns. A row this statement inserted has created_at = now() (the
+                    -- column default, this transaction's start); an updated one is older.
+                    RETURNING (p.created_at = now()) AS created
                  )
                  SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written",
             )
