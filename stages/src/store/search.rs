@@ -310,9 +310,12 @@ impl IndexState {
     }
 }
 
+/// An index's catalog row: valid, options, access method, size, partitioned.
+type IndexRow = (bool, Option<Vec<String>>, String, i64, bool);
+
 /// The catalog state of an index, None when it does not exist.
 pub async fn index_state(pool: &PgPool, name: &str) -> Result<Option<IndexState>, SearchError> {
-    let row: Option<(bool, Option<Vec<String>>, String, i64, bool)> = sql::query_as(
+    let row: Option<IndexRow> = sql::query_as(
         "SELECT i.indisvalid,
                 array(SELECT unnest(c.reloptions) UNION
                       SELECT unnest(k.reloptions) FROM pg_inherits h JOIN pg_class k ON k.oid = h.inhrelid
