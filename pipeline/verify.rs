@@ -104,6 +104,7 @@ async fn repair_held(
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first: false,
                 skip_fk_checks: false,
+                watchdog: Default::default(),
             },
         );
         let mut builder = PageBuilder::new();

@@ -88,17 +88,19 @@ impl Case {
 }
 
 async fn ids(conn: &mut PgConnection, sql: &str) -> Vec<i64> {
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_all(conn)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 async fn count(conn: &mut PgConnection, sql: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM ({sql}) AS s"))
-        .fetch_one(conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM ({sql}) AS s"
+    )))
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 /// civicload_search's ids for a case, with extra named arguments.
@@ -248,10 +250,10 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         assert_rank_order(&mut conn, case).await;
         // The capped count is the brute force's, capped.
         let n = count(&mut conn, &case.brute_force_matches()).await;
-        let counted: i64 = sqlx::query_scalar(&format!(
+        let counted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT civicload_search_count({}, cap => 50)",
             case.function_args()
-        ))
+        )))
         .fetch_one(&mut conn)
         .await
         .unwrap();

@@ -53,7 +53,7 @@ pub async fn page_tables(pool: &PgPool) -> Result<Vec<String>, SearchError> {
 
 /// Runs one DDL statement the server composed from catalog names (see the module docs).
 async fn ddl(conn: &mut PgConnection, statement: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(statement).execute(conn).await.map(|_| ())
+    sql::raw(statement).execute(conn).await.map(|_| ())
 }
 
 /// `format(template, args...)` on the server: identifiers quoted with %I.

@@ -310,7 +310,7 @@ impl IndexState {
     }
 }
 
-/// (valid, options, method, bytes, partitioned) as the catalog query returns them.
+/// An index's catalog row: valid, options, access method, size, partitioned.
 type IndexRow = (bool, Option<Vec<String>>, String, i64, bool);
 
 /// The catalog state of an index, None when it does not exist.
