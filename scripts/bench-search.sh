@@ -65,7 +65,7 @@ else
 fi
 URL="postgres:///$DB?host=/var/run/postgresql"
 mkdir -p "$ROOT/bench-results/tmp"
-LARGEST="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["largest"])' "$CORPUS/summary.json")"
+LARGEST="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["totals"]["largest"])' "$CORPUS/summary.json")"
 
 held=0
 if [ "$REUSE" = 1 ] && psql -h /var/run/postgresql -d "$DB" -Atc 'SELECT 1' >/dev/null 2>&1; then
