@@ -10,11 +10,14 @@ pub mod load;
 pub mod reconcile;
 pub mod replay;
 pub mod secret;
+pub mod refresh;
 pub mod source;
+pub mod source_ids;
 pub mod spool;
 pub mod store;
 pub mod transform;
 pub mod tsvector;
+pub mod usage;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
 pub use secret::Secret;

@@ -7,9 +7,11 @@ pub mod jobs;
 pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
+pub mod refresh;
 pub mod replay;
 pub mod search;
 pub mod sql;
+pub mod webhook;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
