@@ -179,7 +179,7 @@ async fn a_webhook_makes_the_municipality_exact_and_bad_ones_change_nothing() {
 
     let mut serve = Serve::start(&db, &server.template, &["--concurrency", "2"]);
     let url = format!("{}/munis/api/update/{victim}/", serve.base);
-    let before = db.scalar_i64("SELECT count(*) + sum(refresh_requested) FROM backfill_jobs").await;
+    let before = db.scalar_i64("SELECT (count(*) + sum(refresh_requested))::bigint FROM backfill_jobs").await;
     let munis = db.scalar_i64("SELECT count(*) FROM municipalities").await;
     let big = "x".repeat(70 * 1024);
     let cases: Vec<(u16, Option<&str>, String, &str)> = vec![
@@ -201,7 +201,7 @@ async fn a_webhook_makes_the_municipality_exact_and_bad_ones_change_nothing() {
     }
     let (status, answer) = webhook(&serve.base, "not_a.sub!", json!({"name": "X"})).await;
     assert_eq!((status, answer["error"].as_str()), (400, Some("Invalid subdomain")));
-    let after = db.scalar_i64("SELECT count(*) + sum(refresh_requested) FROM backfill_jobs").await;
+    let after = db.scalar_i64("SELECT (count(*) + sum(refresh_requested))::bigint FROM backfill_jobs").await;
     assert_eq!((before, munis), (after, db.scalar_i64("SELECT count(*) FROM municipalities").await));
 
     // The real one, as civic.band sends it (PUT works as POST).
