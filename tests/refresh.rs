@@ -164,3 +164,46 @@ async fn changed_only_skips_untouched_municipalities() {
     let runs = db.scalar_i64("SELECT count(*) FROM refresh_runs").await;
     assert_eq!(runs, 2, "only the victim's two jobs were ever refreshed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_killed_at_any_instant_resumes_to_the_exact_source() {
+    init();
+    let corpus = Corpus::cached(4_000, 3, 18, 0).copy("killrefresh");
+    let server = Datasette::start(&corpus);
+    let db = TestDb::new("killrefresh");
+    let sub = corpus.largest();
+    let out = civicload(&db, Some(&server.template), &["backfill", "--subdomain", &sub]);
+    assert!(out.status.success(), "{}", text(&out));
+    mutate(&corpus, &sub, 250, 20, 300, 11);
+    // Slow answers, so that the kills land inside the refresh: between requests, during a
+    // batch's commit, during the deletes.
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let mut plan = FaultPlan::none();
+    plan.slow = 0.5;
+    plan.slow_for = std::time::Duration::from_millis(300);
+    let proxy = FaultProxy::start(upstream, plan).await;
+    let template = proxy.template(&server.template, upstream);
+    for (i, ms) in [350u64, 900, 1500, 2300].iter().enumerate() {
+        let mut child = civicload_command(&db, Some(&template), &["refresh", "--subdomain", &sub])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(db.pages().await.len() > 1, "round {i}");
+    }
+    let out = civicload(&db, Some(&server.template), &["refresh", "--subdomain", &sub]);
+    assert!(out.status.success(), "{}", text(&out));
+    let expected: Pages = corpus
+        .expected_pages()
+        .into_iter()
+        .filter(|(k, _)| k.subdomain == sub)
+        .collect();
+    assert_same_pages(&expected, &db.pages().await);
+    let verified = db
+        .scalar_i64("SELECT count(*) FROM backfill_jobs WHERE verified_at IS NOT NULL AND status = 'completed' AND lease_owner IS NULL")
+        .await;
+    assert_eq!(verified, 2);
+}
