@@ -44,15 +44,7 @@ pub async fn run_claimed(
     let job = Arc::new(claimed.job.key());
     let key = stages::usage::table_key(&job.subdomain, job.document_type.table());
     let before = client.usage().table(&key);
-    let result = refresh_job(
-        pool,
-        client,
-        &job,
-        claimed.job.batch_seq,
-        opts,
-        cancel,
-    )
-    .await;
+    let result = refresh_job(pool, client, &job, claimed.job.batch_seq, opts, cancel).await;
     let (status, report, error) = match result {
         Ok(r) if r.verified => (RunStatus::Verified, r, None),
         Ok(r) => {
@@ -60,7 +52,11 @@ pub async fn run_claimed(
             (RunStatus::Unverified, r, e)
         }
         Err(RefreshError::Cancelled { .. }) => (RunStatus::Paused, RefreshReport::default(), None),
-        Err(e) => (RunStatus::Failed, RefreshReport::default(), Some(format!("{e}"))),
+        Err(e) => (
+            RunStatus::Failed,
+            RefreshReport::default(),
+            Some(format!("{e}")),
+        ),
     };
     // Also what a refresh that failed midway spent.
     let spent = client.usage().table(&key) - before;
@@ -76,8 +72,12 @@ pub async fn run_claimed(
     };
     match queue::finish(pool, claimed, &opts.owner, status, &record).await {
         Ok(true) => {}
-        Ok(false) => warn!(job = %job, "The job's lease was lost before the refresh could end it; another worker holds it."),
-        Err(e) => warn!(job = %job, error = %e, "Could not record the refresh's end; its lease will expire and the refresh is retried."),
+        Ok(false) => {
+            warn!(job = %job, "The job's lease was lost before the refresh could end it; another worker holds it.")
+        }
+        Err(e) => {
+            warn!(job = %job, error = %e, "Could not record the refresh's end; its lease will expire and the refresh is retried.")
+        }
     }
     if let Some(e) = &error {
         warn!(job = %job, "Refresh not verified: {e}");
@@ -132,12 +132,22 @@ impl Refresher {
         let mut done = Vec::new();
         while !self.cancel.is_cancelled() {
             let skip = attempted.lock().expect("attempted lock").clone();
-            let claimed =
-                queue::claim_next(&self.pool, &ids, &skip, &self.opts.owner, self.lease, trigger)
-                    .await?;
+            let claimed = queue::claim_next(
+                &self.pool,
+                &ids,
+                &skip,
+                &self.opts.owner,
+                self.lease,
+                trigger,
+            )
+            .await?;
             let Some(claimed) = claimed else {
                 let left: Vec<i64> = ids.iter().filter(|i| !skip.contains(i)).copied().collect();
-                if left.is_empty() || jobs::held_by_others(&self.pool, &left, &self.opts.owner).await?.is_empty() {
+                if left.is_empty()
+                    || jobs::held_by_others(&self.pool, &left, &self.opts.owner)
+                        .await?
+                        .is_empty()
+                {
                     return Ok(done);
                 }
                 tokio::select! {
@@ -145,8 +155,13 @@ impl Refresher {
                     _ = self.cancel.cancelled() => return Ok(done),
                 }
             };
-            attempted.lock().expect("attempted lock").push(claimed.job.id);
-            done.push(run_claimed(&self.pool, &self.client, &claimed, &self.opts, &self.cancel).await);
+            attempted
+                .lock()
+                .expect("attempted lock")
+                .push(claimed.job.id);
+            done.push(
+                run_claimed(&self.pool, &self.client, &claimed, &self.opts, &self.cancel).await,
+            );
         }
         Ok(done)
     }
@@ -228,7 +243,10 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     .await?;
     let released = queue::release_dead_local(&pool).await?;
     if released > 0 {
-        info!(jobs = released, "Took over jobs whose worker on this machine is gone.");
+        info!(
+            jobs = released,
+            "Took over jobs whose worker on this machine is gone."
+        );
     }
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(crate::app::stop_on_signal(cancel.clone()));
@@ -243,12 +261,17 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
         lease,
         cancel: cancel.clone(),
     });
-    let done = refresher.run(ids.clone(), concurrency, Trigger::Command).await;
+    let done = refresher
+        .run(ids.clone(), concurrency, Trigger::Command)
+        .await;
     stop.cancel();
     let _ = beat.await;
     signals.abort();
     let done = done?;
-    if done.iter().any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0) {
+    if done
+        .iter()
+        .any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0)
+    {
         if let Err(e) = jobs::refresh_stats(&pool).await {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
         }
@@ -281,8 +304,18 @@ pub fn table(done: &[Finished]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
-        "job", "status", "id route", "source rows", "fetched", "created", "updated", "deleted",
-        "requests", "bytes", "s", "verification",
+        "job",
+        "status",
+        "id route",
+        "source rows",
+        "fetched",
+        "created",
+        "updated",
+        "deleted",
+        "requests",
+        "bytes",
+        "s",
+        "verification",
     ]);
     for f in rows {
         let r = &f.report;
@@ -315,9 +348,10 @@ pub async fn record_backfill_usage(pool: &PgPool, client: &SourceClient, ids: &[
     };
     for row in rows {
         let key = row.key();
-        let spent = client
-            .usage()
-            .table(&stages::usage::table_key(&key.subdomain, key.document_type.table()));
+        let spent = client.usage().table(&stages::usage::table_key(
+            &key.subdomain,
+            key.document_type.table(),
+        ));
         if spent.requests == 0 {
             continue;
         }

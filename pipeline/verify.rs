@@ -75,11 +75,8 @@ async fn repair(
             .unwrap_or_else(|| "another worker".into());
         anyhow::bail!("{job}: cannot repair while the job is held by {who}; wait for it or stop it, then rerun `civicload verify --repair`");
     };
-    let refresh = crate::refresh::options(
-        owner.to_string(),
-        opts.max_delete_share * 100.0,
-        opts.force,
-    );
+    let refresh =
+        crate::refresh::options(owner.to_string(), opts.max_delete_share * 100.0, opts.force);
     let done = crate::refresh::run_claimed(
         pool,
         client,
@@ -88,7 +85,11 @@ async fn repair(
         &tokio_util::sync::CancellationToken::new(),
     )
     .await;
-    if let Some(e) = done.error.as_ref().filter(|_| done.status == RunStatus::Failed) {
+    if let Some(e) = done
+        .error
+        .as_ref()
+        .filter(|_| done.status == RunStatus::Failed)
+    {
         anyhow::bail!("{e}");
     }
     let r = &done.report;

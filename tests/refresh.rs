@@ -19,7 +19,12 @@ fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32, add: u32, seed: u
         .arg(repo_root().join("fixtures/mutate.py"))
         .arg(&corpus.dir)
         .args(["--subdomain", sub])
-        .args(["--reocr", &reocr.to_string(), "--delete", &delete.to_string()])
+        .args([
+            "--reocr",
+            &reocr.to_string(),
+            "--delete",
+            &delete.to_string(),
+        ])
         .args(["--add", &add.to_string(), "--seed", &seed.to_string()])
         .output()
         .unwrap();
@@ -27,7 +32,18 @@ fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32, add: u32, seed: u
 }
 
 /// (job, mode, id_route, fetched, created, updated, deleted, requests, bytes, verified)
-type JobCost = (String, String, Option<String>, i64, i64, i64, i64, i64, i64, bool);
+type JobCost = (
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    bool,
+);
 
 async fn job_costs(db: &TestDb) -> Vec<JobCost> {
     let mut conn = db.connect().await;
@@ -57,13 +73,21 @@ async fn refresh_ends_exact_and_fetches_only_the_changed_pages() {
     let backfill_bytes = proxy.counts.bytes.swap(0, Ordering::Relaxed);
     let backfill_requests = proxy.counts.requests.swap(0, Ordering::Relaxed);
     let recorded: i64 = job_costs(&db).await.iter().map(|j| j.8).sum();
-    assert!(recorded > 0 && recorded as u64 <= backfill_bytes, "{recorded} vs {backfill_bytes}");
+    assert!(
+        recorded > 0 && recorded as u64 <= backfill_bytes,
+        "{recorded} vs {backfill_bytes}"
+    );
 
     // Nothing changed: ids only, two requests per table (columns + the streamed ids).
     let jobs = 2 * corpus.subdomains().len() as u64;
     let out = civicload(&db, Some(&template), &["refresh", "--subdomain", "all"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(proxy.counts.requests.swap(0, Ordering::Relaxed), 2 * jobs, "{}", text(&out));
+    assert_eq!(
+        proxy.counts.requests.swap(0, Ordering::Relaxed),
+        2 * jobs,
+        "{}",
+        text(&out)
+    );
     let unchanged_bytes = proxy.counts.bytes.swap(0, Ordering::Relaxed);
     assert!(
         unchanged_bytes * 50 < backfill_bytes,
@@ -76,10 +100,21 @@ async fn refresh_ends_exact_and_fetches_only_the_changed_pages() {
     // Upstream: re-OCRs (new ids for old pages), deletions and new meetings in two
     // municipalities.
     let subsn = corpus.subdomains();
-    let (a, b) = (corpus.largest(), subsn.iter().find(|s| **s != corpus.largest()).unwrap().clone());
+    let (a, b) = (
+        corpus.largest(),
+        subsn
+            .iter()
+            .find(|s| **s != corpus.largest())
+            .unwrap()
+            .clone(),
+    );
     mutate(&corpus, &a, 5, 4, 6, 3);
     mutate(&corpus, &b, 3, 0, 0, 4);
-    let out = civicload(&db, Some(&template), &["refresh", "--subdomain", "all", "--concurrency", "2"]);
+    let out = civicload(
+        &db,
+        Some(&template),
+        &["refresh", "--subdomain", "all", "--concurrency", "2"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
     let costs = job_costs(&db).await;
@@ -92,11 +127,23 @@ async fn refresh_ends_exact_and_fetches_only_the_changed_pages() {
     );
     let changed_jobs = costs.iter().filter(|j| j.3 > 0).count() as u64;
     let requests = proxy.counts.requests.swap(0, Ordering::Relaxed);
-    assert_eq!(requests, 2 * jobs + changed_jobs, "one id__in request per changed job: {costs:#?}");
+    assert_eq!(
+        requests,
+        2 * jobs + changed_jobs,
+        "one id__in request per changed job: {costs:#?}"
+    );
     assert_eq!(sum(|j| j.7) as u64, requests);
     let changed_bytes = proxy.counts.bytes.swap(0, Ordering::Relaxed);
-    assert!(changed_bytes < unchanged_bytes + 14 * 8_000, "{changed_bytes} vs {unchanged_bytes}");
-    assert!(costs.iter().all(|j| j.2.as_deref() == Some("csv_stream") && j.9), "{costs:#?}");
+    assert!(
+        changed_bytes < unchanged_bytes + 14 * 8_000,
+        "{changed_bytes} vs {unchanged_bytes}"
+    );
+    assert!(
+        costs
+            .iter()
+            .all(|j| j.2.as_deref() == Some("csv_stream") && j.9),
+        "{costs:#?}"
+    );
     println!(
         "backfill {backfill_requests} requests {backfill_bytes} B; unchanged refresh {} requests {unchanged_bytes} B ({:.2}%); 14 pages changed: {requests} requests {changed_bytes} B ({:.2}%)",
         2 * jobs,
@@ -112,15 +159,31 @@ async fn deletions_beyond_the_safe_share_need_force() {
     let server = Datasette::start(&corpus);
     let db = TestDb::new("guard");
     let sub = corpus.largest();
-    let out = civicload(&db, Some(&server.template), &["backfill", "--subdomain", &sub]);
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", &sub],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let held = db.pages().await.len();
     mutate(&corpus, &sub, 0, (held / 10) as u32, 0, 5);
-    let out = civicload(&db, Some(&server.template), &["refresh", "--subdomain", &sub]);
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["refresh", "--subdomain", &sub],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("--force"), "{}", text(&out));
-    assert_eq!(db.pages().await.len(), held, "nothing may be deleted without --force");
-    let out = civicload(&db, Some(&server.template), &["refresh", "--subdomain", &sub, "--force"]);
+    assert_eq!(
+        db.pages().await.len(),
+        held,
+        "nothing may be deleted without --force"
+    );
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["refresh", "--subdomain", &sub, "--force"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let expected: Pages = corpus
         .expected_pages()
@@ -137,16 +200,31 @@ async fn changed_only_skips_untouched_municipalities() {
     let server = Datasette::start(&corpus);
     let db = TestDb::new("changed");
     let sites = corpus.dir.join("sites.csv");
-    let out = civicload(&db, None, &["municipalities", "sync", "--from", path_str(&sites)]);
+    let out = civicload(
+        &db,
+        None,
+        &["municipalities", "sync", "--from", path_str(&sites)],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let out = civicload(&db, Some(&server.template), &["backfill", "--subdomain", "all"]);
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", "all"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let victim = corpus.largest();
     mutate(&corpus, &victim, 2, 1, 3, 6);
     let out = civicload(
         &db,
         Some(&server.template),
-        &["refresh", "--subdomain", "all", "--changed-only", "--sites", path_str(&sites)],
+        &[
+            "refresh",
+            "--subdomain",
+            "all",
+            "--changed-only",
+            "--sites",
+            path_str(&sites),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
@@ -158,7 +236,14 @@ async fn changed_only_skips_untouched_municipalities() {
     let out = civicload(
         &db,
         Some(&server.template),
-        &["refresh", "--subdomain", "all", "--changed-only", "--sites", path_str(&sites)],
+        &[
+            "refresh",
+            "--subdomain",
+            "all",
+            "--changed-only",
+            "--sites",
+            path_str(&sites),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let runs = db.scalar_i64("SELECT count(*) FROM refresh_runs").await;
@@ -172,7 +257,11 @@ async fn a_refresh_killed_at_any_instant_resumes_to_the_exact_source() {
     let server = Datasette::start(&corpus);
     let db = TestDb::new("killrefresh");
     let sub = corpus.largest();
-    let out = civicload(&db, Some(&server.template), &["backfill", "--subdomain", &sub]);
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["backfill", "--subdomain", &sub],
+    );
     assert!(out.status.success(), "{}", text(&out));
     mutate(&corpus, &sub, 250, 20, 300, 11);
     // Slow answers, so that the kills land inside the refresh: between requests, during a
@@ -194,7 +283,11 @@ async fn a_refresh_killed_at_any_instant_resumes_to_the_exact_source() {
         let _ = child.wait();
         assert!(db.pages().await.len() > 1, "round {i}");
     }
-    let out = civicload(&db, Some(&server.template), &["refresh", "--subdomain", &sub]);
+    let out = civicload(
+        &db,
+        Some(&server.template),
+        &["refresh", "--subdomain", &sub],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let expected: Pages = corpus
         .expected_pages()

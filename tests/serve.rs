@@ -26,7 +26,8 @@ struct Serve {
 impl Serve {
     fn start(db: &TestDb, template: &str, extra: &[&str]) -> Serve {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("civicload-serve-{port}-{}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("civicload-serve-{port}-{}.log", std::process::id()));
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["--log-format", "json", "serve", "--listen", &listen];
         args.extend_from_slice(extra);
@@ -89,7 +90,16 @@ mod curl {
     //! A tiny blocking GET for polling from sync code.
     pub fn get_status(url: &str) -> Result<u16, String> {
         let out = std::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", url])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
+                url,
+            ])
             .output()
             .map_err(|e| e.to_string())?;
         String::from_utf8_lossy(&out.stdout)
@@ -125,7 +135,12 @@ fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32, add: u32, seed: u
         .arg(repo_root().join("fixtures/mutate.py"))
         .arg(&corpus.dir)
         .args(["--subdomain", sub])
-        .args(["--reocr", &reocr.to_string(), "--delete", &delete.to_string()])
+        .args([
+            "--reocr",
+            &reocr.to_string(),
+            "--delete",
+            &delete.to_string(),
+        ])
         .args(["--add", &add.to_string(), "--seed", &seed.to_string()])
         .output()
         .unwrap();
@@ -148,7 +163,10 @@ async fn wait_refreshed(db: &TestDb, subs: &[String], within: Duration) {
         if pending == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{pending} jobs still queued after {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{pending} jobs still queued after {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -170,39 +188,86 @@ async fn a_webhook_makes_the_municipality_exact_and_bad_ones_change_nothing() {
     mutate(&corpus, &victim, 3, 2, 5, 2);
 
     // Without the secret, serve refuses to start.
-    let out = civicload_command(&db, Some(&server.template), &["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("CIVICLOAD_WEBHOOK_SECRET")
-        .output()
-        .unwrap();
+    let out = civicload_command(
+        &db,
+        Some(&server.template),
+        &["serve", "--listen", "127.0.0.1:0"],
+    )
+    .env_remove("CIVICLOAD_WEBHOOK_SECRET")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("CIVICLOAD_WEBHOOK_SECRET"), "{}", text(&out));
+    assert!(
+        text(&out).contains("CIVICLOAD_WEBHOOK_SECRET"),
+        "{}",
+        text(&out)
+    );
 
     let mut serve = Serve::start(&db, &server.template, &["--concurrency", "2"]);
     let url = format!("{}/munis/api/update/{victim}/", serve.base);
-    let before = db.scalar_i64("SELECT (count(*) + sum(refresh_requested))::bigint FROM backfill_jobs").await;
+    let before = db
+        .scalar_i64("SELECT (count(*) + sum(refresh_requested))::bigint FROM backfill_jobs")
+        .await;
     let munis = db.scalar_i64("SELECT count(*) FROM municipalities").await;
     let big = "x".repeat(70 * 1024);
     let cases: Vec<(u16, Option<&str>, String, &str)> = vec![
-        (401, None, json!({"name": "X"}).to_string(), "Invalid webhook secret"),
-        (401, Some("wrong"), json!({"name": "X"}).to_string(), "Invalid webhook secret"),
+        (
+            401,
+            None,
+            json!({"name": "X"}).to_string(),
+            "Invalid webhook secret",
+        ),
+        (
+            401,
+            Some("wrong"),
+            json!({"name": "X"}).to_string(),
+            "Invalid webhook secret",
+        ),
         (400, Some(SECRET), "{not json".into(), "Invalid JSON"),
-        (400, Some(SECRET), json!({"pages": 3}).to_string(), "name field is required"),
-        (400, Some(SECRET), json!({"name": big}).to_string(), "too large"),
+        (
+            400,
+            Some(SECRET),
+            json!({"pages": 3}).to_string(),
+            "name field is required",
+        ),
+        (
+            400,
+            Some(SECRET),
+            json!({"name": big}).to_string(),
+            "too large",
+        ),
     ];
     for (status, secret, body, message) in &cases {
-        let mut req = http().post(&url).body(body.clone()).header("content-type", "application/json");
+        let mut req = http()
+            .post(&url)
+            .body(body.clone())
+            .header("content-type", "application/json");
         if let Some(s) = secret {
             req = req.bearer_auth(s);
         }
         let r = req.send().await.unwrap();
         assert_eq!(r.status().as_u16(), *status, "{message}");
         let answer: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-        assert!(answer["error"].as_str().unwrap().contains(message), "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(message),
+            "{answer}"
+        );
     }
     let (status, answer) = webhook(&serve.base, "not_a.sub!", json!({"name": "X"})).await;
-    assert_eq!((status, answer["error"].as_str()), (400, Some("Invalid subdomain")));
-    let after = db.scalar_i64("SELECT (count(*) + sum(refresh_requested))::bigint FROM backfill_jobs").await;
-    assert_eq!((before, munis), (after, db.scalar_i64("SELECT count(*) FROM municipalities").await));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("Invalid subdomain"))
+    );
+    let after = db
+        .scalar_i64("SELECT (count(*) + sum(refresh_requested))::bigint FROM backfill_jobs")
+        .await;
+    assert_eq!(
+        (before, munis),
+        (
+            after,
+            db.scalar_i64("SELECT count(*) FROM municipalities").await
+        )
+    );
 
     // The real one, as civic.band sends it (PUT works as POST).
     let r = http()
@@ -215,11 +280,21 @@ async fn a_webhook_makes_the_municipality_exact_and_bad_ones_change_nothing() {
     assert_eq!(r.status().as_u16(), 200);
     let answer: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(answer["action"], "updated");
-    assert_eq!((answer["subdomain"].as_str(), answer["pages"].as_i64()), (Some(victim.as_str()), Some(1234)));
+    assert_eq!(
+        (answer["subdomain"].as_str(), answer["pages"].as_i64()),
+        (Some(victim.as_str()), Some(1234))
+    );
     wait_refreshed(&db, std::slice::from_ref(&victim), Duration::from_secs(30)).await;
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
 
-    let metrics = http().get(format!("{}/metrics", serve.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = http()
+        .get(format!("{}/metrics", serve.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         "civicload_refresh_queue_depth 0",
         "civicload_jobs{status=\"completed\"}",
@@ -238,11 +313,21 @@ async fn a_webhook_makes_the_municipality_exact_and_bad_ones_change_nothing() {
     assert!(logs.contains("\"message\""), "JSON logs: {logs}");
     assert!(!logs.contains(SECRET), "the secret is in the logs");
     let dump = Command::new("pg_dump")
-        .args(["--data-only", "-h", &db.host, "-p", &db.port.to_string(), &db.name])
+        .args([
+            "--data-only",
+            "-h",
+            &db.host,
+            "-p",
+            &db.port.to_string(),
+            &db.name,
+        ])
         .output()
         .unwrap();
     assert!(dump.status.success());
-    assert!(!String::from_utf8_lossy(&dump.stdout).contains(SECRET), "the secret is in a table");
+    assert!(
+        !String::from_utf8_lossy(&dump.stdout).contains(SECRET),
+        "the secret is in a table"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -255,7 +340,9 @@ async fn a_burst_for_twenty_municipalities_loses_none_and_never_runs_a_job_twice
     let subs = corpus.subdomains();
     assert_eq!(subs.len(), 20);
     for (i, s) in subs.iter().enumerate() {
-        let held = corpus.summary()["municipalities"][s]["pages"].as_i64().unwrap();
+        let held = corpus.summary()["municipalities"][s]["pages"]
+            .as_i64()
+            .unwrap();
         mutate(&corpus, s, u32::from(held > 10), 0, 2, i as u32);
     }
     // Two processes share the queue.
@@ -263,7 +350,11 @@ async fn a_burst_for_twenty_municipalities_loses_none_and_never_runs_a_job_twice
     let b = Serve::start(&db, &server.template, &["--concurrency", "3"]);
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..200 {
-        let base = if i % 2 == 0 { a.base.clone() } else { b.base.clone() };
+        let base = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
         let sub = subs[i % 20].clone();
         sends.spawn(async move { webhook(&base, &sub, json!({"name": sub})).await.0 });
     }
@@ -281,7 +372,10 @@ async fn a_burst_for_twenty_municipalities_loses_none_and_never_runs_a_job_twice
     .await
     .unwrap();
     assert_eq!(requested.len(), 40);
-    assert!(requested.iter().all(|r| r.1 == 10 && r.2 == 10), "{requested:?}");
+    assert!(
+        requested.iter().all(|r| r.1 == 10 && r.2 == 10),
+        "{requested:?}"
+    );
     let overlaps: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM refresh_runs a JOIN refresh_runs b
            ON a.job_id = b.job_id AND a.id < b.id

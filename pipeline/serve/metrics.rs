@@ -74,36 +74,94 @@ impl Metrics {
     pub fn render(&self, queue: &QueueStats, usage: &SourceUsage) -> String {
         let mut out = String::new();
         let o = &mut out;
-        family(o, "civicload_jobs", "gauge", "Jobs in backfill_jobs by status (every process).");
+        family(
+            o,
+            "civicload_jobs",
+            "gauge",
+            "Jobs in backfill_jobs by status (every process).",
+        );
         for (status, n) in &queue.by_status {
             let _ = writeln!(o, "civicload_jobs{{status=\"{status}\"}} {n}");
         }
-        family(o, "civicload_refresh_queue_depth", "gauge", "Jobs with a refresh requested and not yet done.");
+        family(
+            o,
+            "civicload_refresh_queue_depth",
+            "gauge",
+            "Jobs with a refresh requested and not yet done.",
+        );
         let _ = writeln!(o, "civicload_refresh_queue_depth {}", queue.depth);
-        family(o, "civicload_pages_total", "counter", "Pages changed by this process's refreshes.");
+        family(
+            o,
+            "civicload_pages_total",
+            "counter",
+            "Pages changed by this process's refreshes.",
+        );
         for (change, n) in [
             ("created", &self.pages_created),
             ("updated", &self.pages_updated),
             ("deleted", &self.pages_deleted),
         ] {
-            let _ = writeln!(o, "civicload_pages_total{{change=\"{change}\"}} {}", n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                o,
+                "civicload_pages_total{{change=\"{change}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
-        family(o, "civicload_refreshes_total", "counter", "Refreshes run by this process, by outcome.");
-        for (status, n) in self.refreshes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        family(
+            o,
+            "civicload_refreshes_total",
+            "counter",
+            "Refreshes run by this process, by outcome.",
+        );
+        for (status, n) in self
+            .refreshes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = writeln!(o, "civicload_refreshes_total{{outcome=\"{status}\"}} {n}");
         }
-        family(o, "civicload_webhooks_total", "counter", "Webhooks received, by HTTP status answered.");
-        for (code, n) in self.webhooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        family(
+            o,
+            "civicload_webhooks_total",
+            "counter",
+            "Webhooks received, by HTTP status answered.",
+        );
+        for (code, n) in self
+            .webhooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = writeln!(o, "civicload_webhooks_total{{code=\"{code}\"}} {n}");
         }
         let spent = usage.total();
-        family(o, "civicload_source_requests_total", "counter", "Requests answered by the source.");
+        family(
+            o,
+            "civicload_source_requests_total",
+            "counter",
+            "Requests answered by the source.",
+        );
         let _ = writeln!(o, "civicload_source_requests_total {}", spent.requests);
-        family(o, "civicload_source_bytes_total", "counter", "Body bytes received from the source.");
+        family(
+            o,
+            "civicload_source_bytes_total",
+            "counter",
+            "Body bytes received from the source.",
+        );
         let _ = writeln!(o, "civicload_source_bytes_total {}", spent.bytes);
-        family(o, "civicload_source_errors_total", "counter", "Failed source request attempts, by kind.");
+        family(
+            o,
+            "civicload_source_errors_total",
+            "counter",
+            "Failed source request attempts, by kind.",
+        );
         for (kind, n) in usage.errors() {
-            let _ = writeln!(o, "civicload_source_errors_total{{kind=\"{}\"}} {n}", kind.as_str());
+            let _ = writeln!(
+                o,
+                "civicload_source_errors_total{{kind=\"{}\"}} {n}",
+                kind.as_str()
+            );
         }
         self.render_histogram(o);
         out
@@ -111,7 +169,12 @@ impl Metrics {
 
     fn render_histogram(&self, o: &mut String) {
         let name = "civicload_webhook_to_verified_seconds";
-        family(o, name, "histogram", "From the oldest webhook a refresh served to its verified end.");
+        family(
+            o,
+            name,
+            "histogram",
+            "From the oldest webhook a refresh served to its verified end.",
+        );
         let h = self.histogram.lock().unwrap_or_else(|e| e.into_inner());
         for (i, le) in BUCKETS.iter().enumerate() {
             let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", h.counts[i]);

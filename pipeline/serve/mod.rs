@@ -81,10 +81,18 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
     let cancel = CancellationToken::new();
     let released = queue::release_dead_local(&pool).await?;
     if released > 0 {
-        info!(jobs = released, "Took over jobs whose worker on this machine is gone.");
+        info!(
+            jobs = released,
+            "Took over jobs whose worker on this machine is gone."
+        );
     }
     let beat_stop = CancellationToken::new();
-    let beat = tokio::spawn(crate::refresh::heartbeat(pool.clone(), owner.clone(), lease, beat_stop.clone()));
+    let beat = tokio::spawn(crate::refresh::heartbeat(
+        pool.clone(),
+        owner.clone(),
+        lease,
+        beat_stop.clone(),
+    ));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..app.workers {
         let (app, owner, cancel) = (app.clone(), owner.clone(), cancel.clone());
@@ -115,7 +123,9 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
     })
     .await;
     if drained.is_err() {
-        warn!("Refreshes still running after {DRAIN_FOR:?}: releasing their jobs (they stay queued).");
+        warn!(
+            "Refreshes still running after {DRAIN_FOR:?}: releasing their jobs (they stay queued)."
+        );
         workers.abort_all();
     }
     beat_stop.cancel();
@@ -215,7 +225,10 @@ async fn scheduled(cli: &Cli, app: &App, args: &ServeArgs) -> anyhow::Result<()>
     let all = vec!["all".to_string()];
     let ids = crate::refresh::plan(cli, &app.pool, &all, None, true, args.sites.as_deref()).await?;
     let queued = queue::request(&app.pool, &ids).await?;
-    info!(changed = ids.len(), queued, "Scheduled refresh: queued the municipalities that changed.");
+    info!(
+        changed = ids.len(),
+        queued, "Scheduled refresh: queued the municipalities that changed."
+    );
     app.wake.notify_waiters();
     Ok(())
 }

@@ -24,10 +24,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route(
-            "/munis/api/update/{subdomain}/",
-            post(update).put(update),
-        )
+        .route("/munis/api/update/{subdomain}/", post(update).put(update))
         .route("/munis/api/update/{subdomain}", post(update).put(update))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -53,7 +50,10 @@ async fn update(
 
 async fn handle(app: &App, subdomain: &str, headers: &HeaderMap, body: Body) -> Response {
     if app.draining.load(Ordering::Relaxed) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry later");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down; retry later",
+        );
     }
     if !authorized(app, headers) {
         return error(StatusCode::UNAUTHORIZED, "Invalid webhook secret");
@@ -64,10 +64,16 @@ async fn handle(app: &App, subdomain: &str, headers: &HeaderMap, body: Body) -> 
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| n > MAX_BODY);
     if too_large {
-        return error(StatusCode::BAD_REQUEST, "Request body too large (over 64 KB)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Request body too large (over 64 KB)",
+        );
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return error(StatusCode::BAD_REQUEST, "Request body too large (over 64 KB)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Request body too large (over 64 KB)",
+        );
     };
     let Some(subdomain) = valid_subdomain(subdomain) else {
         return error(StatusCode::BAD_REQUEST, "Invalid subdomain");
@@ -80,7 +86,10 @@ async fn handle(app: &App, subdomain: &str, headers: &HeaderMap, body: Body) -> 
         Ok(m) => m,
         Err(e) => {
             warn!(subdomain = %update.subdomain, error = %e, "Could not record a webhook; answered 503 so the sender retries.");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable; retry later");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable; retry later",
+            );
         }
     };
     app.wake.notify_waiters();
@@ -118,7 +127,8 @@ pub fn valid_subdomain(raw: &str) -> Option<String> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     };
     (s.len() <= 100 && s.contains('.') && s.split('.').all(label_ok)).then_some(s)
 }
@@ -215,7 +225,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .unwrap_or_default();
     let text = app.metrics.render(&queue, app.client.usage());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -228,8 +241,19 @@ mod tests {
     #[test]
     fn subdomains_are_checked() {
         assert_eq!(valid_subdomain("Oakland.CA").as_deref(), Some("oakland.ca"));
-        assert_eq!(valid_subdomain("new-paltz-usd.ny").as_deref(), Some("new-paltz-usd.ny"));
-        for bad in ["oakland", "a..b", "-a.ca", "a b.ca", "a/b.ca", "x.ca;drop", ""] {
+        assert_eq!(
+            valid_subdomain("new-paltz-usd.ny").as_deref(),
+            Some("new-paltz-usd.ny")
+        );
+        for bad in [
+            "oakland",
+            "a..b",
+            "-a.ca",
+            "a b.ca",
+            "a/b.ca",
+            "x.ca;drop",
+            "",
+        ] {
             assert_eq!(valid_subdomain(bad), None, "{bad}");
         }
     }
@@ -239,7 +263,10 @@ mod tests {
         let sub = || "x.ca".to_string();
         assert_eq!(parse_body(b"{", sub()).unwrap_err(), "Invalid JSON");
         assert_eq!(parse_body(b"[]", sub()).unwrap_err(), "Invalid JSON");
-        assert_eq!(parse_body(b"{\"pages\": 3}", sub()).unwrap_err(), "name field is required");
+        assert_eq!(
+            parse_body(b"{\"pages\": 3}", sub()).unwrap_err(),
+            "name field is required"
+        );
         let u = parse_body(
             br#"{"name": "X", "subdomain": "other.ca", "pages": 7, "last_updated": "2026-11-30", "extra": 1}"#,
             sub(),

@@ -83,7 +83,9 @@ pub enum RefreshError {
         percent: f64,
         max: f64,
     },
-    #[error("{job}: stopped before the end; the committed batches stay, the next refresh continues")]
+    #[error(
+        "{job}: stopped before the end; the committed batches stay, the next refresh continues"
+    )]
     Cancelled { job: String },
 }
 

@@ -382,8 +382,10 @@ impl SourceClient {
         }
         // A page that fails validation is retried like a transport error: it is never
         // taken as the end of the data.
-        self.get_parsed(url, &table_key(subdomain, table), |body, shown| parse_page(body, shown, after))
-            .await
+        self.get_parsed(url, &table_key(subdomain, table), |body, shown| {
+            parse_page(body, shown, after)
+        })
+        .await
     }
 
     /// An exact count when one is cheap (Datasette's count below its cap, or the SQL
@@ -496,8 +498,10 @@ impl SourceClient {
             }
             q.append_pair("id__in", &ids.join(","));
         }
-        self.get_parsed(url, &table_key(subdomain, table), |body, shown| parse_page(body, shown, None))
-            .await
+        self.get_parsed(url, &table_key(subdomain, table), |body, shown| {
+            parse_page(body, shown, None)
+        })
+        .await
     }
 
     /// Every row of a Datasette `sites` table (its table JSON URL), following `next`.
@@ -577,7 +581,11 @@ impl SourceClient {
 
     /// Sleeps before the next attempt, or returns the error when it is permanent or the
     /// retries are used up.
-    pub(crate) async fn backoff_or_fail(&self, error: SourceError, attempt: u32) -> Result<(), SourceError> {
+    pub(crate) async fn backoff_or_fail(
+        &self,
+        error: SourceError,
+        attempt: u32,
+    ) -> Result<(), SourceError> {
         if !error.is_transient() {
             return Err(error);
         }

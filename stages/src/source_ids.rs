@@ -121,7 +121,9 @@ impl SourceClient {
         loop {
             let url = self.keyset_url(subdomain, table, after.as_deref())?;
             let page: Vec<Option<String>> = self
-                .get_parsed(url, &key, |body, shown| parse_arrayfirst(body, shown, after.as_deref()))
+                .get_parsed(url, &key, |body, shown| {
+                    parse_arrayfirst(body, shown, after.as_deref())
+                })
                 .await?;
             if page.is_empty() {
                 break;
@@ -169,7 +171,9 @@ pub fn parse_id_csv(body: &[u8], url: &str) -> Result<IdSet, SourceError> {
         url: url.into(),
         message,
     };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(body);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(body);
     let header = reader
         .headers()
         .map_err(|e| invalid(format!("not a CSV ({e})")))?;
@@ -238,7 +242,10 @@ fn parse_arrayfirst(
             other => return Err(invalid(format!("{other} is not an id"))),
         };
         if let Some(id) = id.as_deref().filter(|i| !i.is_empty()) {
-            if prev.as_deref().is_some_and(|p| p.as_bytes() >= id.as_bytes()) {
+            if prev
+                .as_deref()
+                .is_some_and(|p| p.as_bytes() >= id.as_bytes())
+            {
                 return Err(invalid(format!(
                     "ids do not advance ({prev:?} then {id:?})"
                 )));

@@ -149,10 +149,9 @@ impl RawSite {
         let clean = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let last_updated = match clean(self.last_updated) {
             None => None,
-            Some(t) => Some(
-                parse_last_updated(&t)
-                    .ok_or_else(|| format!("{sub}: last_updated {t:?} is not a date or a timestamp"))?,
-            ),
+            Some(t) => Some(parse_last_updated(&t).ok_or_else(|| {
+                format!("{sub}: last_updated {t:?} is not a date or a timestamp")
+            })?),
         };
         Ok(Site {
             last_updated,
