@@ -425,3 +425,50 @@ async fn a_kill_right_after_the_answer_loses_nothing() {
     wait_refreshed(&db, std::slice::from_ref(&victim), Duration::from_secs(60)).await;
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedule_refreshes_only_what_changed() {
+    init();
+    let corpus = Corpus::cached(3_000, 3, 47, 0).copy("schedule");
+    let server = Datasette::start(&corpus);
+    let db = TestDb::new("schedule");
+    let sites = corpus.dir.join("sites.csv");
+    let out = civicload(
+        &db,
+        None,
+        &["municipalities", "sync", "--from", path_str(&sites)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    backfill(&db, &corpus, &server.template);
+    let victim = corpus.largest();
+    mutate(&corpus, &victim, 1, 1, 5, 12);
+    let _serve = Serve::start(
+        &db,
+        &server.template,
+        &["--refresh-every", "1s", "--sites", path_str(&sites)],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db
+        .scalar_i64("SELECT count(*) FROM refresh_runs WHERE status = 'verified'")
+        .await
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled refresh did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_refreshed(&db, std::slice::from_ref(&victim), Duration::from_secs(30)).await;
+    assert_same_pages(&corpus.expected_pages(), &db.pages().await);
+    // Two more periods: nothing else changed, nothing else is refreshed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let others = db
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM refresh_runs r JOIN backfill_jobs j ON j.id = r.job_id
+             JOIN municipalities m ON m.id = j.municipality_id WHERE m.subdomain <> '{victim}'"
+        ))
+        .await;
+    assert_eq!(others, 0);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM refresh_runs").await, 2);
+}

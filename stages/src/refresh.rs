@@ -16,6 +16,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,8 @@ use crate::usage::{table_key, Spent};
 
 /// Ids per `id__in` request (they travel in the URL).
 pub const IDS_PER_REQUEST: usize = 100;
+/// `id__in` requests in flight for one job.
+const REQUESTS_IN_FLIGHT: usize = 4;
 /// Stale ids per delete transaction.
 const DELETE_CHUNK: usize = 5_000;
 
@@ -124,8 +128,7 @@ pub async fn refresh_job(
         job: job.to_string(),
         source,
     };
-    let info = client.table_info(&job.subdomain, table).await?;
-    let source = client.id_set(&job.subdomain, table, &info).await?;
+    let source = client.id_set(&job.subdomain, table).await?;
     let mut report = RefreshReport {
         route: Some(source.route),
         source_rows: source.rows,
@@ -143,6 +146,8 @@ pub async fn refresh_job(
         let seen = store::page_keys_except(pool, m, d, &stale)
             .await
             .map_err(sql_err)?;
+        // The columns to ask for (they differ between municipalities).
+        let info = client.table_info(&job.subdomain, table).await?;
         report.loaded = fetch_missing(
             pool,
             client,
@@ -156,11 +161,17 @@ pub async fn refresh_job(
         .await?;
     }
     let source_set: HashSet<&str> = source.ids.iter().map(String::as_str).collect();
-    report.deleted = remove_stale(pool, job, &source_set, opts).await?;
+    // Nothing fetched: the ids held are still those just read.
+    let stored = match diff.missing.is_empty() {
+        true => stored,
+        false => jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?,
+    };
+    report.deleted = remove_stale(pool, job, &source_set, &stored, opts).await?;
     // Rejects of rows gone upstream would count as rows the source still has.
     let gone: Vec<String> = rejected
-        .into_iter()
+        .iter()
         .filter(|r| !source_set.contains(r.as_str()))
+        .cloned()
         .collect();
     if !gone.is_empty() {
         store::delete_rejects(pool, m, d, &gone)
@@ -169,11 +180,15 @@ pub async fn refresh_job(
     }
     // Exact: the ids held plus the rejects are the source's id set, and the rows
     // (with those without an id) its count.
-    let now_stored = jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?;
-    let now_rejected = jobs::rejected_source_ids(pool, m, d)
-        .await
-        .map_err(sql_err)?;
-    let deep = compare_ids(&source.ids, &now_stored, &now_rejected);
+    let deep = if diff.missing.is_empty() && report.deleted == 0 && gone.is_empty() {
+        diff
+    } else {
+        let now_stored = jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?;
+        let now_rejected = jobs::rejected_source_ids(pool, m, d)
+            .await
+            .map_err(sql_err)?;
+        compare_ids(&source.ids, &now_stored, &now_rejected)
+    };
     let counted = SourceCount {
         rows: source.rows,
         route: source.route.as_str(),
@@ -219,30 +234,49 @@ async fn fetch_missing(
     let loading = tokio::spawn(load.run(job.clone(), rx, Arc::new(Quiet)));
     let mut builder = PageBuilder::resuming(seen);
     let mut fetched: Result<(), RefreshError> = Ok(());
-    for (i, chunk) in missing.chunks(IDS_PER_REQUEST).enumerate() {
+    // A few requests in flight (a recompiled municipality may miss many ids); their
+    // answers are committed in order, each with its checkpoint.
+    let table = job.document_type.table();
+    let chunks: Vec<Vec<String>> = missing
+        .chunks(IDS_PER_REQUEST)
+        .map(<[String]>::to_vec)
+        .collect();
+    let columns = columns.to_vec();
+    // Owned futures: a stream of borrowing closures is not provably Send.
+    let mut pages = futures::stream::iter(chunks)
+        .map(|chunk| {
+            let (client, subdomain, columns) =
+                (client.clone(), job.subdomain.clone(), columns.clone());
+            async move {
+                client
+                    .rows_by_ids(&subdomain, table, &columns, &chunk)
+                    .await
+            }
+        })
+        .buffered(REQUESTS_IN_FLIGHT);
+    let mut i = 0i64;
+    while let Some(page) = pages.next().await {
         if cancel.is_cancelled() {
             fetched = Err(RefreshError::Cancelled {
                 job: job.to_string(),
             });
             break;
         }
-        let page = match client
-            .rows_by_ids(&job.subdomain, job.document_type.table(), columns, chunk)
-            .await
-        {
+        let page = match page {
             Ok(p) => p,
             Err(e) => {
                 fetched = Err(e.into());
                 break;
             }
         };
+        i += 1;
         for raw in &page.rows {
             builder.push(raw, page.columns.as_deref());
         }
         let t = builder.finish();
         let batch = PageBatch {
             job: job.clone(),
-            seq: batch_seq + i as i64 + 1,
+            seq: batch_seq + i,
             cursor_after: None,
             last: false,
             fetched: page.rows.len(),
@@ -275,6 +309,7 @@ async fn remove_stale(
     pool: &PgPool,
     job: &JobKey,
     source: &HashSet<&str>,
+    stored: &[String],
     opts: &RefreshOptions,
 ) -> Result<u64, RefreshError> {
     let sql_err = |source| RefreshError::Sql {
@@ -282,7 +317,6 @@ async fn remove_stale(
         source,
     };
     let (m, d) = (job.municipality_id, job.document_type);
-    let stored = jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?;
     let stale: Vec<String> = stored
         .iter()
         .filter(|id| !source.contains(id.as_str()))

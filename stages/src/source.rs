@@ -471,8 +471,7 @@ impl SourceClient {
     /// Every id of a table, sorted (for deep reconciliation): by the cheapest exact
     /// route (`source_ids`), never reading text.
     pub async fn all_ids(&self, subdomain: &str, table: &str) -> Result<Vec<String>, SourceError> {
-        let info = self.table_info(subdomain, table).await?;
-        Ok(self.id_set(subdomain, table, &info).await?.ids)
+        Ok(self.id_set(subdomain, table).await?.ids)
     }
 
     /// The rows with these ids (at most 100 per request: the ids travel in the URL).

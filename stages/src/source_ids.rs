@@ -9,14 +9,20 @@
 //! - the SQL endpoint: the same 1,000 rows per request as keyset (`max_returned_rows`),
 //!   and it may be disabled, so it brings nothing over keyset.
 //!
-//! So CSV first; keyset JSON when the CSV route is refused (streaming disabled, no `.json`
-//! suffix in the template to swap) or its answer does not hold up. Each answer is checked:
-//! ids strictly ascending, and the CSV's row count against an exact count when one is at
-//! hand, so a stream cut short is never taken for the table.
+//! But time decides: Datasette streams a CSV by re-running the whole table view for every
+//! 1,000 rows (counts included), ~0.25 s per 1,000 ids against ~0.05 s for a keyset page
+//! (33,767 ids: 8.1 s against 1.8 s; a 2,800-row table: 0.57 s against 0.03 s), and that
+//! time is the source's CPU. So keyset `arrayfirst` pages first: 14% more bytes than the
+//! CSV on the id read alone (still under 1% of a full pass), a quarter of the source's
+//! time, and for most tables a single request. The CSV stream is the fallback when keyset
+//! pages fail. Each answer is checked: ids strictly ascending and after the cursor, and
+//! the CSV's row count against an exact count when one is at hand, so a stream cut short
+//! is never taken for the table.
 
 use reqwest::Url;
 
 use crate::source::{SourceClient, SourceError, TableInfo};
+
 use crate::usage::table_key;
 
 /// Which route read an id set (recorded on the job as `id_route`).
@@ -50,24 +56,21 @@ const KEYSET_PAGE: usize = 1000;
 
 impl SourceClient {
     /// The table's id set by the cheapest route that answers (see the module comment).
-    pub async fn id_set(
-        &self,
-        subdomain: &str,
-        table: &str,
-        info: &TableInfo,
-    ) -> Result<IdSet, SourceError> {
-        match self.ids_by_csv(subdomain, table, info).await {
-            Ok(Some(set)) => return Ok(set),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(subdomain, table, error = %e, "The streamed CSV of ids failed; reading the ids by keyset pages instead.");
-            }
+    pub async fn id_set(&self, subdomain: &str, table: &str) -> Result<IdSet, SourceError> {
+        let keyset_error = match self.ids_by_keyset(subdomain, table).await {
+            Ok(set) => return Ok(set),
+            Err(e) => e,
+        };
+        tracing::warn!(subdomain, table, error = %keyset_error, "Reading the ids by keyset pages failed; trying the streamed CSV.");
+        let info = self.table_info(subdomain, table).await?;
+        match self.ids_by_csv(subdomain, table, &info).await? {
+            Some(set) => Ok(set),
+            None => Err(keyset_error),
         }
-        self.ids_by_keyset(subdomain, table).await
     }
 
     /// The CSV route; None when the template has no `.json` suffix to swap for `.csv`.
-    async fn ids_by_csv(
+    pub async fn ids_by_csv(
         &self,
         subdomain: &str,
         table: &str,
@@ -112,8 +115,9 @@ impl SourceClient {
         Ok(Some(set))
     }
 
-    /// The keyset route: `_col=id&_shape=arrayfirst` pages after the last id, until an
-    /// empty page (not a short one: without the service secret civic.band caps `_size`).
+    /// The keyset route: `_col=id&_shape=arrayfirst` pages after the last id, until a
+    /// short page. Without the service secret civic.band silently caps `_size` at 100, so
+    /// a page of a multiple of 100 rows is never taken for the last: one more is asked.
     pub async fn ids_by_keyset(&self, subdomain: &str, table: &str) -> Result<IdSet, SourceError> {
         let key = table_key(subdomain, table);
         let mut after: Option<String> = None;
@@ -125,6 +129,7 @@ impl SourceClient {
                     parse_arrayfirst(body, shown, after.as_deref())
                 })
                 .await?;
+            let short = page.len() < KEYSET_PAGE && page.len() % 100 != 0;
             if page.is_empty() {
                 break;
             }
@@ -132,9 +137,10 @@ impl SourceClient {
             let last = page.iter().rev().flatten().next().cloned();
             ids.extend(page.into_iter().flatten().filter(|id| !id.is_empty()));
             match last {
-                Some(l) => after = Some(l),
-                // A page of id-less rows only: nothing after it can be asked for.
-                None => break,
+                Some(l) if !short => after = Some(l),
+                // The last page; or a page of id-less rows only, after which nothing can
+                // be asked for.
+                _ => break,
             }
         }
         Ok(IdSet {
