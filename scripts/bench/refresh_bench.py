@@ -25,8 +25,12 @@ def say(*a):
     print("bench-refresh:", *a, file=sys.stderr, flush=True)
 
 
+PGHOST = os.environ.get("BENCH_PGHOST", "/var/run/postgresql")
+PGPORT = os.environ.get("BENCH_PGPORT", "5432")
+
+
 def psql(db, q):
-    out = subprocess.run(["psql", "-h", "/var/run/postgresql", "-d", db, "-qAtc", q],
+    out = subprocess.run(["psql", "-h", PGHOST, "-p", PGPORT, "-d", db, "-qAtc", q],
                          check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
@@ -48,22 +52,26 @@ def get(url):
 
 def id_routes(base, subs):
     """(bytes, requests) per route over every table."""
-    res = {"csv_stream": [0, 0], "keyset_arrayfirst": [0, 0], "keyset_objects": [0, 0]}
+    res = {"csv_stream": [0, 0, 0.0], "keyset_arrayfirst": [0, 0, 0.0], "keyset_objects": [0, 0, 0.0]}
     for sub in subs:
         for t in ("agendas", "minutes"):
             url = f"{base}/{sub}/meetings/{t}"
             info = json.loads(get(f"{url}.json?_size=1&_extra=columns"))
             nocol = "".join(f"&_nocol={c}" for c in info["columns"] if c != "id")
+            t = time.monotonic()
             body = get(f"{url}.csv?_stream=on&_sort=id{nocol}")
             res["csv_stream"][0] += len(body); res["csv_stream"][1] += 1
+            res["csv_stream"][2] += time.monotonic() - t
             for shape, key in (("arrayfirst", "keyset_arrayfirst"), ("objects", "keyset_objects")):
                 after = None
                 while True:
                     q = f"{url}.json?_size=1000&_sort=id&_col=id&_shape={shape}"
                     if after:
                         q += f"&id__gt={after}"
+                    t = time.monotonic()
                     body = get(q)
                     res[key][0] += len(body); res[key][1] += 1
+                    res[key][2] += time.monotonic() - t
                     rows = json.loads(body)
                     if shape == "objects":
                         rows = [r["id"] for r in rows["rows"]] if isinstance(rows, dict) else [r["id"] for r in rows]
@@ -199,9 +207,9 @@ def main():
     base = a.source_url.split("/{subdomain}")[0]
     today = date.fromisoformat(a.today)
     db = a.db
-    subprocess.run(["psql", "-h", "/var/run/postgresql", "-d", "postgres", "-qc",
+    subprocess.run(["psql", "-h", PGHOST, "-p", PGPORT, "-d", "postgres", "-qc",
                     f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'], check=True)
-    env = dict(os.environ, DATABASE_URL=f"postgres:///{db}?host=/var/run/postgresql",
+    env = dict(os.environ, DATABASE_URL=f"postgres:///{db}?host={PGHOST}&port={PGPORT}",
                CIVICLOAD_SOURCE_URL=a.source_url, RUST_LOG="warn")
     cl = [a.civicload]
     summary = json.load(open(os.path.join(a.corpus, "summary.json")))
@@ -244,9 +252,9 @@ def main():
            "| run | wall s | bytes | requests | bytes vs full pass |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, w, b, r in rows:
         out.append(f"| {name} | {w:.1f} | {b:,} | {r:,} | {b * 100 / full_bytes:.2f}% |")
-    out += ["", "| id route (every table) | bytes | requests |", "| --- | ---: | ---: |"]
-    for k, (b, r) in routes.items():
-        out.append(f"| {k} | {b:,} | {r:,} |")
+    out += ["", "| id route (every table) | bytes | requests | source time s |", "| --- | ---: | ---: | ---: |"]
+    for k, (b, r, t) in routes.items():
+        out.append(f"| {k} | {b:,} | {r:,} | {t:.1f} |")
     p50, p95 = pct(lat, 0.5), pct(lat, 0.95)
     out += ["", f"webhook-to-verified, {sub} ({pages} pages), 1% changed per round, {len(lat)} rounds: "
                 f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(lat):.2f} s"]
