@@ -129,7 +129,7 @@ impl SourceClient {
                     parse_arrayfirst(body, shown, after.as_deref())
                 })
                 .await?;
-            let short = page.len() < KEYSET_PAGE && page.len() % 100 != 0;
+            let short = page.len() < KEYSET_PAGE && !page.len().is_multiple_of(100);
             if page.is_empty() {
                 break;
             }
