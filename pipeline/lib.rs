@@ -12,5 +12,6 @@ pub mod refresh;
 pub mod report;
 pub mod search_bench;
 pub mod serve;
+pub mod shutdown;
 pub mod vectorize;
 pub mod verify;

@@ -249,8 +249,15 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
         );
     }
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(crate::app::stop_on_signal(cancel.clone()));
     let owner = crate::backfill::owner_id();
+    let signals = crate::shutdown::on_signal(
+        cancel.clone(),
+        "no new refresh batches",
+        Some(crate::shutdown::Leases {
+            pool: pool.clone(),
+            owner: owner.clone(),
+        }),
+    );
     let lease = Duration::from_secs(args.lease_seconds.max(5));
     let stop = CancellationToken::new();
     let beat = tokio::spawn(heartbeat(pool.clone(), owner.clone(), lease, stop.clone()));

@@ -18,6 +18,7 @@ pub mod store;
 pub mod transform;
 pub mod tsvector;
 pub mod usage;
+pub mod watchdog;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
 pub use secret::Secret;

@@ -228,6 +228,7 @@ async fn fetch_missing(
             retry_for: crate::store::DB_RETRY_FOR,
             insert_first: false,
             skip_fk_checks: false,
+            watchdog: Default::default(),
         },
     );
     let (tx, rx) = mpsc::channel(1);
