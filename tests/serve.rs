@@ -361,7 +361,7 @@ async fn a_burst_for_twenty_municipalities_loses_none_and_never_runs_a_job_twice
     while let Some(status) = sends.join_next().await {
         assert_eq!(status.unwrap(), 200);
     }
-    wait_refreshed(&db, &subs, Duration::from_secs(120)).await;
+    wait_refreshed(&db, &subs, Duration::from_secs(300)).await;
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
     let mut conn = db.connect().await;
     let requested: Vec<(String, i64, i64)> = sqlx::query_as(
