@@ -36,7 +36,7 @@ fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32, add: u32, seed: u
 /// could be civic.band's cap of 100 without the service secret).
 fn keyset_requests(n: u64) -> u64 {
     let r = n % 1000;
-    n / 1000 + 1 + u64::from(r > 0 && r % 100 == 0)
+    n / 1000 + 1 + u64::from(r > 0 && r.is_multiple_of(100))
 }
 
 /// Id-read requests over every table of the corpus as it is now.
