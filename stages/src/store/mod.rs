@@ -7,9 +7,11 @@ pub mod jobs;
 pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
+pub mod partitions;
 pub mod refresh;
 pub mod replay;
 pub mod search;
+pub mod search_fn;
 pub mod sql;
 pub mod webhook;
 
