@@ -22,15 +22,19 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INCOMPLETE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
-/// Logs go to stderr; `RUST_LOG` overrides the default level.
-pub fn init_logging() {
+/// Logs go to stderr, as text or one JSON object per line; `RUST_LOG` overrides the
+/// default level.
+pub fn init_logging(format: crate::cli::LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        crate::cli::LogFormat::Text => builder.try_init(),
+        crate::cli::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// A failure that should exit with status 2.
@@ -81,6 +85,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Backfill(args) => backfill(&cli, args.clone()).await,
         Command::Status(args) => status(&cli, args).await,
         Command::Verify(args) => verify(&cli, args).await,
+        Command::Refresh(args) => crate::refresh::command(&cli, args).await,
+        Command::Serve(args) => crate::serve::command(&cli, args).await,
         Command::Replay(args) => crate::archive::replay(&cli, args).await,
         Command::Reload(args) => crate::archive::reload(&cli, args).await,
         Command::Digest => {
@@ -224,7 +230,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
 
     let run_started = chrono::Utc::now();
     let owner = backfill.owner.clone();
+    let source = backfill.client.clone();
     let result = backfill.run(ids.clone()).await?;
+    crate::refresh::record_backfill_usage(&pool, &source, &ids).await;
     if let Some(archive) = &spool {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
     }
@@ -410,7 +418,7 @@ async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-async fn sync_municipalities(cli: &Cli, from: &str) -> anyhow::Result<u8> {
+pub(crate) async fn sync_municipalities(cli: &Cli, from: &str) -> anyhow::Result<u8> {
     let sites = if from.starts_with("http://") || from.starts_with("https://") {
         let client = SourceClient::new(stages::source::SourceConfig {
             service_secret: cli.service_secret.clone().map(stages::Secret::new),

@@ -36,8 +36,18 @@ pub struct Cli {
     #[arg(long, env = "CIVICLOAD_SPOOL", global = true)]
     pub spool: Option<String>,
 
+    /// Log lines as text, or as one JSON object per line (structured logs).
+    #[arg(long, env = "CIVICLOAD_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +65,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Content digest of the pages held (order-independent).
     Digest,
+    /// Bring jobs to exact equality with the source, fetching only what changed.
+    Refresh(RefreshArgs),
+    /// Run civic.band's webhook, scheduled refreshes, /healthz and /metrics.
+    Serve(ServeArgs),
     /// Load spooled Parquet files into the database (no source API calls); resumable.
     Replay(ReplayArgs),
     /// Load exactly a manifest's files into an empty database, then print the digest.
@@ -205,6 +219,90 @@ pub struct VerifyArgs {
     /// Retries of a failed request.
     #[arg(long, default_value_t = 8)]
     pub max_retries: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RefreshArgs {
+    /// Municipalities: `all` or a comma-separated list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub subdomain: Vec<String>,
+    /// Only this document type (default: both).
+    #[arg(long, value_enum)]
+    pub document_type: Option<DocTypeArg>,
+    /// Sync the municipality list first (--sites), then refresh only municipalities whose
+    /// `pages` or `last_updated` changed since their last verification (or never verified).
+    #[arg(long)]
+    pub changed_only: bool,
+    /// The sites list to sync for --changed-only (Datasette table URL, CSV or JSON file).
+    #[arg(long, env = "CIVICLOAD_SITES")]
+    pub sites: Option<String>,
+    /// The largest share of a job's pages removed without --force, percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_delete_percent: f64,
+    /// Remove pages gone upstream even beyond --max-delete-percent.
+    #[arg(long)]
+    pub force: bool,
+    /// Jobs refreshed at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub http_timeout: u64,
+    /// Retries of a failed request.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+    /// Lease length, seconds.
+    #[arg(long, default_value_t = 30, hide = true)]
+    pub lease_seconds: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Run `refresh --subdomain all --changed-only` this often (e.g. 30s, 15m, 6h, 1d).
+    #[arg(long, value_parser = parse_duration)]
+    pub refresh_every: Option<Duration>,
+    /// Refreshes run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// The sites list the scheduled refresh syncs first (see `refresh --sites`).
+    #[arg(long, env = "CIVICLOAD_SITES")]
+    pub sites: Option<String>,
+    /// The largest share of a job's pages a refresh removes, percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_delete_percent: f64,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub http_timeout: u64,
+    /// Retries of a failed request.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+    /// Lease length, seconds.
+    #[arg(long, default_value_t = 30, hide = true)]
+    pub lease_seconds: u64,
+}
+
+/// `90`, `90s`, `15m`, `6h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 15m, 6h, 1d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("the period must be at least 1 s".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args, Clone)]

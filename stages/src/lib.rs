@@ -8,13 +8,16 @@ pub mod copy;
 pub mod fetch;
 pub mod load;
 pub mod reconcile;
+pub mod refresh;
 pub mod replay;
 pub mod secret;
 pub mod source;
+pub mod source_ids;
 pub mod spool;
 pub mod store;
 pub mod transform;
 pub mod tsvector;
+pub mod usage;
 pub mod watchdog;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};

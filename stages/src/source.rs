@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use crate::secret::Secret;
+use crate::usage::{table_key, ErrorKind};
 
 /// Where and how to read the source.
 #[derive(Clone, Debug)]
@@ -105,6 +106,23 @@ impl SourceError {
         }
     }
 
+    /// The kind of failure, for the error counters.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SourceError::Status { status, .. } if matches!(*status, 402 | 429) => {
+                ErrorKind::RateLimited
+            }
+            SourceError::Status { status, .. } if *status >= 500 => ErrorKind::Server,
+            SourceError::Status { .. } => ErrorKind::Client,
+            SourceError::Redirected { .. } => ErrorKind::Redirected,
+            SourceError::InvalidPage { .. } | SourceError::MissingColumns { .. } => {
+                ErrorKind::InvalidPage
+            }
+            SourceError::RetriesExhausted { source, .. } => source.kind(),
+            _ => ErrorKind::Transport,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             SourceError::Status { retry_after, .. } => *retry_after,
@@ -156,6 +174,16 @@ struct IdOnly {
     id: serde_json::Value,
 }
 
+/// A table's columns and, when one answer gives it exactly, its row count.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    /// Every column the table has.
+    pub present: Vec<String>,
+    /// The columns civicload reads, in `WANTED_COLUMNS` order.
+    pub wanted: Vec<String>,
+    pub count: Option<SourceCount>,
+}
+
 /// How many rows the source says a table holds, and how sure that is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceCount {
@@ -195,6 +223,8 @@ fn exact_count(env: &Envelope) -> Option<SourceCount> {
 pub struct SourceClient {
     http: reqwest::Client,
     config: SourceConfig,
+    /// What this client and its clones spent (requests, bytes, errors by kind).
+    usage: std::sync::Arc<crate::usage::SourceUsage>,
 }
 
 impl SourceClient {
@@ -236,11 +266,20 @@ impl SourceClient {
                 url: "<client>".into(),
                 message: e.to_string(),
             })?;
-        Ok(SourceClient { http, config })
+        Ok(SourceClient {
+            http,
+            config,
+            usage: Default::default(),
+        })
     }
 
     pub fn config(&self) -> &SourceConfig {
         &self.config
+    }
+
+    /// Requests, bytes and errors spent by this client and its clones.
+    pub fn usage(&self) -> &std::sync::Arc<crate::usage::SourceUsage> {
+        &self.usage
     }
 
     /// The table's JSON URL for a municipality.
@@ -271,6 +310,14 @@ impl SourceClient {
         subdomain: &str,
         table: &str,
     ) -> Result<(Vec<String>, Option<SourceCount>), SourceError> {
+        let info = self.table_info(subdomain, table).await?;
+        Ok((info.wanted, info.count))
+    }
+
+    /// Every column the table has, those civicload reads, and the row count when the
+    /// answer gives it exactly; one request. Fails permanently when a required column is
+    /// absent.
+    pub async fn table_info(&self, subdomain: &str, table: &str) -> Result<TableInfo, SourceError> {
         let mut url = self.table_url(subdomain, table)?;
         url.query_pairs_mut()
             .append_pair("_size", "1")
@@ -278,8 +325,9 @@ impl SourceClient {
             .append_pair("_extra", "count")
             .append_pair("_sort", "id");
         let shown = url.to_string();
+        let key = table_key(subdomain, table);
         let (present, count) = self
-            .get_parsed(url, |body, shown| {
+            .get_parsed(url, &key, |body, shown| {
                 let env = parse_envelope(body, shown)?;
                 let count = exact_count(&env);
                 let columns = env.columns.ok_or_else(|| SourceError::InvalidPage {
@@ -301,12 +349,16 @@ impl SourceClient {
                 present,
             });
         }
-        let columns = WANTED_COLUMNS
+        let wanted = WANTED_COLUMNS
             .iter()
             .filter(|c| present.iter().any(|p| p == *c))
             .map(|c| c.to_string())
             .collect();
-        Ok((columns, count))
+        Ok(TableInfo {
+            present,
+            wanted,
+            count,
+        })
     }
 
     /// The page of rows after `after` (a source id), in id order.
@@ -332,8 +384,10 @@ impl SourceClient {
         }
         // A page that fails validation is retried like a transport error: it is never
         // taken as the end of the data.
-        self.get_parsed(url, |body, shown| parse_page(body, shown, after))
-            .await
+        self.get_parsed(url, &table_key(subdomain, table), |body, shown| {
+            parse_page(body, shown, after)
+        })
+        .await
     }
 
     /// An exact count when one is cheap (Datasette's count below its cap, or the SQL
@@ -351,7 +405,7 @@ impl SourceClient {
                 .append_pair("_size", "0")
                 .append_pair("_extra", "count");
             if let Some(count) = self
-                .get_parsed(url, parse_envelope)
+                .get_parsed(url, &table_key(subdomain, table), parse_envelope)
                 .await
                 .ok()
                 .and_then(|env| exact_count(&env))
@@ -400,7 +454,7 @@ impl SourceClient {
             n: u64,
         }
         let rows: Vec<N> = self
-            .get_parsed(url, |body, shown| {
+            .get_parsed(url, &table_key(subdomain, table), |body, shown| {
                 serde_json::from_slice(body).map_err(|e| SourceError::InvalidPage {
                     url: shown.into(),
                     message: format!("not a count ({e})"),
@@ -411,42 +465,15 @@ impl SourceClient {
         rows.first().map(|r| r.n)
     }
 
-    /// Counts ids by paging through `_col=id` only: slow but always available.
+    /// Counts rows by paging through their ids only: slow but always available.
     async fn id_scan_count(&self, subdomain: &str, table: &str) -> Result<u64, SourceError> {
-        let id_only = vec!["id".to_string()];
-        let mut after: Option<String> = None;
-        let mut n = 0u64;
-        loop {
-            let page = self
-                .page(subdomain, table, &id_only, after.as_deref())
-                .await?;
-            n += page.rows.len() as u64;
-            if !page.has_more || page.last_id.is_none() {
-                return Ok(n);
-            }
-            after = page.last_id;
-        }
+        Ok(self.ids_by_keyset(subdomain, table).await?.rows)
     }
 
-    /// Every id of a table, in id order (for deep reconciliation).
+    /// Every id of a table, sorted (for deep reconciliation): by the cheapest exact
+    /// route (`source_ids`), never reading text.
     pub async fn all_ids(&self, subdomain: &str, table: &str) -> Result<Vec<String>, SourceError> {
-        let id_only = vec!["id".to_string()];
-        let mut after: Option<String> = None;
-        let mut ids = Vec::new();
-        loop {
-            let page = self
-                .page(subdomain, table, &id_only, after.as_deref())
-                .await?;
-            for raw in &page.rows {
-                if let Some(id) = row_id(raw, page.columns.as_deref()) {
-                    ids.push(id);
-                }
-            }
-            if !page.has_more || page.last_id.is_none() {
-                return Ok(ids);
-            }
-            after = page.last_id;
-        }
+        Ok(self.id_set(subdomain, table).await?.ids)
     }
 
     /// The rows with these ids (at most 100 per request: the ids travel in the URL).
@@ -472,8 +499,10 @@ impl SourceClient {
             }
             q.append_pair("id__in", &ids.join(","));
         }
-        self.get_parsed(url, |body, shown| parse_page(body, shown, None))
-            .await
+        self.get_parsed(url, &table_key(subdomain, table), |body, shown| {
+            parse_page(body, shown, None)
+        })
+        .await
     }
 
     /// Every row of a Datasette `sites` table (its table JSON URL), following `next`.
@@ -501,7 +530,7 @@ impl SourceClient {
                 }
             }
             let shown = url.to_string();
-            let env = self.get_parsed(url, parse_envelope).await?;
+            let env = self.get_parsed(url, "sites", parse_envelope).await?;
             let rows = env.rows.ok_or_else(|| SourceError::InvalidPage {
                 url: shown.clone(),
                 message: "no `rows` in the answer".into(),
@@ -528,20 +557,22 @@ impl SourceClient {
 
     /// GET and parse, retrying both: a body that does not parse (truncated, not JSON,
     /// not the expected shape) is a transient failure like a dropped connection.
-    async fn get_parsed<T>(
+    pub(crate) async fn get_parsed<T>(
         &self,
         url: Url,
+        key: &str,
         parse: impl Fn(&[u8], &str) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
         let mut attempt = 0u32;
         loop {
-            let result = match self.get_once(url.clone()).await {
+            let result = match self.get_once(url.clone(), key).await {
                 Ok((body, shown)) => parse(&body, &shown),
                 Err(e) => Err(e),
             };
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) => {
+                    self.usage.error(e.kind());
                     attempt += 1;
                     self.backoff_or_fail(e, attempt).await?;
                 }
@@ -551,7 +582,11 @@ impl SourceClient {
 
     /// Sleeps before the next attempt, or returns the error when it is permanent or the
     /// retries are used up.
-    async fn backoff_or_fail(&self, error: SourceError, attempt: u32) -> Result<(), SourceError> {
+    pub(crate) async fn backoff_or_fail(
+        &self,
+        error: SourceError,
+        attempt: u32,
+    ) -> Result<(), SourceError> {
         if !error.is_transient() {
             return Err(error);
         }
@@ -573,7 +608,7 @@ impl SourceClient {
     }
 
     /// One GET; the body is read whole (a page is at most ~1000 rows).
-    async fn get_once(&self, url: Url) -> Result<(Bytes, String), SourceError> {
+    async fn get_once(&self, url: Url, key: &str) -> Result<(Bytes, String), SourceError> {
         let shown = url.to_string();
         debug!(url = %shown, "GET");
         let response =
@@ -603,6 +638,7 @@ impl SourceClient {
             url: shown.clone(),
             message: format!("reading the body: {}", error_chain(&e)),
         })?;
+        self.usage.record(key, body.len() as u64);
         if status != StatusCode::OK {
             return Err(SourceError::Status {
                 url: shown,

@@ -304,11 +304,19 @@ impl TestDb {
             std::process::id(),
             rand::random::<u32>()
         );
+        // CIVICLOAD_TEST_PGHOST / CIVICLOAD_TEST_PGPORT: another local server (a socket
+        // folder and port), e.g. while the shared one is being upgraded.
+        let host =
+            std::env::var("CIVICLOAD_TEST_PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into());
+        let port: u16 = std::env::var("CIVICLOAD_TEST_PGPORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5432);
         TestDb {
-            url: format!("postgres:///{name}?host=/var/run/postgresql"),
+            url: format!("postgres:///{name}?host={host}&port={port}"),
             name,
-            host: "/var/run/postgresql".into(),
-            port: 5432,
+            host,
+            port,
         }
     }
 

@@ -29,6 +29,20 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
+    /// No fault: a plain forwarding proxy that counts requests and bytes.
+    pub fn none() -> Self {
+        FaultPlan {
+            server_error: 0.0,
+            reset_mid_body: 0.0,
+            truncated_body: 0.0,
+            too_many_requests: 0.0,
+            slow: 0.0,
+            slow_for: Duration::ZERO,
+            stall_once_mid_body: false,
+            seed: 0,
+        }
+    }
+
     /// The mix of the acceptance check: ~5% 5xx, ~2% resets, ~1% truncated, 429s.
     pub fn acceptance(seed: u64) -> Self {
         FaultPlan {
@@ -54,6 +68,8 @@ pub struct FaultCounts {
     pub too_many: AtomicU64,
     pub slow: AtomicU64,
     pub stalled: AtomicU64,
+    /// Bytes of the answers passed on whole (head and body), for cost comparisons.
+    pub bytes: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -257,7 +273,12 @@ async fn serve(
             std::future::pending::<()>().await;
             Ok(())
         }
-        _ => client.write_all(&response).await,
+        _ => {
+            counts
+                .bytes
+                .fetch_add(response.len() as u64, Ordering::Relaxed);
+            client.write_all(&response).await
+        }
     }
 }
 

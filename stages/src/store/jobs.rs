@@ -312,6 +312,8 @@ pub async fn record_verification(
     sql::query(
         "UPDATE backfill_jobs SET expected_count = $2, expected_source = $3, actual_count = $4,
             verified_at = CASE WHEN $5 THEN now() ELSE NULL END,
+            verified_pages = CASE WHEN $5 THEN (SELECT m.pages FROM municipalities m WHERE m.id = municipality_id) ELSE verified_pages END,
+            verified_last_updated = CASE WHEN $5 THEN (SELECT m.last_updated FROM municipalities m WHERE m.id = municipality_id) ELSE verified_last_updated END,
             status = CASE WHEN $6::text IS NOT NULL THEN 'failed' ELSE status END,
             last_error = CASE WHEN $6::text IS NOT NULL THEN $6 WHEN $5 THEN NULL ELSE last_error END,
             updated_at = now()

@@ -8,10 +8,12 @@ pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
 pub mod partitions;
+pub mod refresh;
 pub mod replay;
 pub mod search;
 pub mod search_fn;
 pub mod sql;
+pub mod webhook;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

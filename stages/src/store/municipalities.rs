@@ -12,6 +12,9 @@ pub struct Site {
     pub country: Option<String>,
     pub kind: Option<String>,
     pub pages: Option<i64>,
+    /// When civic.band last rebuilt the site, where the list says.
+    #[serde(default)]
+    pub last_updated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A registered municipality.
@@ -44,11 +47,12 @@ pub async fn upsert_sites(pool: &PgPool, sites: &[Site]) -> Result<(u64, u64), s
         let subdomains: Vec<String> = chunk.iter().map(|s| s.subdomain.clone()).collect();
         let pages: Vec<Option<i64>> = chunk.iter().map(|s| s.pages).collect();
         let rows: Vec<bool> = sql::query_scalar(
-            "INSERT INTO municipalities (subdomain, name, state, country, kind, pages)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+            "INSERT INTO municipalities (subdomain, name, state, country, kind, pages, last_updated)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[])
              ON CONFLICT (subdomain) DO UPDATE SET
                 name = EXCLUDED.name, state = EXCLUDED.state, country = EXCLUDED.country,
-                kind = EXCLUDED.kind, pages = EXCLUDED.pages, updated_at = now()
+                kind = EXCLUDED.kind, pages = EXCLUDED.pages,
+                last_updated = coalesce(EXCLUDED.last_updated, municipalities.last_updated), updated_at = now()
              RETURNING (xmax = 0)",
         )
         .bind(&subdomains)
@@ -57,6 +61,7 @@ pub async fn upsert_sites(pool: &PgPool, sites: &[Site]) -> Result<(u64, u64), s
         .bind(col(|s| s.country.clone()))
         .bind(col(|s| s.kind.clone()))
         .bind(&pages)
+        .bind(chunk.iter().map(|s| s.last_updated).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         inserted += rows.iter().filter(|c| **c).count() as u64;
@@ -120,6 +125,8 @@ pub struct RawSite {
     kind: Option<String>,
     #[serde(default)]
     pages: Option<serde_json::Value>,
+    #[serde(default)]
+    last_updated: Option<String>,
 }
 
 impl RawSite {
@@ -140,7 +147,14 @@ impl RawSite {
             Some(other) => return Err(format!("{sub}: pages {other} is not a number")),
         };
         let clean = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let last_updated = match clean(self.last_updated) {
+            None => None,
+            Some(t) => Some(parse_last_updated(&t).ok_or_else(|| {
+                format!("{sub}: last_updated {t:?} is not a date or a timestamp")
+            })?),
+        };
         Ok(Site {
+            last_updated,
             subdomain: sub,
             name: clean(self.name),
             state: clean(self.state),
@@ -149,6 +163,25 @@ impl RawSite {
             pages,
         })
     }
+}
+
+/// `last_updated` as civic.band sends it: a `YYYY-MM-DD` date (midnight UTC) or an
+/// RFC 3339 / ISO 8601 timestamp (UTC when it has no offset).
+pub fn parse_last_updated(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+    let t = text.trim();
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Some(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?));
+    }
+    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(ts.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(t, f) {
+            return Some(Utc.from_utc_datetime(&n));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
