@@ -14,8 +14,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::backfill::{owner_id, Backfill};
 use crate::cli::{
-    check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, VerifyArgs,
+    check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, TargetArg,
+    VerifyArgs,
 };
+use stages::target::{Generation, Target};
 use crate::report;
 
 pub const EXIT_OK: u8 = 0;
@@ -49,8 +51,15 @@ pub async fn run(cli: Cli) -> u8 {
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.chain().any(|c| {
-                    c.downcast_ref::<stages::store::StoreError>()
-                        .is_some_and(|s| matches!(s, stages::store::StoreError::BadUrl(_)))
+                    c.downcast_ref::<stages::store::StoreError>().is_some_and(|s| {
+                        matches!(
+                            s,
+                            stages::store::StoreError::BadUrl(_)
+                                | stages::store::StoreError::Schema(
+                                    stages::store::observer::SchemaError::Mismatch(_)
+                                )
+                        )
+                    })
                 });
             error!("{e:#}");
             if usage {
@@ -63,9 +72,28 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 pub(crate) async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
+    Ok(connect_target(cli, max_connections).await?.0)
+}
+
+/// Connects to the database of `--target` and says whose tables it holds: for
+/// civic-observer, after checking them (a mismatch is a usage error naming every column).
+pub(crate) async fn connect_target(
+    cli: &Cli,
+    max_connections: u32,
+) -> anyhow::Result<(PgPool, Target)> {
     let options = store::connect_options(cli.database_url.as_deref())
         .map_err(|e| UsageError(e.to_string()))?;
-    Ok(store::connect(options, max_connections).await?)
+    match cli.target {
+        TargetArg::Civicload => Ok((
+            store::connect(options, max_connections).await?,
+            Target::Civicload,
+        )),
+        TargetArg::CivicObserver => {
+            let (pool, schema) = store::connect_observer(options, max_connections).await?;
+            info!(generation = %schema.generation, "Writing civic-observer's tables.");
+            Ok((pool, Target::CivicObserver(schema)))
+        }
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -84,8 +112,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Replay(args) => crate::archive::replay(&cli, args).await,
         Command::Reload(args) => crate::archive::reload(&cli, args).await,
         Command::Digest => {
-            let pool = connect(&cli, 1).await?;
-            let d = stages::store::digest(&pool).await?;
+            let (pool, target) = connect_target(&cli, 1).await?;
+            let d = match target {
+                Target::Civicload => stages::store::digest(&pool).await?,
+                Target::CivicObserver(_) => stages::store::observer::digest(&pool).await?,
+            };
             println!("{} pages, digest {}", d.pages, d.digest);
             Ok(EXIT_OK)
         }
@@ -129,9 +160,18 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // Each running job (`--concurrency` and the two small-job workers) holds at most one
     // connection for its batch transaction; leave room for claims, heartbeats, verification
     // and the ANALYZE near the end of a bulk load.
-    let pool = connect(cli, u32::from(args.concurrency) + 5).await?;
+    let (pool, target) = connect_target(cli, u32::from(args.concurrency) + 5).await?;
     // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
-    let load_mode = crate::maintain::decide_bulk(&pool, &args).await?;
+    // Never into civic-observer's tables: they are in service, and their indexes theirs.
+    let load_mode = match target {
+        Target::Civicload => crate::maintain::decide_bulk(&pool, &args).await?,
+        Target::CivicObserver(_) => crate::maintain::LoadMode {
+            bulk: false,
+            initial: false,
+            pages_analyzed: false,
+        },
+    };
+    let generation = target.observer().map(|o| o.generation);
     let args = BackfillArgs {
         bulk: load_mode.is_bulk(),
         ..args
@@ -140,10 +180,13 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // seconds, in the background): see stages/src/tsvector.rs.
     // A bulk load waits for them (a vector left to the server costs a second write of the
     // row); other runs start at once and let PostgreSQL compute the first batches' vectors.
-    let vectors = if args.server_vectors || args.verify_only {
+    // civic-observer G2 has no vector columns; into G1 every batch waits for civicload's
+    // vectors, since a batch without them pays the application's trigger per page.
+    let vectors = if args.server_vectors || args.verify_only || generation == Some(Generation::G2)
+    {
         stages::fetch::SharedVectors::none()
     } else {
-        let vectors = stages::fetch::SharedVectors::pending(args.bulk);
+        let vectors = stages::fetch::SharedVectors::pending(args.bulk || generation.is_some());
         let (pool, shared) = (pool.clone(), vectors.clone());
         // Planes 0 and 1 first (about a second: every script in common use, and the
         // emoji); every assigned code point (several seconds of the server's CPU) only once
@@ -181,12 +224,16 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         cancel: cancel.clone(),
         spool: spool.clone(),
         skip_fk_checks,
+        target: target.clone(),
     });
     let ids = backfill
         .plan()
         .await
         .map_err(|e| UsageError(format!("{e:#}")))?;
     info!(jobs = ids.len(), owner = %backfill.owner, "Planned the backfill.");
+    if target.observer().is_some() {
+        stages::store::observer::municipalities::ensure_known(&pool).await?;
+    }
 
     if args.verify_only {
         return verify_only(&backfill, &ids).await;
@@ -206,7 +253,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed
     // there; here only when the run stops early).
-    if result.interrupted {
+    if target.observer().is_some() {
+        // civic-observer's indexes are the application's: nothing to build after a load.
+    } else if result.interrupted {
         if let Err(e) = jobs::refresh_stats(&pool).await {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
         }
@@ -303,7 +352,14 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
     let mut all_verified = true;
     for row in jobs::list(&backfill.pool, Some(ids)).await? {
         let key = row.key();
-        let r = stages::reconcile::reconcile(&backfill.pool, &backfill.client, &key, None).await?;
+        let r = stages::reconcile::reconcile(
+            &backfill.pool,
+            &backfill.client,
+            &backfill.target,
+            &key,
+            None,
+        )
+        .await?;
         all_verified &= r.verdict == stages::reconcile::Verdict::Verified;
         println!("{key}: {}", r.describe());
     }
@@ -336,7 +392,7 @@ pub(crate) async fn stop_on_signal(cancel: CancellationToken) {
 async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
     check_template(&cli.source_url).map_err(UsageError)?;
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))?;
-    let pool = connect(cli, 4).await?;
+    let (pool, target) = connect_target(cli, 4).await?;
     let ids =
         crate::backfill::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into))
             .await
@@ -350,7 +406,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
     let owner = owner_id();
     let mut all_verified = true;
     for row in jobs::list(&pool, Some(&ids)).await? {
-        match crate::verify::verify_job(&pool, &client, &row, &owner, &opts).await {
+        match crate::verify::verify_job(&pool, &client, &target, &row, &owner, &opts).await {
             Ok(v) => {
                 all_verified &= v.verified;
                 for line in &v.lines {
@@ -374,7 +430,10 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
 }
 
 async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
-    let pool = connect(cli, 1).await?;
+    let (pool, target) = connect_target(cli, 1).await?;
+    if target.observer().is_some() {
+        report_kept(&pool, args.json).await?;
+    }
     if args.totals {
         let totals = jobs::totals(&pool).await?;
         if args.json {
@@ -418,9 +477,38 @@ async fn sync_municipalities(cli: &Cli, from: &str) -> anyhow::Result<u8> {
     if sites.is_empty() {
         return Err(UsageError(format!("{from} lists no municipalities")).into());
     }
-    let pool = connect(cli, 1).await?;
+    let (pool, target) = connect_target(cli, 1).await?;
     let (inserted, updated) = municipalities::upsert_sites(&pool, &sites).await?;
+    if let Some(o) = target.observer() {
+        let (added, changed) =
+            stages::store::observer::municipalities::upsert_sites(&pool, o.generation, &sites)
+                .await?;
+        println!("civic-observer's municipalities_muni: {added} new, {changed} changed.");
+    }
     let pages: i64 = sites.iter().filter_map(|s| s.pages).sum();
     println!("Synced {} municipalities from {from}: {inserted} new, {updated} updated; {pages} pages expected in all.", sites.len());
     Ok(EXIT_OK)
+}
+
+/// civic-observer: pages gone upstream that civicload keeps because users' notebook
+/// entries reference them (on stderr with `--json`, which stays the job list).
+async fn report_kept(pool: &PgPool, json: bool) -> anyhow::Result<()> {
+    let kept = stages::store::observer::pages::kept_pages(pool).await?;
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let entries: i64 = kept.iter().map(|k| i64::from(k.3)).sum();
+    let mut lines = vec![format!(
+        "{} pages gone upstream are kept because {entries} notebook entries reference them:",
+        kept.len()
+    )];
+    for (sub, doc, id, n) in &kept {
+        lines.push(format!("  {sub}/{doc}: page {id} ({n} entries)"));
+    }
+    if json {
+        eprintln!("{}", lines.join("\n"));
+    } else {
+        println!("{}", lines.join("\n"));
+    }
+    Ok(())
 }

@@ -36,6 +36,11 @@ pub struct Cli {
     #[arg(long, env = "CIVICLOAD_SPOOL", global = true)]
     pub spool: Option<String>,
 
+    /// Whose tables every command reads and writes: civicload's own schema, or
+    /// civic-observer's Django tables (civicload's bookkeeping then lives in schema `civicload`).
+    #[arg(long, env = "CIVICLOAD_TARGET", global = true, value_enum, default_value_t = TargetArg::Civicload)]
+    pub target: TargetArg,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -114,6 +119,15 @@ pub enum MunicipalitiesCommand {
         #[arg(long)]
         from: String,
     },
+}
+
+/// `--target`: see DESIGN.md, "Targets".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// civicload's own schema (created and migrated by civicload).
+    Civicload,
+    /// civic-observer's tables, which civicload never creates or alters.
+    CivicObserver,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -9,6 +9,7 @@ use stages::load::{Load, LoadConfig};
 use stages::reconcile::{deep_compare, reconcile, Verdict};
 use stages::source::SourceClient;
 use stages::store::jobs::{self, JobRow, Outcome};
+use stages::target::Target;
 use stages::transform::PageBuilder;
 use stages::PageBatch;
 use tracing::info;
@@ -33,6 +34,7 @@ pub struct JobVerification {
 pub async fn verify_job(
     pool: &PgPool,
     client: &SourceClient,
+    target: &Target,
     row: &JobRow,
     owner: &str,
     opts: &VerifyOptions,
@@ -40,13 +42,13 @@ pub async fn verify_job(
     let job = Arc::new(row.key());
     let mut lines = Vec::new();
     if opts.deep || opts.repair {
-        let report = deep_compare(pool, client, &job).await?;
+        let report = deep_compare(pool, client, target, &job).await?;
         lines.push(format!("deep: {}", report.describe()));
         if opts.repair && !report.is_exact() {
-            lines.extend(repair(pool, client, row, owner, opts, &report).await?);
+            lines.extend(repair(pool, client, target, row, owner, opts, &report).await?);
         }
     }
-    let r = reconcile(pool, client, &job, None).await?;
+    let r = reconcile(pool, client, target, &job, None).await?;
     lines.push(r.describe());
     Ok(JobVerification {
         job: job.to_string(),
@@ -58,6 +60,7 @@ pub async fn verify_job(
 async fn repair(
     pool: &PgPool,
     client: &SourceClient,
+    target: &Target,
     row: &JobRow,
     owner: &str,
     opts: &VerifyOptions,
@@ -74,7 +77,7 @@ async fn repair(
             .unwrap_or_else(|| "another worker".into());
         anyhow::bail!("{job}: cannot repair while the job is held by {who}; wait for it or stop it, then rerun `civicload verify --repair`");
     };
-    let result = repair_held(pool, client, &job, opts, report).await;
+    let result = repair_held(pool, client, target, &job, opts, report).await;
     let outcome = if result.is_ok() {
         Outcome::Completed
     } else {
@@ -88,6 +91,7 @@ async fn repair(
 async fn repair_held(
     pool: &PgPool,
     client: &SourceClient,
+    target: &Target,
     job: &Arc<stages::JobKey>,
     opts: &VerifyOptions,
     report: &stages::reconcile::DeepReport,
@@ -104,6 +108,7 @@ async fn repair_held(
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first: false,
                 skip_fk_checks: false,
+                target: target.clone(),
             },
         );
         let mut builder = PageBuilder::new();
@@ -136,8 +141,8 @@ async fn repair_held(
     }
     // Pages whose source id is gone: recomputed after the fetch, since a re-OCR'd page was
     // just replaced in place.
-    let after = deep_compare(pool, client, job).await?;
-    if !after.stale.is_empty() {
+    let after = deep_compare(pool, client, target, job).await?;
+    if after.stale.len() > after.kept.len() {
         let share = after.stale.len() as f64 / after.stored.max(1) as f64;
         if share > opts.max_delete_share && !opts.force {
             anyhow::bail!(
@@ -148,10 +153,17 @@ async fn repair_held(
                 opts.max_delete_share * 100.0
             );
         }
-        let deleted =
-            jobs::delete_pages(pool, job.municipality_id, job.document_type, &after.stale).await?;
+        let gone = target.delete_stale(pool, job, &after.stale).await?;
+        let deleted = gone.deleted;
         lines.push(format!("repair: removed {deleted} stale pages"));
         info!(job = %job, deleted, "Removed pages the source no longer has.");
+    }
+    if !after.kept.is_empty() {
+        let entries: i64 = after.kept.iter().map(|k| k.1).sum();
+        lines.push(format!(
+            "repair: kept {} pages gone upstream because {entries} notebook entries reference them",
+            after.kept.len()
+        ));
     }
     Ok(lines)
 }

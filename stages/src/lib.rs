@@ -13,6 +13,7 @@ pub mod secret;
 pub mod source;
 pub mod spool;
 pub mod store;
+pub mod target;
 pub mod transform;
 pub mod tsvector;
 

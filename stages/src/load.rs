@@ -49,6 +49,9 @@ pub struct LoadConfig {
     /// set-based query (`store::integrity::dangling_pages`). Only for a role that may set
     /// the parameter (`store::integrity::may_skip_fk_checks`).
     pub skip_fk_checks: bool,
+    /// Whose tables the pages go to (`target`): civic-observer's take the upsert route of
+    /// `store::observer::pages`, in the same transaction as the rejects and checkpoint.
+    pub target: crate::target::Target,
 }
 
 /// What one committed batch did.
@@ -296,7 +299,12 @@ impl Load {
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
         let job = &batch.job;
         let doc_type = job.document_type.as_str();
-        if batch.vectors.is_some() {
+        let (mut created, mut updated, mut target_rejected) = (0i64, 0i64, 0i64);
+        let pages = batch.rows.num_rows();
+        if let Some(schema) = self.config.target.observer() {
+            let w = crate::store::observer::pages::write_batch(tx, schema, batch).await?;
+            (created, updated, target_rejected) = (w.created, w.updated, w.rejected);
+        } else if batch.vectors.is_some() {
             // The vectors in this batch come from civicload (stages::tsvector, identical to
             // civicload_page_vector by its differential test): the trigger keeps them, and
             // computes the few civicload left to the server (NULL) as it writes them, bulk
@@ -309,15 +317,14 @@ impl Load {
                 .execute(&mut **tx)
                 .await?;
         }
-        let (mut created, mut updated) = (0i64, 0i64);
-        let pages = batch.rows.num_rows();
-        let inserted = match pages > 0 && insert {
+        let own = self.config.target.observer().is_none();
+        let inserted = match own && pages > 0 && insert {
             true => insert_pages(tx, batch, self.config.skip_fk_checks).await?,
             false => None,
         };
         if let Some(n) = inserted {
             created = n;
-        } else if pages > 0 {
+        } else if own && pages > 0 {
             sql::query(
                 "CREATE TEMP TABLE civicload_stage (
                     source_id text, meeting text, meeting_date date, page_number int,
@@ -399,8 +406,8 @@ impl Load {
             .await?;
         }
 
-        let unchanged = pages as i64 - created - updated;
-        let rejected = batch.rejects.len() as i64;
+        let unchanged = pages as i64 - created - updated - target_rejected;
+        let rejected = batch.rejects.len() as i64 + target_rejected;
         let outcome = BatchOutcome {
             fetched: batch.fetched as u64,
             created: created as u64,
@@ -541,7 +548,7 @@ async fn insert_pages(
 }
 
 /// Sends a COPY stream in chunks of about `COPY_CHUNK` bytes, encoding as it goes.
-async fn send_rows(
+pub(crate) async fn send_rows(
     copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
     rows: &CopyRows<'_>,
 ) -> Result<(), sqlx::Error> {

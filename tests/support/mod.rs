@@ -478,6 +478,7 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+pub mod observer;
 pub mod pgbouncer;
 pub mod proxy;
 

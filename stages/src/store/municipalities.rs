@@ -12,6 +12,9 @@ pub struct Site {
     pub country: Option<String>,
     pub kind: Option<String>,
     pub pages: Option<i64>,
+    /// When civic.band last rebuilt the site (`last_updated`), when the list says.
+    #[serde(default)]
+    pub last_updated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A registered municipality.
@@ -120,6 +123,27 @@ pub struct RawSite {
     kind: Option<String>,
     #[serde(default)]
     pages: Option<serde_json::Value>,
+    #[serde(default)]
+    last_updated: Option<String>,
+}
+
+/// A `last_updated` as civic.band writes it: a timestamp (with or without zone, `T` or a
+/// space) or a date; anything else is unknown.
+fn parse_last_updated(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 impl RawSite {
@@ -147,6 +171,7 @@ impl RawSite {
             country: clean(self.country),
             kind: clean(self.kind),
             pages,
+            last_updated: self.last_updated.as_deref().and_then(parse_last_updated),
         })
     }
 }
