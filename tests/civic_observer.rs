@@ -68,7 +68,20 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
     let corpus = Corpus::cached(3_000, 3, 41, 0);
     let server = Datasette::start(&corpus);
     let odb = ObserverDb::new("cog1", Gen::G1);
+    // Count the application's PL/pgSQL calls: the load must not pay its trigger per page.
+    let mut conn = odb.connect().await;
+    sqlx::query(&format!("ALTER DATABASE \"{}\" SET track_functions = 'pl'", odb.db.name))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sync_and_backfill(&odb, &corpus, &server.template);
+    let calls = odb
+        .scalar_i64(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions
+             WHERE funcname = 'meetings_meetingpage_search_vector_update'",
+        )
+        .await;
+    assert_eq!(calls, 0, "the application's page trigger ran during the load");
 
     assert_same_pages(&as_observer(&corpus.expected_pages()), &odb.pages().await);
     // Exactly the application's expressions.
