@@ -122,6 +122,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         // Search readiness (issue 6): pipeline/vectorize.rs, maintain.rs, health.rs,
         // search_bench.rs.
+        Command::Vectorize(_) | Command::Maintain(_) | Command::Health(_) | Command::SearchBench(_)
+            if cli.target == TargetArg::CivicObserver =>
+        {
+            let (pool, target) = connect_target(&cli, 2).await?;
+            let schema = target.observer().expect("connected to civic-observer's tables");
+            crate::health::observer_command(&pool, schema.generation, &cli.command).await
+        }
         Command::Vectorize(args) => {
             let pool = connect(&cli, 2).await?;
             let finished = crate::maintain::run_vectorize(&pool, args).await?;
@@ -480,10 +487,21 @@ async fn sync_municipalities(cli: &Cli, from: &str) -> anyhow::Result<u8> {
     let (pool, target) = connect_target(cli, 1).await?;
     let (inserted, updated) = municipalities::upsert_sites(&pool, &sites).await?;
     if let Some(o) = target.observer() {
-        let (added, changed) =
-            stages::store::observer::municipalities::upsert_sites(&pool, o.generation, &sites)
-                .await?;
+        use stages::store::observer::municipalities as observer;
+        let unfit = observer::unfit_sites(&sites);
+        for (sub, why) in &unfit {
+            warn!("{sub}: not written to civic-observer's municipalities_muni: {why}. Fix the sites list (nothing is truncated).");
+        }
+        let fit: Vec<_> = sites
+            .iter()
+            .filter(|s| !unfit.iter().any(|u| u.0 == s.subdomain))
+            .cloned()
+            .collect();
+        let (added, changed) = observer::upsert_sites(&pool, o.generation, &fit).await?;
         println!("civic-observer's municipalities_muni: {added} new, {changed} changed.");
+        if !unfit.is_empty() {
+            return Ok(EXIT_INCOMPLETE);
+        }
     }
     let pages: i64 = sites.iter().filter_map(|s| s.pages).sum();
     println!("Synced {} municipalities from {from}: {inserted} new, {updated} updated; {pages} pages expected in all.", sites.len());

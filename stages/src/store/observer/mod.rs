@@ -5,6 +5,7 @@
 
 pub mod municipalities;
 pub mod pages;
+pub mod upkeep;
 
 use std::collections::BTreeMap;
 

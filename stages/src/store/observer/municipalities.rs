@@ -8,8 +8,33 @@ use crate::store::municipalities::Site;
 use crate::store::sql::{self, autocommit};
 use crate::target::Generation;
 
+/// The widths of `municipalities_muni`'s columns (CIVIC_OBSERVER.md), in characters.
+const WIDTHS: [(&str, usize, fn(&Site) -> Option<&str>); 5] = [
+    ("subdomain", 100, |s| Some(s.subdomain.as_str())),
+    ("name", 200, |s| s.name.as_deref()),
+    ("state", 10, |s| s.state.as_deref()),
+    ("country", 255, |s| s.country.as_deref()),
+    ("kind", 255, |s| s.kind.as_deref()),
+];
+
+/// Sites whose values `municipalities_muni` cannot hold, each with why (nothing is
+/// truncated: such a site is not written, and the caller says so).
+pub fn unfit_sites(sites: &[Site]) -> Vec<(String, String)> {
+    let mut unfit = Vec::new();
+    for site in sites {
+        for (column, width, get) in WIDTHS {
+            if get(site).is_some_and(|v| v.chars().count() > width) {
+                let why = format!("its {column} is longer than municipalities_muni.{column} holds ({width} characters)");
+                unfit.push((site.subdomain.clone(), why));
+            }
+        }
+    }
+    unfit
+}
+
 /// Upserts the sites into `municipalities_muni`; returns (inserted, updated). A field the
-/// sites list leaves empty keeps the application's value.
+/// sites list leaves empty keeps the application's value. Give it only sites that
+/// `unfit_sites` passes.
 pub async fn upsert_sites(
     pool: &PgPool,
     generation: Generation,
