@@ -127,6 +127,18 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
     assert!(out.status.success(), "{}", text(&out));
     let expected = corpus.expected_pages().len();
     assert!(text(&out).starts_with(&format!("{expected} pages, digest ")), "{}", text(&out));
+    // Upkeep as the application's role: the GIN index is there (health), maintain keeps
+    // it, and the application's search uses it.
+    let out = odb.civicload(None, &["maintain"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("Built the missing index"), "{}", text(&out));
+    let out = odb.civicload(None, &["health", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(checks.as_array().unwrap().iter().any(|c| c["check"] == "search index"
+        && c["object"] == "meetings_meetingpage_search_vector_idx" && c["verdict"] == "good"), "{checks}");
+    let out = odb.civicload(None, &["search-bench", "--query", "council", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,6 +159,9 @@ async fn g2_load_fills_the_denormalised_columns_and_follows_a_renamed_municipali
     assert_eq!(odb.scalar_i64(denormalised).await, 0);
     assert_eq!(odb.scalar_i64(FOREIGN_TABLES).await, 0);
     assert_jobs_mirrored(&odb, &corpus).await;
+    let out = odb.civicload(None, &["health"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no BM25 index exists"), "{}", text(&out));
 
     // civic.band renames a municipality and moves it to another state.
     let renamed = corpus.largest();

@@ -6,7 +6,7 @@
 
 use sqlx::PgPool;
 
-use crate::batch::{DocumentType, JobKey};
+use crate::batch::JobKey;
 use crate::store::{jobs, observer};
 
 /// The schema civicload keeps its bookkeeping in when it writes civic-observer's tables.
@@ -107,6 +107,22 @@ impl Target {
         }
     }
 
+    /// The page keys of a job's pages up to `cursor` (see `jobs::page_keys_through`).
+    pub async fn page_keys_through(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+        cursor: &str,
+    ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+        match self {
+            Target::Civicload => {
+                jobs::page_keys_through(pool, job.municipality_id, job.document_type, cursor)
+                    .await
+            }
+            Target::CivicObserver(_) => observer::pages::page_keys_through(pool, job, cursor).await,
+        }
+    }
+
     /// Records which of a job's stale ids are kept for notebooks (civic-observer only);
     /// returns them with their entry counts.
     pub async fn note_kept(
@@ -128,9 +144,4 @@ pub struct StaleOutcome {
     pub deleted: u64,
     /// Pages kept because notebook entries reference them: (page id, entries).
     pub kept: Vec<(String, i64)>,
-}
-
-/// The document type as civic-observer stores it (`agenda` | `minutes`, as civicload).
-pub fn observer_document_type(d: DocumentType) -> &'static str {
-    d.as_str()
 }

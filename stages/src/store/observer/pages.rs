@@ -36,16 +36,18 @@ pub async fn write_batch(
     if batch.rows.num_rows() == 0 {
         return Ok(w);
     }
-    // Before anything touches the pages table: the switch takes its lock first.
+    stage(tx, batch).await?;
+    w.rejected = reject_unfit(tx, schema, &batch.job).await?;
+    upsert_documents(tx, schema, &batch.job).await?;
+    let pairs = find_reocr(tx, &batch.job).await?;
+    // Up to here the batch only read pages; the trigger switch's lock (which waits for,
+    // and holds off, other writers of pages) is taken before the first write of a page,
+    // and held only for the writes and the commit.
     let switched = if schema.generation == Generation::G1 && batch.vectors.is_some() {
         disable_vector_triggers(tx).await?
     } else {
         Vec::new()
     };
-    stage(tx, batch).await?;
-    w.rejected = reject_unfit(tx, schema, &batch.job).await?;
-    upsert_documents(tx, schema, &batch.job).await?;
-    let pairs = find_reocr(tx, &batch.job).await?;
     w.replaced = replace_reocr(tx, &pairs).await? as i64;
     (w.created, w.updated) = upsert_pages(tx, schema, &batch.job).await?;
     if !switched.is_empty() {
@@ -437,4 +439,26 @@ pub async fn kept_pages(pool: &PgPool) -> Result<Vec<(String, String, String, i3
     )
     .fetch_all(autocommit(pool))
     .await
+}
+
+/// The `transform::page_key`s of a job's pages whose id sorts at or before `cursor`
+/// (bytewise, like the source's `_sort=id`): what a resumed pass has seen already.
+pub async fn page_keys_through(
+    pool: &PgPool,
+    job: &JobKey,
+    cursor: &str,
+) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    let statement = format!(
+        "SELECT p.id::text, d.meeting_name::text, (d.meeting_date - date '1970-01-01'), p.page_number FROM {JOB_PAGES}"
+    );
+    let rows: Vec<(String, String, i32, i32)> = sql::query_as(&statement)
+        .bind(&job.subdomain)
+        .bind(job.document_type.as_str())
+        .fetch_all(autocommit(pool))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter(|r| r.0.as_bytes() <= cursor.as_bytes())
+        .map(|(_, meeting, date, page)| crate::transform::page_key(meeting, *date, *page))
+        .collect())
 }
