@@ -126,4 +126,4 @@ python3 scripts/bench/harness.py \
     --civicload "$CIVICLOAD" --ceiling "$CEILING" --dlt-python "$DLT_PY" \
     --only "$ONLY" --db-prefix "$DB_PREFIX" --commit "$COMMIT" \
     --results-csv "$ROOT/bench-results/bench.csv" --scratch "$ROOT/bench-results/tmp" \
-    --civicload-args "${BENCH_CIVICLOAD_ARGS:-}" "${KEEP[@]}"
+    --civicload-args="${BENCH_CIVICLOAD_ARGS:-}" "${KEEP[@]}"

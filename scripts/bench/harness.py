@@ -26,7 +26,10 @@ import subprocess
 import sys
 import time
 
-SOCKET = "/var/run/postgresql"
+# The server measured: the local one, or another (BENCH_PGHOST = its socket folder,
+# BENCH_PGPORT = its port, also used for the TCP logins of the civic-observer role).
+SOCKET = os.environ.get("BENCH_PGHOST", "/var/run/postgresql")
+PGPORT = os.environ.get("BENCH_PGPORT", "5432")
 CSV_COLUMNS = [
     "timestamp",
     "git_commit",
@@ -88,14 +91,14 @@ class Bench:
 
     # ------------------------------------------------------------------ plumbing
     def db_url(self, name):
-        return f"postgres:///{name}?host={SOCKET}"
+        return f"postgres:///{name}?host={SOCKET}&port={PGPORT}"
 
     def db_name(self, key):
         return f"{self.a.db_prefix}{NAMES[key]}"
 
     def psql(self, db, sql, check=True):
         out = subprocess.run(
-            ["psql", "-h", SOCKET, "-d", db, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-c", sql],
+            ["psql", "-h", SOCKET, "-p", PGPORT, "-d", db, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-c", sql],
             capture_output=True,
             text=True,
         )
@@ -222,7 +225,7 @@ class Bench:
             path = os.path.join(self.scratch, f"a-{step}.sql")
             with open(path, "w") as f:
                 f.write(sql + "\n")
-            wall, r, rc, out = self.measure(f"a-{step}", ["psql", "-h", SOCKET, "-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path], settle=step == "copy")
+            wall, r, rc, out = self.measure(f"a-{step}", ["psql", "-h", SOCKET, "-p", PGPORT, "-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path], settle=step == "copy")
             if rc != 0:
                 raise RuntimeError(f"recipe step {step} failed (exit {rc}); see {out}")
             log(f"  (a) {step}: {wall:.1f} s")
@@ -330,7 +333,7 @@ class Bench:
         self.psql("postgres", f'CREATE DATABASE "{db}" OWNER {OBSERVER_ROLE}')
         if gen == "g1":
             self.psql(db, "CREATE EXTENSION IF NOT EXISTS unaccent")
-        url = f"postgres://{OBSERVER_ROLE}:{OBSERVER_PASSWORD}@127.0.0.1:5432/{db}"
+        url = f"postgres://{OBSERVER_ROLE}:{OBSERVER_PASSWORD}@127.0.0.1:{PGPORT}/{db}"
         fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures")
         subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-1",
                         "-f", os.path.join(fixtures, "civic_observer_common.sql"),

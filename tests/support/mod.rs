@@ -304,11 +304,12 @@ impl TestDb {
             std::process::id(),
             rand::random::<u32>()
         );
+        let (host, port) = test_server();
         TestDb {
-            url: format!("postgres:///{name}?host=/var/run/postgresql"),
+            url: format!("postgres:///{name}?host={host}&port={port}"),
             name,
-            host: "/var/run/postgresql".into(),
-            port: 5432,
+            host,
+            port,
         }
     }
 
@@ -376,6 +377,18 @@ impl Drop for TestDb {
             ))
             .output();
     }
+}
+
+/// The PostgreSQL server the tests use: the local one (socket /var/run/postgresql, port
+/// 5432), or the one `CIVICLOAD_TEST_PGHOST` (socket folder) and `CIVICLOAD_TEST_PGPORT` name.
+pub fn test_server() -> (String, u16) {
+    let host =
+        std::env::var("CIVICLOAD_TEST_PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into());
+    let port = std::env::var("CIVICLOAD_TEST_PGPORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432);
+    (host, port)
 }
 
 /// Asserts two page sets are equal, showing the first differences readably.

@@ -25,8 +25,10 @@ pub struct ObserverDb {
 }
 
 fn psql(db: &str, sql: &str) {
+    let (host, port) = super::test_server();
     let out = Command::new("psql")
-        .args(["-h", "/var/run/postgresql", "-d", db, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .args(["-h", &host, "-p", &port.to_string(), "-d", db])
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
         .output()
         .unwrap();
     assert!(out.status.success(), "psql {sql}: {}", text(&out));
@@ -46,7 +48,10 @@ impl ObserverDb {
             // G1's migrations install unaccent (its trigger calls it).
             psql(&db.name, "CREATE EXTENSION IF NOT EXISTS unaccent");
         }
-        let url = format!("postgres://{role}:{password}@127.0.0.1:5432/{}", db.name);
+        let url = format!(
+            "postgres://{role}:{password}@127.0.0.1:{}/{}",
+            db.port, db.name
+        );
         let fixtures = repo_root().join("tests/fixtures");
         let g = match generation {
             Gen::G1 => "civic_observer_g1.sql",
@@ -134,12 +139,12 @@ pub fn as_observer(pages: &Pages) -> Pages {
 impl Drop for ObserverDb {
     fn drop(&mut self) {
         let drop_db = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db.name);
-        let _ = Command::new("psql")
-            .args(["-h", "/var/run/postgresql", "-d", "postgres", "-qAtc", &drop_db])
-            .output();
         let drop_role = format!("DROP ROLE IF EXISTS \"{}\"", self.role);
-        let _ = Command::new("psql")
-            .args(["-h", "/var/run/postgresql", "-d", "postgres", "-qAtc", &drop_role])
-            .output();
+        for sql in [drop_db, drop_role] {
+            let _ = Command::new("psql")
+                .args(["-h", &self.db.host, "-p", &self.db.port.to_string()])
+                .args(["-d", "postgres", "-qAtc", &sql])
+                .output();
+        }
     }
 }
