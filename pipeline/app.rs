@@ -17,8 +17,8 @@ use crate::cli::{
     check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, TargetArg,
     VerifyArgs,
 };
-use stages::target::{Generation, Target};
 use crate::report;
+use stages::target::{Generation, Target};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_INCOMPLETE: u8 = 1;
@@ -51,15 +51,16 @@ pub async fn run(cli: Cli) -> u8 {
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.chain().any(|c| {
-                    c.downcast_ref::<stages::store::StoreError>().is_some_and(|s| {
-                        matches!(
-                            s,
-                            stages::store::StoreError::BadUrl(_)
-                                | stages::store::StoreError::Schema(
-                                    stages::store::observer::SchemaError::Mismatch(_)
-                                )
-                        )
-                    })
+                    c.downcast_ref::<stages::store::StoreError>()
+                        .is_some_and(|s| {
+                            matches!(
+                                s,
+                                stages::store::StoreError::BadUrl(_)
+                                    | stages::store::StoreError::Schema(
+                                        stages::store::observer::SchemaError::Mismatch(_)
+                                    )
+                            )
+                        })
                 });
             error!("{e:#}");
             if usage {
@@ -122,11 +123,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         // Search readiness (issue 6): pipeline/vectorize.rs, maintain.rs, health.rs,
         // search_bench.rs.
-        Command::Vectorize(_) | Command::Maintain(_) | Command::Health(_) | Command::SearchBench(_)
+        Command::Vectorize(_)
+        | Command::Maintain(_)
+        | Command::Health(_)
+        | Command::SearchBench(_)
             if cli.target == TargetArg::CivicObserver =>
         {
             let (pool, target) = connect_target(&cli, 2).await?;
-            let schema = target.observer().expect("connected to civic-observer's tables");
+            let schema = target
+                .observer()
+                .expect("connected to civic-observer's tables");
             crate::health::observer_command(&pool, schema.generation, &cli.command).await
         }
         Command::Vectorize(args) => {
@@ -189,8 +195,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // row); other runs start at once and let PostgreSQL compute the first batches' vectors.
     // civic-observer G2 has no vector columns; into G1 every batch waits for civicload's
     // vectors, since a batch without them pays the application's trigger per page.
-    let vectors = if args.server_vectors || args.verify_only || generation == Some(Generation::G2)
-    {
+    let vectors = if args.server_vectors || args.verify_only || generation == Some(Generation::G2) {
         stages::fetch::SharedVectors::none()
     } else {
         let vectors = stages::fetch::SharedVectors::pending(args.bulk || generation.is_some());

@@ -264,9 +264,13 @@ impl Backfill {
         // stored them: the first conflict switches the job to upserts).
         let insert_first = self.target.observer().is_none()
             && (row.last_cursor.is_some()
-                || jobs::stores_nothing(&self.pool, job.municipality_id, job.document_type.as_str())
-                    .await
-                    .unwrap_or(false));
+                || jobs::stores_nothing(
+                    &self.pool,
+                    job.municipality_id,
+                    job.document_type.as_str(),
+                )
+                .await
+                .unwrap_or(false));
         let (raw_tx, raw_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let fetch = Fetch {
@@ -374,7 +378,9 @@ impl Backfill {
             // A table read whole by the one request after its count: that count is as
             // fresh as a recount, and saves the source a request per small table.
             let counted = first_count.filter(|_| read_whole_at_once);
-            match reconcile_with_retries(&self.pool, &self.client, &self.target, &job, counted).await {
+            match reconcile_with_retries(&self.pool, &self.client, &self.target, &job, counted)
+                .await
+            {
                 Ok(r) => {
                     if matches!(r.verdict, Verdict::Short { .. }) {
                         outcome = Outcome::Failed;

@@ -3,7 +3,6 @@
 //! run). The thresholds are the seed's; where a ratio means nothing on a tiny table, the
 //! line says so instead of warning.
 
-use stages::target::Generation;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
@@ -12,6 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use stages::store::maintenance::{self, IndexStats, ServerStats, TableStats};
 use stages::store::search::{self, VectorTarget, SEARCH_INDEXES};
+use stages::target::Generation;
 
 use crate::vectorize::bytes;
 
@@ -654,7 +654,12 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
         checks.push(check(
             "dead tuples",
             t.table.clone(),
-            format!("{} live, {} dead ({:.1}%)", t.live_rows, t.dead_rows, share * 100.0),
+            format!(
+                "{} live, {} dead ({:.1}%)",
+                t.live_rows,
+                t.dead_rows,
+                share * 100.0
+            ),
             verdict,
             if verdict == Verdict::Warning {
                 "run `civicload --target civic-observer maintain`"
@@ -682,8 +687,17 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
         checks.push(check(
             "search index",
             i.index.clone(),
-            format!("{} on {}, {:.1} MB", i.method, i.table, i.bytes as f64 / 1e6),
-            if i.valid { Verdict::Good } else { Verdict::Warning },
+            format!(
+                "{} on {}, {:.1} MB",
+                i.method,
+                i.table,
+                i.bytes as f64 / 1e6
+            ),
+            if i.valid {
+                Verdict::Good
+            } else {
+                Verdict::Warning
+            },
             if i.valid {
                 ""
             } else {
@@ -696,7 +710,13 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
             Generation::G1 => ("no GIN index on search_vector", "`civicload --target civic-observer maintain` builds it (CONCURRENTLY once the table has rows)"),
             Generation::G2 => ("no BM25 index exists", "the operators build it by hand with pg_search, outside the application's migrations"),
         };
-        checks.push(check("search index", "meetings_meetingpage", what, Verdict::Warning, note));
+        checks.push(check(
+            "search index",
+            "meetings_meetingpage",
+            what,
+            Verdict::Warning,
+            note,
+        ));
     }
     Ok(checks)
 }

@@ -22,7 +22,10 @@ const FOREIGN_TABLES: &str = "SELECT count(*) FROM pg_tables WHERE schemaname = 
 
 fn sync_and_backfill(odb: &ObserverDb, corpus: &Corpus, template: &str) {
     let sites = corpus.dir.join("sites.csv");
-    let out = odb.civicload(None, &["municipalities", "sync", "--from", path_str(&sites)]);
+    let out = odb.civicload(
+        None,
+        &["municipalities", "sync", "--from", path_str(&sites)],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let out = odb.civicload(Some(template), &["backfill", "--subdomain", "all"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -53,8 +56,13 @@ async fn assert_jobs_mirrored(odb: &ObserverDb, corpus: &Corpus) {
                AND b.pages_fetched = b.expected_count",
         )
         .await;
-    assert_eq!(done, jobs, "every job completed and verified in meetings_backfilljob");
-    let rows = odb.scalar_i64("SELECT count(*) FROM meetings_backfilljob").await;
+    assert_eq!(
+        done, jobs,
+        "every job completed and verified in meetings_backfilljob"
+    );
+    let rows = odb
+        .scalar_i64("SELECT count(*) FROM meetings_backfilljob")
+        .await;
     assert_eq!(rows, jobs, "one row per (municipality, document type)");
     let unindexed = odb
         .scalar_i64("SELECT count(*) FROM municipalities_muni WHERE last_indexed IS NULL")
@@ -70,10 +78,13 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
     let odb = ObserverDb::new("cog1", Gen::G1);
     // Count the application's PL/pgSQL calls: the load must not pay its trigger per page.
     let mut conn = odb.connect().await;
-    sqlx::query(&format!("ALTER DATABASE \"{}\" SET track_functions = 'pl'", odb.db.name))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET track_functions = 'pl'",
+        odb.db.name
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     sync_and_backfill(&odb, &corpus, &server.template);
     let calls = odb
         .scalar_i64(
@@ -81,7 +92,10 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
              WHERE funcname = 'meetings_meetingpage_search_vector_update'",
         )
         .await;
-    assert_eq!(calls, 0, "the application's page trigger ran during the load");
+    assert_eq!(
+        calls, 0,
+        "the application's page trigger ran during the load"
+    );
 
     assert_same_pages(&as_observer(&corpus.expected_pages()), &odb.pages().await);
     // Exactly the application's expressions.
@@ -91,7 +105,10 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
              WHERE search_vector IS DISTINCT FROM to_tsvector('simple', unaccent(coalesce(text, '')))",
         )
         .await;
-    assert_eq!(wrong, 0, "page vectors differ from the application's expression");
+    assert_eq!(
+        wrong, 0,
+        "page vectors differ from the application's expression"
+    );
     let wrong_names = odb
         .scalar_i64(
             "SELECT count(*) FROM meetings_meetingdocument
@@ -100,7 +117,10 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
                                '([A-Z])([A-Z][a-z])', '\\1 \\2', 'g')))",
         )
         .await;
-    assert_eq!(wrong_names, 0, "name vectors differ from the application's expression");
+    assert_eq!(
+        wrong_names, 0,
+        "name vectors differ from the application's expression"
+    );
     // The application's trigger is there and enabled, exactly as before.
     let triggers = odb
         .scalar_i64(
@@ -109,7 +129,11 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
         )
         .await;
     assert_eq!(triggers, 1);
-    assert_eq!(odb.scalar_i64(FOREIGN_TABLES).await, 0, "civicload tables among the application's");
+    assert_eq!(
+        odb.scalar_i64(FOREIGN_TABLES).await,
+        0,
+        "civicload tables among the application's"
+    );
     assert_jobs_mirrored(&odb, &corpus).await;
 
     let before = write_marks(&odb).await;
@@ -117,7 +141,11 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
         .scalar_i64("SELECT n_tup_upd + n_tup_ins + n_tup_del FROM pg_stat_user_tables WHERE relname = 'meetings_meetingpage'")
         .await;
     sync_and_backfill(&odb, &corpus, &server.template);
-    assert_eq!(write_marks(&odb).await, before, "a rerun changed created/modified");
+    assert_eq!(
+        write_marks(&odb).await,
+        before,
+        "a rerun changed created/modified"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let after = odb
         .scalar_i64("SELECT n_tup_upd + n_tup_ins + n_tup_del FROM pg_stat_user_tables WHERE relname = 'meetings_meetingpage'")
@@ -126,17 +154,33 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
     let out = odb.civicload(None, &["digest"]);
     assert!(out.status.success(), "{}", text(&out));
     let expected = corpus.expected_pages().len();
-    assert!(text(&out).starts_with(&format!("{expected} pages, digest ")), "{}", text(&out));
+    assert!(
+        text(&out).starts_with(&format!("{expected} pages, digest ")),
+        "{}",
+        text(&out)
+    );
     // Upkeep as the application's role: the GIN index is there (health), maintain keeps
     // it, and the application's search uses it.
     let out = odb.civicload(None, &["maintain"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(!text(&out).contains("Built the missing index"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("Built the missing index"),
+        "{}",
+        text(&out)
+    );
     let out = odb.civicload(None, &["health", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(checks.as_array().unwrap().iter().any(|c| c["check"] == "search index"
-        && c["object"] == "meetings_meetingpage_search_vector_idx" && c["verdict"] == "good"), "{checks}");
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == "search index"
+                && c["object"] == "meetings_meetingpage_search_vector_idx"
+                && c["verdict"] == "good"),
+        "{checks}"
+    );
     let out = odb.civicload(None, &["search-bench", "--query", "council", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -161,7 +205,11 @@ async fn g2_load_fills_the_denormalised_columns_and_follows_a_renamed_municipali
     assert_jobs_mirrored(&odb, &corpus).await;
     let out = odb.civicload(None, &["health"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("no BM25 index exists"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no BM25 index exists"),
+        "{}",
+        text(&out)
+    );
 
     // civic.band renames a municipality and moves it to another state.
     let renamed = corpus.largest();
@@ -177,7 +225,11 @@ async fn g2_load_fills_the_denormalised_columns_and_follows_a_renamed_municipali
     std::fs::write(&path, serde_json::to_string(&sites).unwrap()).unwrap();
     let out = odb.civicload(None, &["municipalities", "sync", "--from", path_str(&path)]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(odb.scalar_i64(denormalised).await, 0, "pages follow the rename");
+    assert_eq!(
+        odb.scalar_i64(denormalised).await,
+        0,
+        "pages follow the rename"
+    );
     let renamed_pages = odb
         .scalar_i64("SELECT count(*) FROM meetings_meetingpage WHERE municipality_name = 'Renamed Town' AND state = 'ZZ'")
         .await;
@@ -216,7 +268,12 @@ fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32) -> serde_json::Va
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    corpus.summary()["mutations"].as_array().unwrap().last().unwrap().clone()
+    corpus.summary()["mutations"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,7 +289,12 @@ async fn repair_carries_notebook_entries_to_reocrd_pages_and_keeps_deleted_refer
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["old_id"].as_str().unwrap().into(), r["new_id"].as_str().unwrap().into()))
+        .map(|r| {
+            (
+                r["old_id"].as_str().unwrap().into(),
+                r["new_id"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let deleted: Vec<String> = log["deleted"]
         .as_array()
@@ -273,15 +335,17 @@ async fn repair_carries_notebook_entries_to_reocrd_pages_and_keeps_deleted_refer
         .await
         .unwrap();
     }
-    let created_before: String = sqlx::query_scalar(
-        "SELECT created::text FROM meetings_meetingpage WHERE id = $1",
-    )
-    .bind(&reocr[0].0)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let created_before: String =
+        sqlx::query_scalar("SELECT created::text FROM meetings_meetingpage WHERE id = $1")
+            .bind(&reocr[0].0)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
 
-    let out = odb.civicload(Some(&server.template), &["verify", "--subdomain", &victim, "--repair"]);
+    let out = odb.civicload(
+        Some(&server.template),
+        &["verify", "--subdomain", &victim, "--repair"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert_eq!(
@@ -328,14 +392,22 @@ async fn repair_carries_notebook_entries_to_reocrd_pages_and_keeps_deleted_refer
     assert_same_pages(&expected, &held_pages);
 
     // verify and status report the kept pages with their entries, and verification is exact.
-    let out = odb.civicload(Some(&server.template), &["verify", "--subdomain", &victim, "--deep"]);
+    let out = odb.civicload(
+        Some(&server.template),
+        &["verify", "--subdomain", &victim, "--deep"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
-    assert_eq!(sum_pairs(&said, "of those, ", " kept for "), (2, 3), "{said}");
+    assert_eq!(
+        sum_pairs(&said, "of those, ", " kept for "),
+        (2, 3),
+        "{said}"
+    );
     let out = odb.civicload(None, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("2 pages gone upstream are kept because 3 notebook entries reference them"),
+        text(&out)
+            .contains("2 pages gone upstream are kept because 3 notebook entries reference them"),
         "{}",
         text(&out)
     );
@@ -374,7 +446,15 @@ print(row[0])",
     let shared = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let server = Datasette::start(&corpus);
     let odb = ObserverDb::new("corej", Gen::G2);
-    let out = odb.civicload(None, &["municipalities", "sync", "--from", path_str(&corpus.dir.join("sites.csv"))]);
+    let out = odb.civicload(
+        None,
+        &[
+            "municipalities",
+            "sync",
+            "--from",
+            path_str(&corpus.dir.join("sites.csv")),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     // The second municipality first, so the first meets the id already held.
     for sub in [&subs[1], &subs[0]] {
@@ -382,16 +462,24 @@ print(row[0])",
         assert!(out.status.success(), "{}", text(&out));
     }
     let mut conn = odb.connect().await;
-    let rejects: Vec<(String, String)> = sqlx::query_as(
-        "SELECT source_id, reason FROM civicload.page_rejects ORDER BY source_id",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
+    let rejects: Vec<(String, String)> =
+        sqlx::query_as("SELECT source_id, reason FROM civicload.page_rejects ORDER BY source_id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
     let mut want = vec![
-        (shared.clone(), "id_held_by_another_municipality".to_string()),
-        ("longimage001".to_string(), "page_image_too_long".to_string()),
-        ("longname0001".to_string(), "meeting_name_too_long".to_string()),
+        (
+            shared.clone(),
+            "id_held_by_another_municipality".to_string(),
+        ),
+        (
+            "longimage001".to_string(),
+            "page_image_too_long".to_string(),
+        ),
+        (
+            "longname0001".to_string(),
+            "meeting_name_too_long".to_string(),
+        ),
     ];
     want.sort();
     assert_eq!(rejects, want);

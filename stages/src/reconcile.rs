@@ -195,7 +195,10 @@ impl DeepReport {
             n => {
                 let entries: i64 = self.kept.iter().map(|k| k.1).sum();
                 let ids: Vec<String> = self.kept.iter().map(|k| k.0.clone()).collect();
-                format!("; of those, {n} kept for {entries} notebook entries{}", sample(&ids))
+                format!(
+                    "; of those, {n} kept for {entries} notebook entries{}",
+                    sample(&ids)
+                )
             }
         };
         format!(

@@ -80,7 +80,11 @@ impl Target {
     }
 
     /// The source ids stored for a job, sorted.
-    pub async fn stored_ids(&self, pool: &PgPool, job: &JobKey) -> Result<Vec<String>, sqlx::Error> {
+    pub async fn stored_ids(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+    ) -> Result<Vec<String>, sqlx::Error> {
         match self {
             Target::Civicload => {
                 jobs::local_source_ids(pool, job.municipality_id, job.document_type).await
@@ -116,8 +120,7 @@ impl Target {
     ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
         match self {
             Target::Civicload => {
-                jobs::page_keys_through(pool, job.municipality_id, job.document_type, cursor)
-                    .await
+                jobs::page_keys_through(pool, job.municipality_id, job.document_type, cursor).await
             }
             Target::CivicObserver(_) => observer::pages::page_keys_through(pool, job, cursor).await,
         }

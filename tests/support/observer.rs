@@ -43,7 +43,10 @@ impl ObserverDb {
             "postgres",
             &format!("CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{password}'"),
         );
-        psql("postgres", &format!("CREATE DATABASE \"{}\" OWNER \"{role}\"", db.name));
+        psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{}\" OWNER \"{role}\"", db.name),
+        );
         if generation == Gen::G1 {
             // G1's migrations install unaccent (its trigger calls it).
             psql(&db.name, "CREATE EXTENSION IF NOT EXISTS unaccent");

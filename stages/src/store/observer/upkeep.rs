@@ -102,16 +102,24 @@ pub async fn maintain(pool: &PgPool, generation: Generation) -> Result<Upkeep, s
         Generation::G1 => {
             let rows = has_pages(pool).await?;
             let wanted = [
-                ("meetings_meetingpage", "search_vector", if rows {
-                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS meetings_meetingpage_search_vector_idx ON meetings_meetingpage USING gin (search_vector)"
-                } else {
-                    "CREATE INDEX IF NOT EXISTS meetings_meetingpage_search_vector_idx ON meetings_meetingpage USING gin (search_vector)"
-                }),
-                ("meetings_meetingdocument", "meeting_name_search_vector", if rows {
-                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS meetings_meetingdocument_name_search_vector_idx ON meetings_meetingdocument USING gin (meeting_name_search_vector)"
-                } else {
-                    "CREATE INDEX IF NOT EXISTS meetings_meetingdocument_name_search_vector_idx ON meetings_meetingdocument USING gin (meeting_name_search_vector)"
-                }),
+                (
+                    "meetings_meetingpage",
+                    "search_vector",
+                    if rows {
+                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS meetings_meetingpage_search_vector_idx ON meetings_meetingpage USING gin (search_vector)"
+                    } else {
+                        "CREATE INDEX IF NOT EXISTS meetings_meetingpage_search_vector_idx ON meetings_meetingpage USING gin (search_vector)"
+                    },
+                ),
+                (
+                    "meetings_meetingdocument",
+                    "meeting_name_search_vector",
+                    if rows {
+                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS meetings_meetingdocument_name_search_vector_idx ON meetings_meetingdocument USING gin (meeting_name_search_vector)"
+                    } else {
+                        "CREATE INDEX IF NOT EXISTS meetings_meetingdocument_name_search_vector_idx ON meetings_meetingdocument USING gin (meeting_name_search_vector)"
+                    },
+                ),
             ];
             for (table, column, build) in wanted {
                 match gin_on(table, column) {
