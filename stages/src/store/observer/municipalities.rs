@@ -8,8 +8,11 @@ use crate::store::municipalities::Site;
 use crate::store::sql::{self, autocommit};
 use crate::target::Generation;
 
+/// Reads one field of a site.
+type Field = fn(&Site) -> Option<&str>;
+
 /// The widths of `municipalities_muni`'s columns (CIVIC_OBSERVER.md), in characters.
-const WIDTHS: [(&str, usize, fn(&Site) -> Option<&str>); 5] = [
+const WIDTHS: [(&str, usize, Field); 5] = [
     ("subdomain", 100, |s| Some(s.subdomain.as_str())),
     ("name", 200, |s| s.name.as_deref()),
     ("state", 10, |s| s.state.as_deref()),
