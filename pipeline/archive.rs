@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect_target, stop_on_signal, UsageError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::app::{connect_target, UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::backfill::{owner_id, release_dead_local_leases};
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
 use crate::progress::Progress;
@@ -254,7 +254,14 @@ async fn load_jobs(
     let owner = owner_id();
     let lease = Duration::from_secs(args.lease_seconds.max(5));
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    let signals = crate::shutdown::on_signal(
+        cancel.clone(),
+        "no new files",
+        Some(crate::shutdown::Leases {
+            pool: pool.clone(),
+            owner: owner.clone(),
+        }),
+    );
 
     // Register the jobs first so a dead replay's leases on this machine can be released.
     let mut planned = Vec::new();
@@ -410,6 +417,7 @@ impl JobContext {
                 insert_first,
                 skip_fk_checks: false,
                 target: self.target.clone(),
+                watchdog: Default::default(),
             },
         )
         .with_checkpoint(Arc::new(FileCheckpoint {

@@ -10,5 +10,6 @@ pub mod maintain;
 pub mod progress;
 pub mod report;
 pub mod search_bench;
+pub mod shutdown;
 pub mod vectorize;
 pub mod verify;

@@ -26,7 +26,7 @@ use stages::store::leases::Lease;
 use stages::store::maintenance::{self, Toast};
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use crate::cli::BackfillArgs;
 use crate::vectorize::{bytes, Vectorize, VectorizeArgs};
@@ -176,6 +176,17 @@ async fn maintain_locked(
         });
     }
 
+    // Pages a bulk COPY wrote without their meeting date (newest-first search needs it).
+    let t = Instant::now();
+    let dated = stages::store::search_fn::fill_missing_meeting_dates(pool).await?;
+    if dated > 0 {
+        steps.push(Step {
+            step: "meeting dates copied onto pages".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: format!("{dated} pages"),
+        });
+    }
+
     for index in &SEARCH_INDEXES {
         let build = search::ensure_search_index(
             pool,
@@ -205,7 +216,7 @@ async fn maintain_locked(
     }
 
     let t = Instant::now();
-    if maintenance::resume_pages_autovacuum(conn).await? {
+    if maintenance::resume_pages_autovacuum(pool).await? {
         steps.push(Step {
             step: "autovacuum of meeting_pages resumed".into(),
             seconds: t.elapsed().as_secs_f64(),
@@ -350,7 +361,8 @@ pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<L
 pub async fn after_backfill(pool: &PgPool, mode: LoadMode) -> anyhow::Result<()> {
     let started = Instant::now();
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let signals =
+        crate::shutdown::on_signal(cancel.clone(), "finishing the batches in flight", None);
     let result = finish_load(pool, mode, &cancel, started).await;
     signals.abort();
     result
@@ -488,7 +500,8 @@ fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainP
 /// `civicload vectorize`.
 pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Result<bool> {
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let signals =
+        crate::shutdown::on_signal(cancel.clone(), "finishing the batches in flight", None);
     let report = Vectorize {
         args: args.clone(),
         final_vacuum: true,
@@ -510,24 +523,4 @@ pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Resul
         }
     }
     Ok(!report.interrupted)
-}
-
-/// First Ctrl-C / SIGTERM: finish the batches in flight, then stop.
-pub async fn cancel_on_signal(cancel: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-    warn!("Stopping: finishing the batches in flight; run the same command again to continue.");
-    cancel.cancel();
-    // Keep the signal handled (not fatal) until the caller ends.
-    tokio::time::sleep(Duration::from_secs(3600)).await;
 }

@@ -109,6 +109,7 @@ async fn repair_held(
                 insert_first: false,
                 skip_fk_checks: false,
                 target: target.clone(),
+                watchdog: Default::default(),
             },
         );
         let mut builder = PageBuilder::new();

@@ -16,6 +16,7 @@ pub mod store;
 pub mod target;
 pub mod transform;
 pub mod tsvector;
+pub mod watchdog;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
 pub use secret::Secret;

@@ -14,6 +14,7 @@ use crate::batch::{JobKey, PageBatch};
 use crate::copy::{CopyRows, RowKey, STAGING_COLUMNS};
 use crate::store::sql::{self, autocommit};
 use crate::target::{Generation, StaleOutcome, StoredCount};
+use crate::watchdog::Pulse;
 
 /// What writing one batch into civic-observer's tables did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,12 +32,13 @@ pub async fn write_batch(
     tx: &mut Transaction<'_, Postgres>,
     schema: &ObserverSchema,
     batch: &PageBatch,
+    pulse: &Pulse,
 ) -> Result<Written, sqlx::Error> {
     let mut w = Written::default();
     if batch.rows.num_rows() == 0 {
         return Ok(w);
     }
-    stage(tx, batch).await?;
+    stage(tx, batch, pulse).await?;
     w.rejected = reject_unfit(tx, schema, &batch.job).await?;
     upsert_documents(tx, schema, &batch.job).await?;
     let pairs = find_reocr(tx, &batch.job).await?;
@@ -80,7 +82,11 @@ async fn restore_vector_triggers(
     Ok(())
 }
 
-async fn stage(tx: &mut Transaction<'_, Postgres>, batch: &PageBatch) -> Result<(), sqlx::Error> {
+async fn stage(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &PageBatch,
+    pulse: &Pulse,
+) -> Result<(), sqlx::Error> {
     sql::query(
         "CREATE TEMP TABLE civicload_stage (
             source_id text, meeting text, meeting_date date, page_number int,
@@ -96,7 +102,7 @@ async fn stage(tx: &mut Transaction<'_, Postgres>, batch: &PageBatch) -> Result<
         ))
         .await?;
     let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting);
-    if let Err(e) = crate::load::send_rows(&mut copy, &rows).await {
+    if let Err(e) = crate::load::send_rows(&mut copy, &rows, pulse).await {
         let _ = copy.abort("sending the rows failed").await;
         return Err(e);
     }
