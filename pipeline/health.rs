@@ -613,20 +613,24 @@ pub async fn observer_command(
             }
         }
         Command::SearchBench(args) => {
+            // The application's own search, explained (EXPLAIN ANALYZE): its time and plan.
             let explain = upkeep::explain_search(pool, generation, &args.query).await?;
-            let mut report = crate::search_bench::analyze_plan(&explain);
-            report.query = args.query.clone();
-            let gins: Vec<String> = upkeep::indexes(pool)
-                .await?
-                .into_iter()
-                .filter(|i| matches!(i.method.as_str(), "gin" | "bm25"))
-                .map(|i| i.index)
-                .collect();
-            report.uses_search_index = report.indexes_used.iter().any(|i| gins.contains(i));
+            let top = &explain[0];
+            let report = serde_json::json!({
+                "query": args.query,
+                "generation": generation,
+                "execution_ms": top["Execution Time"],
+                "planning_ms": top["Planning Time"],
+                "rows": top["Plan"]["Actual Rows"],
+                "plan": explain,
+            });
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}", crate::search_bench::render(&report));
+                println!(
+                    "civic-observer's search for {:?} ({generation}): {} ms, {} rows",
+                    args.query, report["execution_ms"], report["rows"]
+                );
             }
         }
         _ => unreachable!("only the upkeep commands come here"),
