@@ -42,7 +42,12 @@ async fn write_marks(odb: &ObserverDb) -> Vec<String> {
         "municipalities_muni",
     ] {
         let sql = format!("SELECT concat_ws(' ', count(*), max(created), max(modified), sum(hashtext(created::text || modified::text))) FROM {t}");
-        marks.push(sqlx::query_scalar(&sql).fetch_one(&mut conn).await.unwrap());
+        marks.push(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap(),
+        );
     }
     marks
 }
@@ -78,10 +83,10 @@ async fn g1_load_is_exact_with_the_applications_vectors_and_a_rerun_writes_nothi
     let odb = ObserverDb::new("cog1", Gen::G1);
     // Count the application's PL/pgSQL calls: the load must not pay its trigger per page.
     let mut conn = odb.connect().await;
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER DATABASE \"{}\" SET track_functions = 'pl'",
         odb.db.name
-    ))
+    )))
     .execute(&mut conn)
     .await
     .unwrap();

@@ -120,7 +120,10 @@ impl ObserverDb {
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         let mut conn = self.connect().await;
-        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     }
 }
 

@@ -87,6 +87,10 @@ BEGIN
             retry_count = NEW.retry_count
         WHERE id = mirror;
     END IF;
+    IF NEW.status = 'completed' AND NEW.verified_at IS NOT NULL THEN
+        -- Serializes the municipality's verifications: the last one sees the others'.
+        PERFORM 1 FROM municipalities WHERE id = NEW.municipality_id FOR UPDATE;
+    END IF;
     IF NEW.status = 'completed' AND NEW.verified_at IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM backfill_jobs j WHERE j.municipality_id = NEW.municipality_id
           AND j.id <> NEW.id AND (j.status <> 'completed' OR j.verified_at IS NULL)) THEN
