@@ -434,8 +434,7 @@ impl Backfill {
             // A table read whole by the one request after its count: that count is as
             // fresh as a recount, and saves the source a request per small table.
             let counted = first_count.filter(|_| read_whole_at_once);
-            match reconcile_with_retries(&self.pool, &self.client, &self.target, job, counted)
-                .await
+            match reconcile_with_retries(&self.pool, &self.client, &self.target, job, counted).await
             {
                 Ok(r) => {
                     if matches!(r.verdict, Verdict::Short { .. }) {

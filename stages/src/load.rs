@@ -452,8 +452,8 @@ impl Load {
         let (mut created, mut updated, mut target_rejected) = (0i64, 0i64, 0i64);
         let pages = batch.rows.num_rows();
         if let Some(schema) = self.config.target.observer() {
-            let w = crate::store::observer::pages::write_batch(tx, schema, batch, &self.pulse)
-                .await?;
+            let w =
+                crate::store::observer::pages::write_batch(tx, schema, batch, &self.pulse).await?;
             (created, updated, target_rejected) = (w.created, w.updated, w.rejected);
         }
         let own = self.config.target.observer().is_none();
