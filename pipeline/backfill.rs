@@ -350,7 +350,7 @@ impl Backfill {
         // duplicate of one of them is a reject as in an uninterrupted pass.
         let seen = match &row.last_cursor {
             Some(cursor) => with_db_retries(|| {
-                self.target.page_keys_through(&self.pool, &job, cursor)
+                self.target.page_keys_through(&self.pool, job, cursor)
             })
             .await
             .unwrap_or_else(|e| {

@@ -511,76 +511,6 @@ pub async fn run(pool: &PgPool, args: &HealthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table(live: i64, dead: i64) -> TableStats {
-        TableStats {
-            table: "meeting_pages".into(),
-            live_rows: live,
-            dead_rows: dead,
-            modified_since_analyze: 0,
-            last_vacuum: None,
-            last_autovacuum: None,
-            last_analyze: None,
-            last_autoanalyze: None,
-            options: vec![],
-            heap_bytes: 0,
-            table_bytes: 0,
-            index_bytes: 0,
-            total_bytes: 0,
-            heap_blocks_hit: 0,
-            heap_blocks_read: 0,
-            index_blocks_hit: 0,
-            index_blocks_read: 0,
-        }
-    }
-
-    #[test]
-    fn dead_tuple_thresholds_follow_the_seed() {
-        assert_eq!(dead_tuples(&table(100_000, 0)).verdict, Verdict::Good);
-        assert_eq!(dead_tuples(&table(100_000, 4_999)).verdict, Verdict::Good);
-        assert_eq!(dead_tuples(&table(100_000, 7_000)).verdict, Verdict::Info);
-        assert_eq!(
-            dead_tuples(&table(100_000, 10_001)).verdict,
-            Verdict::Warning
-        );
-        // A tiny, busy table: a high ratio of a few rows is not bloat.
-        assert_eq!(dead_tuples(&table(24, 300)).verdict, Verdict::Info);
-    }
-
-    #[test]
-    fn never_analyzed_is_a_warning_unless_empty() {
-        let now = Utc::now();
-        assert_eq!(vacuum_analyze(&table(0, 0), now).verdict, Verdict::Info);
-        assert_eq!(vacuum_analyze(&table(10, 0), now).verdict, Verdict::Warning);
-        let mut t = table(10, 0);
-        t.last_autovacuum = Some(now);
-        t.last_analyze = Some(now - chrono::Duration::hours(1));
-        assert_eq!(vacuum_analyze(&t, now).verdict, Verdict::Good);
-        t.last_analyze = Some(now - chrono::Duration::days(30));
-        assert_eq!(vacuum_analyze(&t, now).verdict, Verdict::Info);
-    }
-
-    #[test]
-    fn cache_ratio_thresholds_follow_the_seed() {
-        let mut t = table(1, 0);
-        t.heap_blocks_hit = 995;
-        t.heap_blocks_read = 5;
-        assert_eq!(cache(&t).verdict, Verdict::Good);
-        t.heap_blocks_hit = 920;
-        t.heap_blocks_read = 80;
-        assert_eq!(cache(&t).verdict, Verdict::Info);
-        t.heap_blocks_hit = 800;
-        t.heap_blocks_read = 200;
-        assert_eq!(cache(&t).verdict, Verdict::Warning);
-        t.heap_blocks_hit = 8;
-        t.heap_blocks_read = 2;
-        assert_eq!(cache(&t).verdict, Verdict::Info);
-    }
-}
-
 /// `vectorize`, `maintain`, `health` and `search-bench` with `--target civic-observer`:
 /// the application's tables (see `stages::store::observer::upkeep`).
 pub async fn observer_command(
@@ -723,4 +653,74 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
         ));
     }
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(live: i64, dead: i64) -> TableStats {
+        TableStats {
+            table: "meeting_pages".into(),
+            live_rows: live,
+            dead_rows: dead,
+            modified_since_analyze: 0,
+            last_vacuum: None,
+            last_autovacuum: None,
+            last_analyze: None,
+            last_autoanalyze: None,
+            options: vec![],
+            heap_bytes: 0,
+            table_bytes: 0,
+            index_bytes: 0,
+            total_bytes: 0,
+            heap_blocks_hit: 0,
+            heap_blocks_read: 0,
+            index_blocks_hit: 0,
+            index_blocks_read: 0,
+        }
+    }
+
+    #[test]
+    fn dead_tuple_thresholds_follow_the_seed() {
+        assert_eq!(dead_tuples(&table(100_000, 0)).verdict, Verdict::Good);
+        assert_eq!(dead_tuples(&table(100_000, 4_999)).verdict, Verdict::Good);
+        assert_eq!(dead_tuples(&table(100_000, 7_000)).verdict, Verdict::Info);
+        assert_eq!(
+            dead_tuples(&table(100_000, 10_001)).verdict,
+            Verdict::Warning
+        );
+        // A tiny, busy table: a high ratio of a few rows is not bloat.
+        assert_eq!(dead_tuples(&table(24, 300)).verdict, Verdict::Info);
+    }
+
+    #[test]
+    fn never_analyzed_is_a_warning_unless_empty() {
+        let now = Utc::now();
+        assert_eq!(vacuum_analyze(&table(0, 0), now).verdict, Verdict::Info);
+        assert_eq!(vacuum_analyze(&table(10, 0), now).verdict, Verdict::Warning);
+        let mut t = table(10, 0);
+        t.last_autovacuum = Some(now);
+        t.last_analyze = Some(now - chrono::Duration::hours(1));
+        assert_eq!(vacuum_analyze(&t, now).verdict, Verdict::Good);
+        t.last_analyze = Some(now - chrono::Duration::days(30));
+        assert_eq!(vacuum_analyze(&t, now).verdict, Verdict::Info);
+    }
+
+    #[test]
+    fn cache_ratio_thresholds_follow_the_seed() {
+        let mut t = table(1, 0);
+        t.heap_blocks_hit = 995;
+        t.heap_blocks_read = 5;
+        assert_eq!(cache(&t).verdict, Verdict::Good);
+        t.heap_blocks_hit = 920;
+        t.heap_blocks_read = 80;
+        assert_eq!(cache(&t).verdict, Verdict::Info);
+        t.heap_blocks_hit = 800;
+        t.heap_blocks_read = 200;
+        assert_eq!(cache(&t).verdict, Verdict::Warning);
+        t.heap_blocks_hit = 8;
+        t.heap_blocks_read = 2;
+        assert_eq!(cache(&t).verdict, Verdict::Info);
+    }
 }

@@ -318,7 +318,7 @@ async fn repair_carries_notebook_entries_to_reocrd_pages_and_keeps_deleted_refer
     .execute(&mut conn)
     .await
     .unwrap();
-    let mut entries = vec![
+    let mut entries = [
         ("a", reocr[0].0.clone(), "note a0"),
         ("b", reocr[0].0.clone(), "note b0"),
         ("a", reocr[1].0.clone(), "note a1"),
