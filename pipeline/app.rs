@@ -14,9 +14,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::backfill::{owner_id, Backfill};
 use crate::cli::{
-    check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, VerifyArgs,
+    check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, TargetArg,
+    VerifyArgs,
 };
 use crate::report;
+use stages::target::{Generation, Target};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_INCOMPLETE: u8 = 1;
@@ -54,7 +56,15 @@ pub async fn run(cli: Cli) -> u8 {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.chain().any(|c| {
                     c.downcast_ref::<stages::store::StoreError>()
-                        .is_some_and(|s| matches!(s, stages::store::StoreError::BadUrl(_)))
+                        .is_some_and(|s| {
+                            matches!(
+                                s,
+                                stages::store::StoreError::BadUrl(_)
+                                    | stages::store::StoreError::Schema(
+                                        stages::store::observer::SchemaError::Mismatch(_)
+                                    )
+                            )
+                        })
                 });
             error!("{e:#}");
             if usage {
@@ -67,9 +77,28 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 pub(crate) async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
+    Ok(connect_target(cli, max_connections).await?.0)
+}
+
+/// Connects to the database of `--target` and says whose tables it holds: for
+/// civic-observer, after checking them (a mismatch is a usage error naming every column).
+pub(crate) async fn connect_target(
+    cli: &Cli,
+    max_connections: u32,
+) -> anyhow::Result<(PgPool, Target)> {
     let options = store::connect_options(cli.database_url.as_deref())
         .map_err(|e| UsageError(e.to_string()))?;
-    Ok(store::connect(options, max_connections).await?)
+    match cli.target {
+        TargetArg::Civicload => Ok((
+            store::connect(options, max_connections).await?,
+            Target::Civicload,
+        )),
+        TargetArg::CivicObserver => {
+            let (pool, schema) = store::connect_observer(options, max_connections).await?;
+            info!(generation = %schema.generation, "Writing civic-observer's tables.");
+            Ok((pool, Target::CivicObserver(schema)))
+        }
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -85,18 +114,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Backfill(args) => backfill(&cli, args.clone()).await,
         Command::Status(args) => status(&cli, args).await,
         Command::Verify(args) => verify(&cli, args).await,
+        Command::Refresh(_) | Command::Serve(_) if cli.target == TargetArg::CivicObserver => {
+            Err(UsageError(
+                "refresh and serve do not write civic-observer's tables yet: with --target civic-observer, keep the mirror current with `civicload verify --subdomain all --repair` (it keeps pages that notebook entries reference)".into(),
+            )
+            .into())
+        }
         Command::Refresh(args) => crate::refresh::command(&cli, args).await,
         Command::Serve(args) => crate::serve::command(&cli, args).await,
         Command::Replay(args) => crate::archive::replay(&cli, args).await,
         Command::Reload(args) => crate::archive::reload(&cli, args).await,
         Command::Digest => {
-            let pool = connect(&cli, 1).await?;
-            let d = stages::store::digest(&pool).await?;
+            let (pool, target) = connect_target(&cli, 1).await?;
+            let d = match target {
+                Target::Civicload => stages::store::digest(&pool).await?,
+                Target::CivicObserver(_) => stages::store::observer::digest(&pool).await?,
+            };
             println!("{} pages, digest {}", d.pages, d.digest);
             Ok(EXIT_OK)
         }
         // Search readiness (issue 6): pipeline/vectorize.rs, maintain.rs, health.rs,
         // search_bench.rs.
+        Command::Vectorize(_)
+        | Command::Maintain(_)
+        | Command::Health(_)
+        | Command::SearchBench(_)
+            if cli.target == TargetArg::CivicObserver =>
+        {
+            let (pool, target) = connect_target(&cli, 2).await?;
+            let schema = target
+                .observer()
+                .expect("connected to civic-observer's tables");
+            crate::health::observer_command(&pool, schema.generation, &cli.command).await
+        }
         Command::Vectorize(args) => {
             let pool = connect(&cli, 2).await?;
             let finished = crate::maintain::run_vectorize(&pool, args).await?;
@@ -135,9 +185,18 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // Each running job (`--concurrency` and the two small-job workers) holds at most one
     // connection for its batch transaction; leave room for claims, heartbeats, verification
     // and the ANALYZE near the end of a bulk load.
-    let pool = connect(cli, u32::from(args.concurrency) + 5).await?;
+    let (pool, target) = connect_target(cli, u32::from(args.concurrency) + 5).await?;
     // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
-    let load_mode = crate::maintain::decide_bulk(&pool, &args).await?;
+    // Never into civic-observer's tables: they are in service, and their indexes theirs.
+    let load_mode = match target {
+        Target::Civicload => crate::maintain::decide_bulk(&pool, &args).await?,
+        Target::CivicObserver(_) => crate::maintain::LoadMode {
+            bulk: false,
+            initial: false,
+            pages_analyzed: false,
+        },
+    };
+    let generation = target.observer().map(|o| o.generation);
     let args = BackfillArgs {
         bulk: load_mode.is_bulk(),
         ..args
@@ -146,10 +205,12 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // seconds, in the background): see stages/src/tsvector.rs.
     // A bulk load waits for them (a vector left to the server costs a second write of the
     // row); other runs start at once and let PostgreSQL compute the first batches' vectors.
-    let vectors = if args.server_vectors || args.verify_only {
+    // civic-observer G2 has no vector columns; into G1 every batch waits for civicload's
+    // vectors, since a batch without them pays the application's trigger per page.
+    let vectors = if args.server_vectors || args.verify_only || generation == Some(Generation::G2) {
         stages::fetch::SharedVectors::none()
     } else {
-        let vectors = stages::fetch::SharedVectors::pending(args.bulk);
+        let vectors = stages::fetch::SharedVectors::pending(args.bulk || generation.is_some());
         let shared = vectors.clone();
         // Planes 0 and 1 first (about a second: every script in common use, and the
         // emoji); every assigned code point (several seconds of the server's CPU) only once
@@ -216,6 +277,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         cancel: cancel.clone(),
         spool: spool.clone(),
         skip_fk_checks,
+        target: target.clone(),
         pulses: Default::default(),
     });
     let ids = backfill
@@ -223,6 +285,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         .await
         .map_err(|e| UsageError(format!("{e:#}")))?;
     info!(jobs = ids.len(), owner = %backfill.owner, "Planned the backfill.");
+    if target.observer().is_some() {
+        stages::store::observer::municipalities::ensure_known(&pool).await?;
+    }
 
     if args.verify_only {
         return verify_only(&backfill, &ids).await;
@@ -243,7 +308,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed
     // there; here only when the run stops early).
-    if result.interrupted {
+    if target.observer().is_some() {
+        // civic-observer's indexes are the application's: nothing to build after a load.
+    } else if result.interrupted {
         if let Err(e) = jobs::refresh_stats(&pool).await {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
         }
@@ -340,7 +407,14 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
     let mut all_verified = true;
     for row in jobs::list(&backfill.pool, Some(ids)).await? {
         let key = row.key();
-        let r = stages::reconcile::reconcile(&backfill.pool, &backfill.client, &key, None).await?;
+        let r = stages::reconcile::reconcile(
+            &backfill.pool,
+            &backfill.client,
+            &backfill.target,
+            &key,
+            None,
+        )
+        .await?;
         all_verified &= r.verdict == stages::reconcile::Verdict::Verified;
         println!("{key}: {}", r.describe());
     }
@@ -354,7 +428,7 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
 async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
     check_template(&cli.source_url).map_err(UsageError)?;
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))?;
-    let pool = connect(cli, 4).await?;
+    let (pool, target) = connect_target(cli, 4).await?;
     let ids =
         crate::backfill::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into))
             .await
@@ -368,7 +442,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
     let owner = owner_id();
     let mut all_verified = true;
     for row in jobs::list(&pool, Some(&ids)).await? {
-        match crate::verify::verify_job(&pool, &client, &row, &owner, &opts).await {
+        match crate::verify::verify_job(&pool, &client, &target, &row, &owner, &opts).await {
             Ok(v) => {
                 all_verified &= v.verified;
                 for line in &v.lines {
@@ -392,7 +466,10 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
 }
 
 async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
-    let pool = connect(cli, 1).await?;
+    let (pool, target) = connect_target(cli, 1).await?;
+    if target.observer().is_some() {
+        report_kept(&pool, args.json).await?;
+    }
     if args.totals {
         let totals = jobs::totals(&pool).await?;
         if args.json {
@@ -436,9 +513,49 @@ pub(crate) async fn sync_municipalities(cli: &Cli, from: &str) -> anyhow::Result
     if sites.is_empty() {
         return Err(UsageError(format!("{from} lists no municipalities")).into());
     }
-    let pool = connect(cli, 1).await?;
+    let (pool, target) = connect_target(cli, 1).await?;
     let (inserted, updated) = municipalities::upsert_sites(&pool, &sites).await?;
+    if let Some(o) = target.observer() {
+        use stages::store::observer::municipalities as observer;
+        let unfit = observer::unfit_sites(&sites);
+        for (sub, why) in &unfit {
+            warn!("{sub}: not written to civic-observer's municipalities_muni: {why}. Fix the sites list (nothing is truncated).");
+        }
+        let fit: Vec<_> = sites
+            .iter()
+            .filter(|s| !unfit.iter().any(|u| u.0 == s.subdomain))
+            .cloned()
+            .collect();
+        let (added, changed) = observer::upsert_sites(&pool, o.generation, &fit).await?;
+        println!("civic-observer's municipalities_muni: {added} new, {changed} changed.");
+        if !unfit.is_empty() {
+            return Ok(EXIT_INCOMPLETE);
+        }
+    }
     let pages: i64 = sites.iter().filter_map(|s| s.pages).sum();
     println!("Synced {} municipalities from {from}: {inserted} new, {updated} updated; {pages} pages expected in all.", sites.len());
     Ok(EXIT_OK)
+}
+
+/// civic-observer: pages gone upstream that civicload keeps because users' notebook
+/// entries reference them (on stderr with `--json`, which stays the job list).
+async fn report_kept(pool: &PgPool, json: bool) -> anyhow::Result<()> {
+    let kept = stages::store::observer::pages::kept_pages(pool).await?;
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let entries: i64 = kept.iter().map(|k| i64::from(k.3)).sum();
+    let mut lines = vec![format!(
+        "{} pages gone upstream are kept because {entries} notebook entries reference them:",
+        kept.len()
+    )];
+    for (sub, doc, id, n) in &kept {
+        lines.push(format!("  {sub}/{doc}: page {id} ({n} entries)"));
+    }
+    if json {
+        eprintln!("{}", lines.join("\n"));
+    } else {
+        println!("{}", lines.join("\n"));
+    }
+    Ok(())
 }

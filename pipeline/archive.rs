@@ -16,12 +16,13 @@ use stages::load::{Load, LoadConfig, LoadObserver};
 use stages::replay::{FileCheckpoint, Reader};
 use stages::store::jobs::{self, Outcome};
 use stages::store::{self, municipalities};
+use stages::target::Target;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect, UsageError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::app::{connect_target, UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::backfill::{owner_id, release_dead_local_leases};
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
 use crate::progress::Progress;
@@ -120,8 +121,8 @@ pub async fn replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<u8> {
     }
     let files: usize = jobs.iter().map(|j| j.files.len()).sum();
     info!(archive = %url, jobs = jobs.len(), files, "Replaying the archive.");
-    let pool = connect(cli, u32::from(args.load.concurrency) + 3).await?;
-    let outcome = load_jobs(&pool, &archive, jobs, &args.load).await?;
+    let (pool, target) = connect_target(cli, u32::from(args.load.concurrency) + 3).await?;
+    let outcome = load_jobs(&pool, &target, &archive, jobs, &args.load).await?;
     refresh_stats(&pool).await;
     Ok(outcome.print())
 }
@@ -144,8 +145,17 @@ pub async fn reload(cli: &Cli, args: &ReloadArgs) -> anyhow::Result<u8> {
                 | ArchiveError::BadManifest { .. } => anyhow::Error::new(UsageError(e.to_string())),
                 e => anyhow::Error::new(e),
             })?;
-    let pool = connect(cli, u32::from(args.load.concurrency) + 3).await?;
-    if !store::replay::is_empty(&pool).await? {
+    let (pool, target) = connect_target(cli, u32::from(args.load.concurrency) + 3).await?;
+    if target.observer().is_some() {
+        // civicload never empties the application's tables.
+        let held = store::observer::digest(&pool).await?.pages;
+        if held > 0 {
+            return Err(UsageError(format!(
+                "civic-observer's meetings_meetingpage holds {held} pages: civicload reloads only into empty application tables and never deletes users' data; use `civicload replay --from <archive>` to bring a database in service up to the archive"
+            ))
+            .into());
+        }
+    } else if !store::replay::is_empty(&pool).await? {
         let db = store::connect_options(cli.database_url.as_deref())
             .ok()
             .and_then(|o| o.get_database().map(str::to_string))
@@ -160,10 +170,13 @@ pub async fn reload(cli: &Cli, args: &ReloadArgs) -> anyhow::Result<u8> {
         info!(database = %db, "Emptied the database for the reload.");
     }
     info!(manifest = %args.manifest, archive = %archive.url(), jobs = manifest.jobs.len(), files = manifest.file_count(), "Reloading the manifest's files.");
-    let outcome = load_jobs(&pool, &archive, manifest.jobs, &args.load).await?;
+    let outcome = load_jobs(&pool, &target, &archive, manifest.jobs, &args.load).await?;
     let code = outcome.print();
     refresh_stats(&pool).await;
-    let d = store::digest(&pool).await?;
+    let d = match target {
+        Target::Civicload => store::digest(&pool).await?,
+        Target::CivicObserver(_) => store::observer::digest(&pool).await?,
+    };
     println!("{} pages, digest {}", d.pages, d.digest);
     Ok(code)
 }
@@ -232,6 +245,7 @@ impl LoadOutcome {
 /// Loads the given jobs' files, `concurrency` jobs at a time.
 async fn load_jobs(
     pool: &PgPool,
+    target: &Target,
     archive: &Archive,
     jobs: Vec<JobFiles>,
     args: &ReplayLoadArgs,
@@ -256,6 +270,9 @@ async fn load_jobs(
         let municipality_id = municipalities::ensure(pool, &job.subdomain).await?;
         let job_id = jobs::ensure(pool, municipality_id, doc).await?;
         planned.push((job_id, job));
+    }
+    if target.observer().is_some() {
+        store::observer::municipalities::ensure_known(pool).await?;
     }
     let ids: Vec<i64> = planned.iter().map(|(id, _)| *id).collect();
     let released = release_dead_local_leases(pool, &ids).await?;
@@ -283,6 +300,7 @@ async fn load_jobs(
     let mut tasks = JoinSet::new();
     for (job_id, files) in planned {
         let ctx = JobContext {
+            target: target.clone(),
             pool: pool.clone(),
             archive: archive.clone(),
             owner: owner.clone(),
@@ -317,6 +335,7 @@ async fn load_jobs(
 /// What one job's replay needs.
 struct JobContext {
     pool: PgPool,
+    target: Target,
     archive: Archive,
     owner: String,
     lease: Duration,
@@ -381,13 +400,14 @@ impl JobContext {
         };
         // A replay into a database that holds nothing of this job COPYs straight into
         // meeting_pages (the first conflict switches it to upserts).
-        let insert_first = stages::store::jobs::stores_nothing(
-            &self.pool,
-            key.municipality_id,
-            key.document_type.as_str(),
-        )
-        .await
-        .unwrap_or(false);
+        let insert_first = self.target.observer().is_none()
+            && stages::store::jobs::stores_nothing(
+                &self.pool,
+                key.municipality_id,
+                key.document_type.as_str(),
+            )
+            .await
+            .unwrap_or(false);
         let load = Load::new(
             self.pool.clone(),
             LoadConfig {
@@ -396,6 +416,7 @@ impl JobContext {
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
                 skip_fk_checks: false,
+                target: self.target.clone(),
                 watchdog: Default::default(),
             },
         )
@@ -448,7 +469,8 @@ impl JobContext {
             let verify_started = Instant::now();
             let doc = key.document_type;
             let expected = job.expected_rows() as i64;
-            let actual = jobs::count_pages(&self.pool, key.municipality_id, doc).await?
+            let held = self.target.count_pages(&self.pool, &key).await?;
+            let actual = held.stored - held.kept
                 + jobs::count_rejects(&self.pool, key.municipality_id, doc).await?;
             let verified = actual == expected && error.is_none();
             let failed_reason = if actual < expected {

@@ -48,6 +48,8 @@ pub struct Backfill {
     pub spool: Option<stages::archive::Archive>,
     /// New pages are COPYed without per-row foreign-key checks (`LoadConfig::skip_fk_checks`).
     pub skip_fk_checks: bool,
+    /// Whose tables the pages go to.
+    pub target: stages::target::Target,
     /// The progress of the jobs running now, for the watchdog, leases and warnings.
     pub pulses: Pulses,
 }
@@ -310,10 +312,15 @@ impl Backfill {
         // New rows go straight into meeting_pages: a job with nothing stored yet, or a
         // resumed pass (the rows after its cursor are not stored, unless an earlier pass
         // stored them: the first conflict switches the job to upserts).
-        let insert_first = row.last_cursor.is_some()
-            || jobs::stores_nothing(&self.pool, job.municipality_id, job.document_type.as_str())
+        let insert_first = self.target.observer().is_none()
+            && (row.last_cursor.is_some()
+                || jobs::stores_nothing(
+                    &self.pool,
+                    job.municipality_id,
+                    job.document_type.as_str(),
+                )
                 .await
-                .unwrap_or(false);
+                .unwrap_or(false));
         let (raw_tx, raw_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let fetch = Fetch {
@@ -332,6 +339,7 @@ impl Backfill {
                 retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
                 skip_fk_checks: self.skip_fk_checks,
+                target: self.target.clone(),
                 watchdog: self.watchdog(),
             },
         )
@@ -342,7 +350,7 @@ impl Backfill {
         // duplicate of one of them is a reject as in an uninterrupted pass.
         let seen = match &row.last_cursor {
             Some(cursor) => with_db_retries(|| {
-                jobs::page_keys_through(&self.pool, job.municipality_id, job.document_type, cursor)
+                self.target.page_keys_through(&self.pool, job, cursor)
             })
             .await
             .unwrap_or_else(|e| {
@@ -426,7 +434,8 @@ impl Backfill {
             // A table read whole by the one request after its count: that count is as
             // fresh as a recount, and saves the source a request per small table.
             let counted = first_count.filter(|_| read_whole_at_once);
-            match reconcile_with_retries(&self.pool, &self.client, job, counted).await {
+            match reconcile_with_retries(&self.pool, &self.client, &self.target, job, counted).await
+            {
                 Ok(r) => {
                     if matches!(r.verdict, Verdict::Short { .. }) {
                         outcome = Outcome::Failed;
@@ -644,6 +653,7 @@ pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> any
 async fn reconcile_with_retries(
     pool: &PgPool,
     client: &SourceClient,
+    target: &stages::target::Target,
     job: &JobKey,
     counted: Option<stages::source::SourceCount>,
 ) -> Result<stages::reconcile::Reconciliation, stages::reconcile::ReconcileError> {
@@ -651,7 +661,7 @@ async fn reconcile_with_retries(
         DB_RETRY_FOR,
         |e| matches!(e, stages::reconcile::ReconcileError::Sql(e) if is_transient_sql(e)),
         |attempt, e| warn!(job = %job, attempt, error = %e, "Database unavailable while verifying; retrying."),
-        || reconcile(pool, client, job, counted.clone()),
+        || reconcile(pool, client, target, job, counted.clone()),
     )
     .await
 }

@@ -39,6 +39,10 @@ pub struct Cli {
     /// Log lines as text, or as one JSON object per line (structured logs).
     #[arg(long, env = "CIVICLOAD_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Whose tables every command reads and writes: civicload's own schema, or
+    /// civic-observer's Django tables (civicload's bookkeeping then lives in schema `civicload`).
+    #[arg(long, env = "CIVICLOAD_TARGET", global = true, value_enum, default_value_t = TargetArg::Civicload)]
+    pub target: TargetArg,
 
     #[command(subcommand)]
     pub command: Command,
@@ -128,6 +132,15 @@ pub enum MunicipalitiesCommand {
         #[arg(long)]
         from: String,
     },
+}
+
+/// `--target`: see DESIGN.md, "Targets".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// civicload's own schema (created and migrated by civicload).
+    Civicload,
+    /// civic-observer's tables, which civicload never creates or alters.
+    CivicObserver,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -11,6 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use stages::store::maintenance::{self, IndexStats, ServerStats, TableStats};
 use stages::store::search::{self, VectorTarget, SEARCH_INDEXES};
+use stages::target::Generation;
 
 use crate::vectorize::bytes;
 
@@ -508,6 +509,150 @@ pub async fn run(pool: &PgPool, args: &HealthArgs) -> anyhow::Result<()> {
         println!("{}", render(&checks));
     }
     Ok(())
+}
+
+/// `vectorize`, `maintain`, `health` and `search-bench` with `--target civic-observer`:
+/// the application's tables (see `stages::store::observer::upkeep`).
+pub async fn observer_command(
+    pool: &PgPool,
+    generation: Generation,
+    command: &crate::cli::Command,
+) -> anyhow::Result<u8> {
+    use crate::cli::Command;
+    use stages::store::observer::upkeep;
+    match command {
+        Command::Vectorize(_) => {
+            println!("Nothing to vectorize: civicload writes every page of civic-observer's tables with its vector ({generation}).");
+        }
+        Command::Maintain(_) => {
+            let done = upkeep::maintain(pool, generation).await?;
+            println!("Vacuumed and analyzed meetings_meetingpage, meetings_meetingdocument and municipalities_muni.");
+            for b in &done.built {
+                println!("Built the missing index: {b}.");
+            }
+            for n in &done.notes {
+                println!("Note: {n}.");
+            }
+        }
+        Command::Health(args) => {
+            let checks = observer_checks(pool, generation).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                println!("{}", render(&checks));
+            }
+        }
+        Command::SearchBench(args) => {
+            // The application's own search, explained (EXPLAIN ANALYZE): its time and plan.
+            let explain = upkeep::explain_search(pool, generation, &args.query).await?;
+            let top = &explain[0];
+            let report = serde_json::json!({
+                "query": args.query,
+                "generation": generation,
+                "execution_ms": top["Execution Time"],
+                "planning_ms": top["Planning Time"],
+                "rows": top["Plan"]["Actual Rows"],
+                "plan": explain,
+            });
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "civic-observer's search for {:?} ({generation}): {} ms, {} rows",
+                    args.query, report["execution_ms"], report["rows"]
+                );
+            }
+        }
+        _ => unreachable!("only the upkeep commands come here"),
+    }
+    Ok(crate::app::EXIT_OK)
+}
+
+/// civic-observer's tables and search indexes, with verdicts.
+async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Result<Vec<Check>> {
+    use stages::store::observer::upkeep;
+    let mut checks = vec![check(
+        "schema generation",
+        "meetings_meetingpage",
+        generation.to_string(),
+        Verdict::Info,
+        "detected from the columns at start",
+    )];
+    for t in upkeep::tables(pool).await? {
+        let share = t.dead_rows as f64 / (t.live_rows + t.dead_rows).max(1) as f64;
+        let verdict = if share > 0.2 && t.dead_rows > 10_000 {
+            Verdict::Warning
+        } else {
+            Verdict::Good
+        };
+        checks.push(check(
+            "dead tuples",
+            t.table.clone(),
+            format!(
+                "{} live, {} dead ({:.1}%)",
+                t.live_rows,
+                t.dead_rows,
+                share * 100.0
+            ),
+            verdict,
+            if verdict == Verdict::Warning {
+                "run `civicload --target civic-observer maintain`"
+            } else {
+                ""
+            },
+        ));
+        checks.push(check(
+            "size",
+            t.table,
+            format!("{:.1} MB", t.total_bytes as f64 / 1e6),
+            Verdict::Info,
+            "",
+        ));
+    }
+    let indexes = upkeep::indexes(pool).await?;
+    let search: Vec<_> = indexes
+        .iter()
+        .filter(|i| match generation {
+            Generation::G1 => i.method == "gin",
+            Generation::G2 => i.method == "bm25",
+        })
+        .collect();
+    for i in &search {
+        checks.push(check(
+            "search index",
+            i.index.clone(),
+            format!(
+                "{} on {}, {:.1} MB",
+                i.method,
+                i.table,
+                i.bytes as f64 / 1e6
+            ),
+            if i.valid {
+                Verdict::Good
+            } else {
+                Verdict::Warning
+            },
+            if i.valid {
+                ""
+            } else {
+                "invalid (an interrupted build): REINDEX INDEX CONCURRENTLY it"
+            },
+        ));
+    }
+    if search.is_empty() {
+        let (what, note) = match generation {
+            Generation::G1 => ("no GIN index on search_vector", "`civicload --target civic-observer maintain` builds it (CONCURRENTLY once the table has rows)"),
+            Generation::G2 => ("no BM25 index exists", "the operators build it by hand with pg_search, outside the application's migrations"),
+        };
+        checks.push(check(
+            "search index",
+            "meetings_meetingpage",
+            what,
+            Verdict::Warning,
+            note,
+        ));
+    }
+    Ok(checks)
 }
 
 #[cfg(test)]

@@ -26,7 +26,10 @@ import subprocess
 import sys
 import time
 
-SOCKET = "/var/run/postgresql"
+# The server measured: the local one, or another (BENCH_PGHOST = its socket folder,
+# BENCH_PGPORT = its port, also used for the TCP logins of the civic-observer role).
+SOCKET = os.environ.get("BENCH_PGHOST", "/var/run/postgresql")
+PGPORT = os.environ.get("BENCH_PGPORT", "5432")
 CSV_COLUMNS = [
     "timestamp",
     "git_commit",
@@ -40,13 +43,20 @@ CSV_COLUMNS = [
     "ratio_vs_civicload",
     "notes",
 ]
-NAMES = {"a": "recipe", "b": "ceiling", "c": "dlt", "d": "civicload"}
+NAMES = {"a": "recipe", "b": "ceiling", "c": "dlt", "d": "civicload", "e": "civic-observer-g1", "f": "civic-observer-g2"}
 LABELS = {
     "a": "(a) SQL recipe: \\copy + UPDATE + GIN",
     "b": "(b) source ceiling (fetch only)",
     "c": "(c) dlt rest_api, merge",
     "d": "(d) civicload backfill",
+    "e": "(e) civicload into civic-observer G1",
+    "f": "(f) civicload into civic-observer G2",
 }
+
+# civic-observer's tables (tests/fixtures), owned by this non-superuser role, which
+# civicload connects as over TCP (the local socket takes peer logins only).
+OBSERVER_ROLE = "bench_civic_observer"
+OBSERVER_PASSWORD = "bench-only-password"
 
 # Per-page digest of the search vectors: equal digests mean every page got exactly the
 # same tsvector (the recipe's is PostgreSQL's own expression, so it is the reference).
@@ -81,14 +91,14 @@ class Bench:
 
     # ------------------------------------------------------------------ plumbing
     def db_url(self, name):
-        return f"postgres:///{name}?host={SOCKET}"
+        return f"postgres:///{name}?host={SOCKET}&port={PGPORT}"
 
     def db_name(self, key):
         return f"{self.a.db_prefix}{NAMES[key]}"
 
     def psql(self, db, sql, check=True):
         out = subprocess.run(
-            ["psql", "-h", SOCKET, "-d", db, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-c", sql],
+            ["psql", "-h", SOCKET, "-p", PGPORT, "-d", db, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-At", "-c", sql],
             capture_output=True,
             text=True,
         )
@@ -215,7 +225,7 @@ class Bench:
             path = os.path.join(self.scratch, f"a-{step}.sql")
             with open(path, "w") as f:
                 f.write(sql + "\n")
-            wall, r, rc, out = self.measure(f"a-{step}", ["psql", "-h", SOCKET, "-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path], settle=step == "copy")
+            wall, r, rc, out = self.measure(f"a-{step}", ["psql", "-h", SOCKET, "-p", PGPORT, "-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", path], settle=step == "copy")
             if rc != 0:
                 raise RuntimeError(f"recipe step {step} failed (exit {rc}); see {out}")
             log(f"  (a) {step}: {wall:.1f} s")
@@ -310,9 +320,52 @@ class Bench:
             notes.append("args: " + " ".join(extra))
         return {"wall": wall, "rss": rss, "rc": rc, "pages": checks["pages"], "checks": checks, "db_mb": size, "summary": summary, "stages": stages, "bottleneck": bottleneck, "phases": phases, "load_phase_s": load_phase, "notes": notes}
 
+    def run_observer(self, key):
+        """`--target civic-observer` into tables created from the application's DDL
+        (tests/fixtures/civic_observer_*.sql), owned by a non-superuser role."""
+        gen = "g1" if key == "e" else "g2"
+        db = self.db_name(key)
+        self.drop_db(db)
+        self.psql("postgres", f"""DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OBSERVER_ROLE}') THEN
+                CREATE ROLE {OBSERVER_ROLE} LOGIN NOSUPERUSER PASSWORD '{OBSERVER_PASSWORD}';
+            END IF; END $$""")
+        self.psql("postgres", f'CREATE DATABASE "{db}" OWNER {OBSERVER_ROLE}')
+        if gen == "g1":
+            self.psql(db, "CREATE EXTENSION IF NOT EXISTS unaccent")
+        url = f"postgres://{OBSERVER_ROLE}:{OBSERVER_PASSWORD}@127.0.0.1:{PGPORT}/{db}"
+        fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures")
+        subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-1",
+                        "-f", os.path.join(fixtures, "civic_observer_common.sql"),
+                        "-f", os.path.join(fixtures, f"civic_observer_{gen}.sql")],
+                       check=True, capture_output=True)
+        cmd = [self.a.civicload, "--database-url", url, "--source-url", self.a.source_url, "--target", "civic-observer"]
+        sync = subprocess.run(cmd + ["municipalities", "sync", "--from", self.sites_url], capture_output=True, text=True)
+        if sync.returncode != 0:
+            raise RuntimeError(f"civicload municipalities sync failed: {sync.stderr.strip()[-500:]}")
+        extra = self.a.civicload_args.split() if self.a.civicload_args else []
+        wall, rss, rc, out = self.measure(f"{key}-{NAMES[key]}", cmd + ["backfill", "--subdomain", "all", *extra])
+        with open(out) as f:
+            summary = parse_summary(f.read())
+        pages = int(self.psql(db, "SELECT count(*) FROM meetings_meetingpage"))
+        dig = subprocess.run(cmd + ["digest"], capture_output=True, text=True)
+        m = re.search(r"digest ([0-9a-f]{32})", dig.stdout)
+        notes = [f"digest={m.group(1) if m else None}"]
+        if gen == "g1":
+            wrong = self.psql(db, "SELECT count(*) FROM meetings_meetingpage WHERE search_vector IS DISTINCT FROM to_tsvector('simple', unaccent(coalesce(text, '')))")
+            notes.append(f"vectors differing from the application's expression={wrong}")
+        if rc != 0:
+            notes.append(f"exit {rc} (see {out})")
+        if summary:
+            notes.append(f"TOTAL fetched={summary.get('fetched')} created={summary.get('created')} rejected={summary.get('rejected')} {summary.get('status', '')}")
+        size = self.db_size_mb(db)
+        self.finish_db(db)
+        return {"wall": wall, "rss": rss, "rc": rc, "pages": pages, "db_mb": size, "summary": summary, "notes": notes}
+
     # ------------------------------------------------------------------ reporting
     def run(self):
-        runners = {"a": self.run_recipe, "b": self.run_ceiling, "c": self.run_dlt, "d": self.run_civicload}
+        runners = {"a": self.run_recipe, "b": self.run_ceiling, "c": self.run_dlt, "d": self.run_civicload,
+                   "e": lambda: self.run_observer("e"), "f": lambda: self.run_observer("f")}
         for key in self.a.only:
             log(f"--- {LABELS[key]} (load average {self.load_now()}) ---")
             load_before = self.load_now()
@@ -402,6 +455,11 @@ class Bench:
             x = r["b"]["wall"] / phase
             what = "load phase" if d.get("load_phase_s") else "whole run"
             print(f"  civicload ≥ 70% of source ceiling ({what}): {x * 100:.0f}%  {'PASS' if x >= 0.7 else 'FAIL'}")
+        for key in ("e", "f"):
+            o = r.get(key)
+            if o and o["wall"]:
+                x = d["wall"] / o["wall"]
+                print(f"  {NAMES[key]} within 25% of the own schema (throughput): {x * 100:.0f}%  {'PASS' if x >= 0.75 else 'FAIL'}")
         if d["rss"]:
             tag = "" if self.a.pages >= 1_000_000 else " (target is at 1M pages)"
             print(f"  civicload peak RSS ≤ 256 MB:                {d['rss']:.0f} MB  {'PASS' if d['rss'] <= 256 else 'FAIL'}{tag}")
@@ -557,7 +615,7 @@ def main():
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     bad = [k for k in args.only if k not in NAMES]
     if bad:
-        ap.error(f"--only takes a,b,c,d; got {bad}")
+        ap.error(f"--only takes a,b,c,d,e,f; got {bad}")
     stats = corpus_text_bytes(args.corpus)
     if stats["rows"] != args.pages:
         log(f"note: the corpus holds {stats['rows']} rows (asked for {args.pages}); expecting {stats['rows']}")

@@ -15,6 +15,7 @@ pub mod source;
 pub mod source_ids;
 pub mod spool;
 pub mod store;
+pub mod target;
 pub mod transform;
 pub mod tsvector;
 pub mod usage;

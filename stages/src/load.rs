@@ -50,6 +50,9 @@ pub struct LoadConfig {
     /// set-based query (`store::integrity::dangling_pages`). Only for a role that may set
     /// the parameter (`store::integrity::may_skip_fk_checks`).
     pub skip_fk_checks: bool,
+    /// Whose tables the pages go to (`target`): civic-observer's take the upsert route of
+    /// `store::observer::pages`, in the same transaction as the rejects and checkpoint.
+    pub target: crate::target::Target,
     /// When a batch that makes no progress is aborted and retried (`watchdog`).
     pub watchdog: Watchdog,
 }
@@ -446,15 +449,21 @@ impl Load {
             .fetch_one(&mut **tx)
             .await?;
         self.pulse.set_backend(Some(pid));
-        let (mut created, mut updated) = (0i64, 0i64);
+        let (mut created, mut updated, mut target_rejected) = (0i64, 0i64, 0i64);
         let pages = batch.rows.num_rows();
-        let inserted = match pages > 0 && insert {
+        if let Some(schema) = self.config.target.observer() {
+            let w =
+                crate::store::observer::pages::write_batch(tx, schema, batch, &self.pulse).await?;
+            (created, updated, target_rejected) = (w.created, w.updated, w.rejected);
+        }
+        let own = self.config.target.observer().is_none();
+        let inserted = match own && pages > 0 && insert {
             true => insert_pages(tx, batch, self.config.skip_fk_checks, &self.pulse).await?,
             false => None,
         };
         if let Some(n) = inserted {
             created = n;
-        } else if pages > 0 {
+        } else if own && pages > 0 {
             sql::query(
                 "CREATE TEMP TABLE civicload_stage (
                     source_id text, meeting text, meeting_date date, page_number int,
@@ -544,8 +553,8 @@ impl Load {
             .await?;
         }
 
-        let unchanged = pages as i64 - created - updated;
-        let rejected = batch.rejects.len() as i64;
+        let unchanged = pages as i64 - created - updated - target_rejected;
+        let rejected = batch.rejects.len() as i64 + target_rejected;
         let outcome = BatchOutcome {
             fetched: batch.fetched as u64,
             created: created as u64,
@@ -711,7 +720,7 @@ async fn insert_pages(
 
 /// Sends a COPY stream in chunks of about `COPY_CHUNK` bytes, encoding as it goes.
 /// Each chunk the server accepted is progress for the watchdog.
-async fn send_rows(
+pub(crate) async fn send_rows(
     copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
     rows: &CopyRows<'_>,
     pulse: &Pulse,

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use crate::batch::JobKey;
 use crate::source::{SourceClient, SourceCount, SourceError};
 use crate::store::jobs;
+use crate::target::{StoredCount, Target};
 
 /// The verdict on one job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub struct Reconciliation {
     pub expected: Option<SourceCount>,
     pub stored: i64,
     pub rejected: i64,
+    /// Of `stored`, pages gone upstream that are kept because users' notebook entries
+    /// reference them (civic-observer only): stored = expected - rejected + kept.
+    pub kept: i64,
     pub verdict: Verdict,
 }
 
@@ -36,10 +40,14 @@ impl Reconciliation {
             .as_ref()
             .map(|e| e.rows.to_string())
             .unwrap_or_else(|| "?".into());
+        let kept = match self.kept {
+            0 => String::new(),
+            n => format!(" (+ {n} gone upstream, kept for notebook entries)"),
+        };
         match &self.verdict {
-            Verdict::Verified => format!("verified: {} pages + {} rejects = {expected} expected ({route})", self.stored, self.rejected),
-            Verdict::Short { missing } => format!("short by {missing}: {} pages + {} rejects < {expected} expected ({route}); rerun the backfill, then `civicload verify --deep`", self.stored, self.rejected),
-            Verdict::Differs { difference } => format!("differs by {difference:+}: {} pages + {} rejects vs {expected} expected ({route}); `civicload verify --deep` shows which pages", self.stored, self.rejected),
+            Verdict::Verified => format!("verified: {} pages{kept} + {} rejects = {expected} expected ({route})", self.stored - self.kept, self.rejected),
+            Verdict::Short { missing } => format!("short by {missing}: {} pages + {} rejects < {expected} expected ({route}); rerun the backfill, then `civicload verify --deep`", self.stored - self.kept, self.rejected),
+            Verdict::Differs { difference } => format!("differs by {difference:+}: {} pages + {} rejects vs {expected} expected ({route}); `civicload verify --deep` shows which pages", self.stored - self.kept, self.rejected),
             Verdict::Unknown { reason } => format!("unverified: no exact expected count ({reason})"),
         }
     }
@@ -73,6 +81,7 @@ pub fn judge(expected: Option<&SourceCount>, stored: i64, rejected: i64) -> Verd
 pub async fn reconcile(
     pool: &PgPool,
     client: &SourceClient,
+    target: &Target,
     job: &JobKey,
     counted: Option<SourceCount>,
 ) -> Result<Reconciliation, ReconcileError> {
@@ -89,13 +98,14 @@ pub async fn reconcile(
         Err(e) if e.is_transient() || matches!(e, SourceError::RetriesExhausted { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let stored = jobs::count_pages(pool, job.municipality_id, job.document_type).await?;
+    let StoredCount { stored, kept } = target.count_pages(pool, job).await?;
     let rejected = jobs::count_rejects(pool, job.municipality_id, job.document_type).await?;
-    let verdict = judge(expected.as_ref(), stored, rejected);
+    let verdict = judge(expected.as_ref(), stored - kept, rejected);
     let r = Reconciliation {
         expected,
         stored,
         rejected,
+        kept,
         verdict,
     };
     let failed = matches!(r.verdict, Verdict::Short { .. }).then(|| r.describe());
@@ -159,11 +169,14 @@ pub struct DeepReport {
     pub missing: Vec<String>,
     /// Stored pages whose source id no longer exists upstream (re-OCR'd or deleted).
     pub stale: Vec<String>,
+    /// Of `stale`, pages users' notebook entries reference (civic-observer): kept, with
+    /// their entry counts.
+    pub kept: Vec<(String, i64)>,
 }
 
 impl DeepReport {
     pub fn is_exact(&self) -> bool {
-        self.missing.is_empty() && self.stale.is_empty()
+        self.missing.is_empty() && self.stale.len() == self.kept.len()
     }
 
     pub fn describe(&self) -> String {
@@ -177,8 +190,19 @@ impl DeepReport {
                 format!(" ({})", shown.join(", "))
             }
         };
+        let kept = match self.kept.len() {
+            0 => String::new(),
+            n => {
+                let entries: i64 = self.kept.iter().map(|k| k.1).sum();
+                let ids: Vec<String> = self.kept.iter().map(|k| k.0.clone()).collect();
+                format!(
+                    "; of those, {n} kept for {entries} notebook entries{}",
+                    sample(&ids)
+                )
+            }
+        };
         format!(
-            "source {} rows; stored {} pages + {} rejects; missing here {}{}; stale here {}{}",
+            "source {} rows; stored {} pages + {} rejects; missing here {}{}; stale here {}{}{kept}",
             self.source_rows,
             self.stored,
             self.rejected,
@@ -194,6 +218,7 @@ impl DeepReport {
 pub async fn deep_compare(
     pool: &PgPool,
     client: &SourceClient,
+    target: &Target,
     job: &JobKey,
 ) -> Result<DeepReport, ReconcileError> {
     let mut source = client
@@ -201,9 +226,11 @@ pub async fn deep_compare(
         .await?;
     source.sort_unstable();
     source.dedup();
-    let stored = jobs::local_source_ids(pool, job.municipality_id, job.document_type).await?;
+    let stored = target.stored_ids(pool, job).await?;
     let rejected = jobs::rejected_source_ids(pool, job.municipality_id, job.document_type).await?;
-    Ok(compare_ids(&source, &stored, &rejected))
+    let mut report = compare_ids(&source, &stored, &rejected);
+    report.kept = target.note_kept(pool, job, &report.stale).await?;
+    Ok(report)
 }
 
 /// The set arithmetic of `deep_compare`, on sorted, deduplicated id lists.
@@ -228,6 +255,7 @@ pub fn compare_ids(source: &[String], stored: &[String], rejected: &[String]) ->
             .filter(|id| !source_set.contains(id.as_str()))
             .cloned()
             .collect(),
+        kept: Vec::new(),
     }
 }
 

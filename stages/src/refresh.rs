@@ -13,6 +13,7 @@
 //! The writes go through the same three functions as `verify --repair` (one place each):
 //! `Load` for new and replaced pages, `store::jobs::delete_pages` for removals.
 
+use crate::target::Target;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -193,7 +194,7 @@ pub async fn refresh_job(
         rows: source.rows,
         route: source.route.as_str(),
     };
-    let r = reconcile(pool, client, job, Some(counted)).await?;
+    let r = reconcile(pool, client, &Target::Civicload, job, Some(counted)).await?;
     report.verified = deep.is_exact() && r.verdict == Verdict::Verified;
     report.verification = if deep.is_exact() {
         r.describe()
@@ -228,6 +229,8 @@ async fn fetch_missing(
             retry_for: crate::store::DB_RETRY_FOR,
             insert_first: false,
             skip_fk_checks: false,
+            // Refresh writes civicload's own schema only (see `pipeline/refresh.rs`).
+            target: Target::Civicload,
             watchdog: Default::default(),
         },
     );

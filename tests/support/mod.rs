@@ -304,14 +304,7 @@ impl TestDb {
             std::process::id(),
             rand::random::<u32>()
         );
-        // CIVICLOAD_TEST_PGHOST / CIVICLOAD_TEST_PGPORT: another local server (a socket
-        // folder and port), e.g. while the shared one is being upgraded.
-        let host =
-            std::env::var("CIVICLOAD_TEST_PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into());
-        let port: u16 = std::env::var("CIVICLOAD_TEST_PGPORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(5432);
+        let (host, port) = test_server();
         TestDb {
             url: format!("postgres:///{name}?host={host}&port={port}"),
             name,
@@ -387,6 +380,18 @@ impl Drop for TestDb {
             ))
             .output();
     }
+}
+
+/// The PostgreSQL server the tests use: the local one (socket /var/run/postgresql, port
+/// 5432), or the one `CIVICLOAD_TEST_PGHOST` (socket folder) and `CIVICLOAD_TEST_PGPORT` name.
+pub fn test_server() -> (String, u16) {
+    let host =
+        std::env::var("CIVICLOAD_TEST_PGHOST").unwrap_or_else(|_| "/var/run/postgresql".into());
+    let port = std::env::var("CIVICLOAD_TEST_PGPORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432);
+    (host, port)
 }
 
 /// Asserts two page sets are equal, showing the first differences readably.
@@ -489,6 +494,7 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+pub mod observer;
 pub mod pgbouncer;
 pub mod pgproxy;
 pub mod proxy;

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
+pub mod observer;
 pub mod partitions;
 pub mod refresh;
 pub mod replay;
@@ -42,6 +43,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Schema(#[from] observer::SchemaError),
 }
 
 impl StoreError {
@@ -189,6 +192,32 @@ pub async fn connect(
         })?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Opens a pool on civic-observer's database (`--target civic-observer`): sessions look in
+/// civicload's bookkeeping schema first, where its migrations and job tables live; the
+/// application's tables are checked (every missing or incompatible column named) and
+/// civicload's objects for them installed. The database itself is never created here.
+pub async fn connect_observer(
+    options: PgConnectOptions,
+    max_connections: u32,
+) -> Result<(PgPool, observer::ObserverSchema), StoreError> {
+    let schema = crate::target::BOOKKEEPING_SCHEMA;
+    let options = options.options([("search_path", format!("{schema},public"))]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(options.clone())
+        .await
+        .map_err(|source| StoreError::Connect {
+            target: describe(&options),
+            source,
+        })?;
+    let found = observer::check_schema(&pool).await?;
+    observer::prepare_bookkeeping(&pool).await?;
+    migrate(&pool).await?;
+    observer::install(&pool).await?;
+    Ok((pool, found))
 }
 
 /// The transaction-level advisory lock that lets one process at a time migrate.

@@ -1,0 +1,150 @@
+//! Whose tables civicload writes (DESIGN.md, "Targets"): its own schema, or civic-observer's
+//! Django tables (CIVIC_OBSERVER.md). This is the one seam: the stages do not change with
+//! the target; the load, reconcile and repair steps ask the `Target` where pages go, how
+//! they are counted, which ids are stored and how stale ones are removed. The SQL of each
+//! side lives in `store::jobs` (own schema) and `store::observer` (civic-observer).
+
+use sqlx::PgPool;
+
+use crate::batch::JobKey;
+use crate::store::{jobs, observer};
+
+/// The schema civicload keeps its bookkeeping in when it writes civic-observer's tables.
+pub const BOOKKEEPING_SCHEMA: &str = "civicload";
+
+/// Which tables a run reads and writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// civicload's own schema (the default).
+    #[default]
+    Civicload,
+    /// civic-observer's tables, as found by the start-up check.
+    CivicObserver(observer::ObserverSchema),
+}
+
+/// civic-observer's schema generation (CIVIC_OBSERVER.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Generation {
+    /// Vector columns filled by a trigger, GIN indexes.
+    G1,
+    /// Denormalised columns on pages for an operator-built BM25 index.
+    G2,
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Generation::G1 => "G1 (search-vector columns)",
+            Generation::G2 => "G2 (denormalised columns)",
+        })
+    }
+}
+
+/// What a count of a job's stored pages found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredCount {
+    /// Pages held for the job.
+    pub stored: i64,
+    /// Of those, pages gone upstream that are kept because notebook entries reference them.
+    pub kept: i64,
+}
+
+impl Target {
+    pub fn observer(&self) -> Option<&observer::ObserverSchema> {
+        match self {
+            Target::Civicload => None,
+            Target::CivicObserver(s) => Some(s),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Civicload => "civicload",
+            Target::CivicObserver(_) => "civic-observer",
+        }
+    }
+
+    /// Pages stored for a job, and how many of them are kept for notebooks.
+    pub async fn count_pages(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+    ) -> Result<StoredCount, sqlx::Error> {
+        match self {
+            Target::Civicload => Ok(StoredCount {
+                stored: jobs::count_pages(pool, job.municipality_id, job.document_type).await?,
+                kept: 0,
+            }),
+            Target::CivicObserver(_) => observer::pages::count(pool, job).await,
+        }
+    }
+
+    /// The source ids stored for a job, sorted.
+    pub async fn stored_ids(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        match self {
+            Target::Civicload => {
+                jobs::local_source_ids(pool, job.municipality_id, job.document_type).await
+            }
+            Target::CivicObserver(_) => observer::pages::stored_ids(pool, job).await,
+        }
+    }
+
+    /// Removes a job's pages that the source no longer has. In civic-observer's tables a
+    /// page that notebook entries reference is kept instead (and recorded as kept).
+    pub async fn delete_stale(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+        ids: &[String],
+    ) -> Result<StaleOutcome, sqlx::Error> {
+        match self {
+            Target::Civicload => Ok(StaleOutcome {
+                deleted: jobs::delete_pages(pool, job.municipality_id, job.document_type, ids)
+                    .await?,
+                kept: Vec::new(),
+            }),
+            Target::CivicObserver(_) => observer::pages::delete_stale(pool, job, ids).await,
+        }
+    }
+
+    /// The page keys of a job's pages up to `cursor` (see `jobs::page_keys_through`).
+    pub async fn page_keys_through(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+        cursor: &str,
+    ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+        match self {
+            Target::Civicload => {
+                jobs::page_keys_through(pool, job.municipality_id, job.document_type, cursor).await
+            }
+            Target::CivicObserver(_) => observer::pages::page_keys_through(pool, job, cursor).await,
+        }
+    }
+
+    /// Records which of a job's stale ids are kept for notebooks (civic-observer only);
+    /// returns them with their entry counts.
+    pub async fn note_kept(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+        stale: &[String],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        match self {
+            Target::Civicload => Ok(Vec::new()),
+            Target::CivicObserver(_) => observer::pages::note_kept(pool, job, stale).await,
+        }
+    }
+}
+
+/// What removing stale pages did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StaleOutcome {
+    pub deleted: u64,
+    /// Pages kept because notebook entries reference them: (page id, entries).
+    pub kept: Vec<(String, i64)>,
+}
