@@ -71,23 +71,14 @@ struct ClaimedRow {
     requested_at: Option<DateTime<Utc>>,
 }
 
-/// Claims the next of `candidates` (not in `skip`) whose lease is free, whatever its
-/// status, for a refresh by the command. The job starts a new pass in refresh mode.
-pub async fn claim_next(
-    pool: &PgPool,
-    candidates: &[i64],
-    skip: &[i64],
-    owner: &str,
-    lease: Duration,
-    trigger: Trigger,
-) -> Result<Option<Claimed>, sqlx::Error> {
-    let row: Option<ClaimedRow> = sql::query_as(
-        "WITH next AS (
-            SELECT j.id FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
-            WHERE j.id = ANY($3) AND NOT (j.id = ANY($4))
-              AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
-            ORDER BY coalesce(j.expected_count, m.pages, 0) DESC, j.id
-            LIMIT 1
+/// The common end of both claim statements: takes the row `next` picked, starts a new
+/// pass in refresh mode, and returns the job with when its oldest webhook arrived. Each
+/// claim prefixes its own `WITH next AS (SELECT j.id ... LIMIT 1`.
+macro_rules! claim_refresh_sql {
+    ($next:literal) => {
+        concat!(
+            $next,
+            "
             FOR UPDATE OF j SKIP LOCKED
          ), old AS (
             SELECT j.id, j.refresh_requested_at FROM backfill_jobs j JOIN next ON next.id = j.id
@@ -105,8 +96,29 @@ pub async fn claim_next(
             j.batch_seq, j.pass, j.pages_fetched, j.pages_created, j.pages_updated, j.pages_unchanged,
             j.pages_rejected, j.errors_encountered, j.expected_count, j.expected_source, j.actual_count,
             j.verified_at, j.last_error, j.retry_count, j.started_at, j.finished_at, j.elapsed_seconds,
-            j.lease_owner, j.lease_expires_at, old.refresh_requested_at AS requested_at",
-    )
+            j.lease_owner, j.lease_expires_at, old.refresh_requested_at AS requested_at"
+        )
+    };
+}
+
+/// Claims the next of `candidates` (not in `skip`) whose lease is free, whatever its
+/// status, for a refresh by the command. The job starts a new pass in refresh mode.
+pub async fn claim_next(
+    pool: &PgPool,
+    candidates: &[i64],
+    skip: &[i64],
+    owner: &str,
+    lease: Duration,
+    trigger: Trigger,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    let row: Option<ClaimedRow> = sql::query_as(claim_refresh_sql!(
+        "WITH next AS (
+            SELECT j.id FROM backfill_jobs j JOIN municipalities m ON m.id = j.municipality_id
+            WHERE j.id = ANY($3) AND NOT (j.id = ANY($4))
+              AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
+            ORDER BY coalesce(j.expected_count, m.pages, 0) DESC, j.id
+            LIMIT 1"
+    ))
     .bind(owner)
     .bind(lease.as_secs_f64())
     .bind(candidates)
@@ -123,33 +135,15 @@ pub async fn claim_queued(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<Claimed>, sqlx::Error> {
-    let row: Option<ClaimedRow> = sql::query_as(
+    let row: Option<ClaimedRow> = sql::query_as(claim_refresh_sql!(
         "WITH next AS (
             SELECT j.id FROM backfill_jobs j
             WHERE j.refresh_requested > j.refresh_done
               AND (j.lease_owner IS NULL OR j.lease_expires_at < now())
               AND (j.refresh_not_before IS NULL OR j.refresh_not_before <= now())
             ORDER BY j.refresh_requested_at NULLS LAST, j.id
-            LIMIT 1
-            FOR UPDATE OF j SKIP LOCKED
-         ), old AS (
-            SELECT j.id, j.refresh_requested_at FROM backfill_jobs j JOIN next ON next.id = j.id
-         )
-         UPDATE backfill_jobs j SET status = 'running', lease_owner = $1,
-            lease_expires_at = now() + make_interval(secs => $2), heartbeat_at = now(),
-            mode = 'refresh', last_cursor = NULL, pass = j.pass + 1,
-            pages_fetched = 0, pages_created = 0, pages_updated = 0, pages_unchanged = 0,
-            pages_rejected = 0, pages_deleted = 0, source_bytes = 0, source_requests = 0,
-            verified_at = NULL, started_at = now(), finished_at = NULL, elapsed_seconds = 0,
-            refresh_claimed = j.refresh_requested, refresh_requested_at = NULL, updated_at = now()
-         FROM old, municipalities m
-         WHERE j.id = old.id AND m.id = j.municipality_id
-         RETURNING j.id, j.municipality_id, m.subdomain, j.document_type, j.status, j.last_cursor,
-            j.batch_seq, j.pass, j.pages_fetched, j.pages_created, j.pages_updated, j.pages_unchanged,
-            j.pages_rejected, j.errors_encountered, j.expected_count, j.expected_source, j.actual_count,
-            j.verified_at, j.last_error, j.retry_count, j.started_at, j.finished_at, j.elapsed_seconds,
-            j.lease_owner, j.lease_expires_at, old.refresh_requested_at AS requested_at",
-    )
+            LIMIT 1"
+    ))
     .bind(owner)
     .bind(lease.as_secs_f64())
     .fetch_optional(autocommit(pool))
