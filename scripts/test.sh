@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: sets up what is missing (PostgreSQL,
-# the Datasette venv), checks formatting and lints, builds once, then runs unit and integration tests against real
-# PostgreSQL and a real Datasette 1.0a28. Extra arguments go to `cargo test`.
+# the Datasette venv), checks formatting and lints, builds once, then runs unit and
+# integration tests against real PostgreSQL and a real Datasette 1.0a28. Extra arguments
+# go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
