@@ -7,57 +7,24 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use stages::source::SourceClient;
-use stages::store::{self, jobs, leases::Lease, municipalities};
+use stages::store::leases::{owner_id, Lease};
+use stages::store::{self, jobs, municipalities};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
-use crate::backfill::{owner_id, Backfill};
+use crate::backfill::Backfill;
 use crate::cli::{
     check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, VerifyArgs,
 };
-use crate::report;
-
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_INCOMPLETE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-
-/// Logs go to stderr; `RUST_LOG` overrides the default level.
-pub fn init_logging() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
-/// A failure that should exit with status 2.
-#[derive(Debug)]
-pub(crate) struct UsageError(pub(crate) String);
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}
+pub use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE};
+use crate::ui::report::{self, Unfinished};
 
 pub async fn run(cli: Cli) -> u8 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some()
-                || e.chain().any(|c| {
-                    c.downcast_ref::<stages::store::StoreError>()
-                        .is_some_and(|s| matches!(s, stages::store::StoreError::BadUrl(_)))
-                });
-            error!("{e:#}");
-            if usage {
-                EXIT_USAGE
-            } else {
-                EXIT_INCOMPLETE
-            }
+            error!("{}", crate::ui::error::one_line(&e));
+            crate::exit::status_of(&e)
         }
     }
 }
@@ -182,10 +149,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         spool: spool.clone(),
         skip_fk_checks,
     });
-    let ids = backfill
-        .plan()
-        .await
-        .map_err(|e| UsageError(format!("{e:#}")))?;
+    let ids = backfill.plan().await?;
     info!(jobs = ids.len(), owner = %backfill.owner, "Planned the backfill.");
 
     if args.verify_only {
@@ -202,7 +166,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
 
     // Start to the last job's end; an ANALYZE still running then counts as preparation.
     let load_phase = started.elapsed() - (result.wall - result.loaded);
-    println!("{}", report::summary_table(&result.jobs, result.wall));
+    println!("{}", report::summary(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed
     // there; here only when the run stops early).
@@ -222,9 +186,10 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         );
     }
     let rows = jobs::list(&pool, Some(&ids)).await?;
-    let unfinished: Vec<_> = rows
+    let unfinished: Vec<Unfinished> = rows
         .iter()
         .filter(|j| j.status != "completed" || j.verified_at.is_none())
+        .map(Unfinished::from)
         .collect();
     if result.interrupted {
         println!("Stopped: in-flight batches were committed and unfinished jobs are paused. Run the same command again (or add --resume) to continue from their checkpoints.");
@@ -235,22 +200,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         Ok(EXIT_OK)
     } else {
         println!(
-            "{} of {} jobs are not completed and verified:",
-            unfinished.len(),
-            rows.len()
+            "{}",
+            report::unfinished(&unfinished, rows.len(), "completed and verified")
         );
-        for j in &unfinished {
-            println!(
-                "  {}/{}: {}{}",
-                j.subdomain,
-                j.document_type,
-                j.status,
-                j.last_error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            );
-        }
         println!("See `civicload status --incomplete`; rerun the same command to continue them.");
         Ok(EXIT_INCOMPLETE)
     }
@@ -338,9 +290,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))?;
     let pool = connect(cli, 4).await?;
     let ids =
-        crate::backfill::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into))
-            .await
-            .map_err(|e| UsageError(format!("{e:#}")))?;
+        crate::plan::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into)).await?;
     let opts = crate::verify::VerifyOptions {
         deep: args.deep,
         repair: args.repair,
@@ -359,7 +309,12 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
             }
             Err(e) => {
                 all_verified = false;
-                println!("{}/{}: FAILED: {e:#}", row.subdomain, row.document_type);
+                println!(
+                    "{}/{}: FAILED: {}",
+                    row.subdomain,
+                    row.document_type,
+                    crate::ui::error::one_line(&e)
+                );
             }
         }
     }

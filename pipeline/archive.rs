@@ -15,6 +15,7 @@ use stages::archive::{Archive, ArchiveError, JobFiles, Manifest};
 use stages::load::{Load, LoadConfig, LoadObserver};
 use stages::replay::{FileCheckpoint, Reader};
 use stages::store::jobs::{self, Outcome};
+use stages::store::leases::owner_id;
 use stages::store::{self, municipalities};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -22,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::app::{connect, stop_on_signal, UsageError, EXIT_INCOMPLETE, EXIT_OK};
-use crate::backfill::{owner_id, release_dead_local_leases};
+use crate::backfill::release_dead_local_leases;
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
-use crate::progress::Progress;
-use crate::report::{self, JobResult};
+use crate::ui::progress::Progress;
+use crate::ui::report::{self, JobResult, Unfinished};
 
 /// Batches in flight between the reader and load of one job.
 const CHANNEL_CAPACITY: usize = 2;
@@ -82,7 +83,7 @@ pub async fn finish_run(
     .await;
     match result {
         Ok(url) => println!("Run manifest: {url}"),
-        Err(e) => warn!("Could not write the run manifest: {e:#}. The job manifests under the archive still list every spooled file; `civicload replay --from` reads those."),
+        Err(e) => warn!("Could not write the run manifest: {}. The job manifests under the archive still list every spooled file; `civicload replay --from` reads those.", crate::ui::error::one_line(&e)),
     }
 }
 
@@ -190,11 +191,12 @@ struct LoadOutcome {
 impl LoadOutcome {
     /// Prints the summary and returns the exit status.
     fn print(&self) -> u8 {
-        println!("{}", report::summary_table(&self.results, self.wall));
-        let bad: Vec<&JobResult> = self
+        println!("{}", report::summary(&self.results, self.wall));
+        let bad: Vec<Unfinished> = self
             .results
             .iter()
-            .filter(|r| r.status != "completed" || !r.verified)
+            .filter(|r| r.status != Outcome::Completed || !r.verified)
+            .map(Unfinished::from)
             .collect();
         if self.interrupted {
             println!("Stopped: files in flight were committed. Run the same command again to load the rest; loaded files are skipped.");
@@ -208,22 +210,9 @@ impl LoadOutcome {
             return EXIT_OK;
         }
         println!(
-            "{} of {} jobs are not loaded and verified:",
-            bad.len(),
-            self.results.len()
+            "{}",
+            report::unfinished(&bad, self.results.len(), "loaded and verified")
         );
-        for r in bad {
-            println!(
-                "  {}/{}: {}{}",
-                r.subdomain,
-                r.document_type,
-                r.status,
-                r.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            );
-        }
         println!("Fix or restore the files named above, then run the same command again: files already loaded are skipped.");
         EXIT_INCOMPLETE
     }
@@ -324,16 +313,14 @@ impl JobContext {
         let mut result = JobResult {
             subdomain: job.subdomain.clone(),
             document_type: job.document_type.clone(),
-            status: "failed".into(),
+            status: Outcome::Failed,
             ..JobResult::default()
         };
-        match self.load(job_id, &job, &mut result).await {
-            Ok(()) => {}
-            Err(e) => {
-                result.status = "failed".into();
-                result.error = Some(format!("{e:#}"));
-                warn!("{}/{}: {e:#}", job.subdomain, job.document_type);
-            }
+        if let Err(e) = self.load(job_id, &job, &mut result).await {
+            let e = crate::ui::error::one_line(&e);
+            warn!("{}/{}: {e}", job.subdomain, job.document_type);
+            result.status = Outcome::Failed;
+            result.error = Some(e);
         }
         result
     }
@@ -345,7 +332,7 @@ impl JobContext {
         result: &mut JobResult,
     ) -> anyhow::Result<()> {
         if self.cancel.is_cancelled() {
-            result.status = "paused".into();
+            result.status = Outcome::Paused;
             return Ok(());
         }
         let started = Instant::now();
@@ -385,10 +372,8 @@ impl JobContext {
             self.pool.clone(),
             LoadConfig {
                 owner: self.owner.clone(),
-                bulk: false,
-                retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
-                skip_fk_checks: false,
+                ..LoadConfig::default()
             },
         )
         .with_checkpoint(Arc::new(FileCheckpoint {
@@ -403,12 +388,7 @@ impl JobContext {
         let mut problems: Vec<String> = read.failures.iter().map(|e| e.to_string()).collect();
         let outcome = match &load_result {
             Ok(load) => {
-                result.fetched = load.totals.fetched;
-                result.created = load.totals.created;
-                result.updated = load.totals.updated;
-                result.unchanged = load.totals.unchanged;
-                result.rejected = load.totals.rejected;
-                result.load_time = load.load_time;
+                result.absorb(load);
                 result.fetch_time = read.read_time;
                 if read.cancelled {
                     Outcome::Paused
@@ -429,12 +409,7 @@ impl JobContext {
         jobs::release(&self.pool, job_id, &self.owner, outcome, error.as_deref()).await?;
         result.seconds = started.elapsed().as_secs_f64();
         result.error = error.clone();
-        result.status = match outcome {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Paused => "paused",
-        }
-        .into();
+        result.status = outcome;
 
         if outcome != Outcome::Paused {
             let verify_started = Instant::now();
@@ -471,7 +446,7 @@ impl JobContext {
                 format!("{actual} pages + rejects stored, the manifest lists {expected}")
             };
             if failed_reason.is_some() {
-                result.status = "failed".into();
+                result.status = Outcome::Failed;
             }
             result.verify_time = verify_started.elapsed();
         }

@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use stages::source::SourceConfig;
 use stages::{DocumentType, Secret};
 
-pub const DEFAULT_SOURCE_TEMPLATE: &str = "https://{subdomain}.civic.band/meetings/{table}.json";
+use crate::ui::log::LogFormat;
+
+pub const DEFAULT_SOURCE_TEMPLATE: &str = stages::source::DEFAULT_TEMPLATE;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +37,11 @@ pub struct Cli {
     /// Where to spool fetched batches as Parquet (file://, s3://, memory://).
     #[arg(long, env = "CIVICLOAD_SPOOL", global = true)]
     pub spool: Option<String>,
+
+    /// Log lines on stderr as text (colour only on a terminal, and never with NO_COLOR)
+    /// or as one JSON object per line.
+    #[arg(long, value_enum, env = "CIVICLOAD_LOG_FORMAT", global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,

@@ -84,14 +84,13 @@ pub struct Step {
     pub detail: String,
 }
 
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:<44} {:>7.1} s  {}",
-            self.step, self.seconds, self.detail
-        )
-    }
+/// Steps as aligned columns (`ui::report::steps`).
+fn render_steps<'a>(steps: impl IntoIterator<Item = &'a Step>) -> String {
+    crate::ui::report::steps(
+        steps
+            .into_iter()
+            .map(|s| (s.step.as_str(), s.seconds, s.detail.as_str())),
+    )
 }
 
 /// A dedicated session for maintenance: its settings must not leak into pooled
@@ -115,7 +114,7 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
     // CREATE INDEX CONCURRENTLY on one table can deadlock (each waits for the other's
     // snapshot or lock). The later run then finds the work done.
     let t = Instant::now();
-    let owner = crate::backfill::owner_id();
+    let owner = stages::store::leases::owner_id();
     let lease = Lease::acquire(pool, MAINTAIN_LEASE, &owner)
         .await
         .context("waiting for another civicload maintenance run to finish")?;
@@ -259,9 +258,7 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
     };
     let started = Instant::now();
     let steps = maintain(pool, &plan).await?;
-    for s in &steps {
-        println!("{s}");
-    }
+    println!("{}", render_steps(&steps));
     println!(
         "Maintenance done in {:.1} s. `civicload health` shows the result.",
         started.elapsed().as_secs_f64()
@@ -401,9 +398,7 @@ async fn finish_load(
             "stopped while preparing the database for search: the pages and vectors are in; run `civicload maintain` to finish"
         ),
     };
-    for s in steps.iter().chain(&references) {
-        println!("{s}");
-    }
+    println!("{}", render_steps(steps.iter().chain(&references)));
     let sizes = maintenance::rel_sizes(pool, "meeting_pages").await?;
     println!(
         "Search ready in {:.1} s: meeting_pages heap {}, with TOAST {}, indexes {}, total {}.",

@@ -13,14 +13,13 @@
 //! been written by the load itself (measured in the report: heap and total sizes before
 //! and after).
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use futures::TryStreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -454,11 +453,11 @@ struct VectorizeProgress {
 
 impl VectorizeProgress {
     fn new(target: VectorTarget, total: u64) -> Arc<Self> {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        let bar = (std::io::stderr().is_terminal() && !ci).then(|| {
-            let bar =
-                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4))
-                    .with_style(
+        let bar = crate::ui::term::stderr_is_interactive().then(|| {
+            // In a MultiProgress only so that log lines are drawn above it (`ui::log`).
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+            crate::ui::log::set_bars(Some(multi.clone()));
+            let bar = multi.add(ProgressBar::new(total)).with_style(
                     ProgressStyle::with_template(
                         "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta} {msg}",
                     )
@@ -515,6 +514,7 @@ impl VectorizeProgress {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            crate::ui::log::set_bars(None);
         }
     }
 }

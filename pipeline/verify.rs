@@ -80,7 +80,7 @@ async fn repair(
     } else {
         Outcome::Failed
     };
-    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let error = result.as_ref().err().map(crate::ui::error::one_line);
     jobs::release(pool, row.id, owner, outcome, error.as_deref()).await?;
     result
 }
@@ -98,13 +98,7 @@ async fn repair_held(
         let columns = client.columns(&job.subdomain, table).await?;
         let load = Load::new(
             pool.clone(),
-            LoadConfig {
-                owner: String::new(),
-                bulk: false,
-                retry_for: stages::store::DB_RETRY_FOR,
-                insert_first: false,
-                skip_fk_checks: false,
-            },
+            LoadConfig::default(),
         );
         let mut builder = PageBuilder::new();
         let (mut created, mut updated, mut rejected) = (0, 0, 0);

@@ -51,6 +51,20 @@ pub struct LoadConfig {
     pub skip_fk_checks: bool,
 }
 
+impl Default for LoadConfig {
+    /// No lease owner, trigger mode, every row upserted, foreign keys checked row by row,
+    /// retries for [`crate::store::DB_RETRY_FOR`]: a caller names what differs.
+    fn default() -> Self {
+        LoadConfig {
+            owner: String::new(),
+            bulk: false,
+            retry_for: crate::store::DB_RETRY_FOR,
+            insert_first: false,
+            skip_fk_checks: false,
+        }
+    }
+}
+
 /// What one committed batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {

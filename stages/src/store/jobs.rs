@@ -232,20 +232,29 @@ pub async fn heartbeat(pool: &PgPool, owner: &str, lease: Duration) -> Result<u6
 }
 
 /// How a worker leaves a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Outcome {
     Completed,
+    /// Also what a run's result says until the run has ended otherwise.
+    #[default]
     Failed,
     Paused,
 }
 
 impl Outcome {
-    fn status(self) -> &'static str {
+    /// The job's `status` after it: the one place an outcome becomes a status.
+    pub fn status(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
             Outcome::Failed => "failed",
             Outcome::Paused => "paused",
         }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.status())
     }
 }
 
@@ -271,6 +280,19 @@ pub async fn release(
     .execute(autocommit(pool))
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Clears a job's lease if `owner` still holds it (a holder found dead); 1 when it did.
+pub async fn clear_lease(pool: &PgPool, job_id: i64, owner: &str) -> Result<u64, sqlx::Error> {
+    let r = sql::query(
+        "UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .execute(autocommit(pool))
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Records a verification result on a job.

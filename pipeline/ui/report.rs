@@ -1,19 +1,21 @@
-//! End-of-run reports: the summary table every run ends with, and `status`.
+//! End-of-run reports (the summary every run ends with, the jobs left unfinished, the
+//! steps after a load) and the tables of `status`.
 
 use std::time::Duration;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
-use serde::Serialize;
-use stages::store::jobs::JobRow;
+use stages::load::LoadReport;
+use stages::store::jobs::{JobRow, Outcome};
 use stages::JobKey;
 
 /// What one job did in this run.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct JobResult {
     pub subdomain: String,
     pub document_type: String,
-    pub status: String,
+    /// How the job ended (failed until the run says otherwise).
+    pub status: Outcome,
     pub fetched: u64,
     pub created: u64,
     pub updated: u64,
@@ -25,13 +27,9 @@ pub struct JobResult {
     pub error: Option<String>,
     /// Where a resumed job started (pages fetched before this run).
     pub resumed_from: u64,
-    #[serde(skip)]
     pub fetch_time: Duration,
-    #[serde(skip)]
     pub transform_time: Duration,
-    #[serde(skip)]
     pub load_time: Duration,
-    #[serde(skip)]
     pub verify_time: Duration,
 }
 
@@ -46,11 +44,22 @@ impl JobResult {
     }
 
     pub fn pages_per_second(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.fetched as f64 / self.seconds
-        } else {
-            0.0
-        }
+        per_second(self.fetched, self.seconds)
+    }
+
+    /// `subdomain/document type`.
+    pub fn job(&self) -> String {
+        format!("{}/{}", self.subdomain, self.document_type)
+    }
+
+    /// Takes the load stage's counters and time.
+    pub fn absorb(&mut self, load: &LoadReport) {
+        self.fetched = load.totals.fetched;
+        self.created = load.totals.created;
+        self.updated = load.totals.updated;
+        self.unchanged = load.totals.unchanged;
+        self.rejected = load.totals.rejected;
+        self.load_time = load.load_time;
     }
 
     /// One line for logs and the progress display.
@@ -71,73 +80,147 @@ fn right(v: impl ToString) -> Cell {
     Cell::new(v.to_string()).set_alignment(CellAlignment::Right)
 }
 
-/// The summary table printed at the end of a backfill.
-pub fn summary_table(results: &[JobResult], wall: Duration) -> String {
-    let mut rows: Vec<&JobResult> = results.iter().collect();
-    rows.sort_by(|a, b| (&a.subdomain, &a.document_type).cmp(&(&b.subdomain, &b.document_type)));
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        "job",
-        "status",
-        "fetched",
-        "created",
-        "updated",
-        "unchanged",
-        "rejected",
-        "seconds",
-        "pages/s",
-        "verification",
-    ]);
-    let mut total = JobResult::default();
-    for r in &rows {
-        total.fetched += r.fetched;
-        total.created += r.created;
-        total.updated += r.updated;
-        total.unchanged += r.unchanged;
-        total.rejected += r.rejected;
-        let verification = match (&r.error, r.verification.is_empty()) {
-            (Some(e), _) => shorten(e, 90),
-            (None, false) => shorten(&r.verification, 90),
-            (None, true) => String::new(),
-        };
-        t.add_row(vec![
-            Cell::new(format!("{}/{}", r.subdomain, r.document_type)),
-            Cell::new(&r.status),
-            right(r.fetched),
-            right(r.created),
-            right(r.updated),
-            right(r.unchanged),
-            right(r.rejected),
-            right(format!("{:.1}", r.seconds)),
-            right(format!("{:.0}", r.pages_per_second())),
-            Cell::new(verification),
-        ]);
+/// How many of the slowest jobs the end-of-run summary lists.
+pub const SLOWEST: usize = 10;
+
+/// The end of a run, a few lines whatever the number of jobs: the totals (one row whose
+/// first number is the pages fetched: scripts and tests read it), the slowest jobs, and
+/// where every job is listed. The jobs that failed or are not verified follow it (see
+/// [`unfinished`]).
+pub fn summary(results: &[JobResult], wall: Duration) -> String {
+    let mut out = totals_row(results, wall);
+    if !results.is_empty() {
+        out.push('\n');
+        out.push_str(&slowest(results, SLOWEST));
     }
+    out.push_str(&format!(
+        "\nEvery job's counters and verification: `civicload status` (`--incomplete`: only those not completed and verified; `--json`: for scripts)."
+    ));
+    out
+}
+
+/// The run's totals as a one-row table.
+fn totals_row(results: &[JobResult], wall: Duration) -> String {
+    let sum = |f: fn(&JobResult) -> u64| results.iter().map(f).sum::<u64>();
+    let fetched = sum(|r| r.fetched);
+    let verified = results.iter().filter(|r| r.verified).count();
+    let failed = results
+        .iter()
+        .filter(|r| r.status == Outcome::Failed)
+        .count();
     let secs = wall.as_secs_f64();
+    let mut t = table();
+    t.set_header(vec![
+        "", "fetched", "created", "updated", "unchanged", "rejected", "seconds", "pages/s",
+    ]);
     t.add_row(vec![
-        Cell::new(format!("TOTAL ({} jobs)", rows.len())),
         Cell::new(format!(
-            "{} verified",
-            rows.iter().filter(|r| r.verified).count()
+            "TOTAL ({} jobs: {verified} verified, {failed} failed)",
+            results.len()
         )),
-        right(total.fetched),
-        right(total.created),
-        right(total.updated),
-        right(total.unchanged),
-        right(total.rejected),
+        right(fetched),
+        right(sum(|r| r.created)),
+        right(sum(|r| r.updated)),
+        right(sum(|r| r.unchanged)),
+        right(sum(|r| r.rejected)),
         right(format!("{secs:.1}")),
-        right(format!(
-            "{:.0}",
-            if secs > 0.0 {
-                total.fetched as f64 / secs
-            } else {
-                0.0
-            }
-        )),
-        Cell::new(""),
+        right(format!("{:.0}", per_second(fetched, secs))),
     ]);
     t.to_string()
+}
+
+/// The `n` jobs that took longest, slowest first.
+fn slowest(results: &[JobResult], n: usize) -> String {
+    let mut rows: Vec<&JobResult> = results.iter().collect();
+    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then_with(|| a.job().cmp(&b.job())));
+    let title = if rows.len() > n {
+        format!("The {n} slowest of {} jobs:", rows.len())
+    } else {
+        "Jobs, slowest first:".to_string()
+    };
+    let mut t = table();
+    t.set_header(vec!["job", "status", "fetched", "seconds", "pages/s", "verification"]);
+    for r in rows.into_iter().take(n) {
+        let note = r.error.as_deref().unwrap_or(&r.verification);
+        t.add_row(vec![
+            Cell::new(r.job()),
+            Cell::new(r.status),
+            right(r.fetched),
+            right(format!("{:.1}", r.seconds)),
+            right(format!("{:.0}", r.pages_per_second())),
+            Cell::new(shorten(note, 60)),
+        ]);
+    }
+    format!("{title}\n{t}")
+}
+
+/// A job that did not end completed and verified, for the list after a run.
+pub struct Unfinished {
+    pub job: String,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+impl From<&JobRow> for Unfinished {
+    fn from(j: &JobRow) -> Self {
+        Unfinished {
+            job: format!("{}/{}", j.subdomain, j.document_type),
+            status: j.status.clone(),
+            error: j.last_error.clone(),
+        }
+    }
+}
+
+impl From<&JobResult> for Unfinished {
+    fn from(r: &JobResult) -> Self {
+        Unfinished {
+            job: r.job(),
+            status: r.status.to_string(),
+            error: r.error.clone(),
+        }
+    }
+}
+
+/// "N of M jobs are not `done`:", then one line per job with its status and error.
+pub fn unfinished(jobs: &[Unfinished], of: usize, done: &str) -> String {
+    let mut out = format!("{} of {of} jobs are not {done}:", jobs.len());
+    for j in jobs {
+        out.push_str(&format!("\n  {}: {}", j.job, j.status));
+        if let Some(e) = &j.error {
+            out.push_str(&format!(" ({e})"));
+        }
+    }
+    out
+}
+
+/// Steps and their durations as aligned columns (the steps after a load, `maintain`).
+pub fn steps<'a>(steps: impl IntoIterator<Item = (&'a str, f64, &'a str)>) -> String {
+    let steps: Vec<_> = steps.into_iter().collect();
+    let width = steps.iter().map(|s| s.0.chars().count()).max().unwrap_or(0);
+    let lines: Vec<String> = steps
+        .iter()
+        .map(|(step, seconds, detail)| {
+            let pad = width - step.chars().count();
+            format!("{step}{:pad$}  {seconds:>7.1} s  {detail}", "")
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    lines.join("\n")
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t
+}
+
+fn per_second(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 /// Per-stage time summed over jobs: where the run spent its time.
