@@ -417,41 +417,65 @@ impl JobContext {
             let expected = job.expected_rows() as i64;
             let actual = jobs::count_pages(&self.pool, key.municipality_id, doc).await?
                 + jobs::count_rejects(&self.pool, key.municipality_id, doc).await?;
-            let verified = actual == expected && error.is_none();
-            let failed_reason = if actual < expected {
-                Some(format!(
-                    "{} pages + rejects stored, the archive's manifest lists {expected}: {} missing{}",
-                    actual,
-                    expected - actual,
-                    error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
-                ))
-            } else {
-                error.clone()
-            };
+            let verdict = ManifestVerdict::judge(expected, actual, error.as_deref());
             jobs::record_verification(
                 &self.pool,
                 job_id,
                 Some((expected, "spool manifest")),
                 actual,
-                verified,
-                failed_reason.as_deref(),
+                verdict.verified,
+                verdict.failed_reason.as_deref(),
             )
             .await?;
-            result.verified = verified;
-            result.verification = if verified {
-                format!("verified: {actual} pages + rejects = the manifest's {expected}")
-            } else if actual > expected {
-                format!("{actual} pages + rejects stored, {} more than the manifest's {expected} (pages loaded from elsewhere, or deleted at the source since)", actual - expected)
-            } else {
-                format!("{actual} pages + rejects stored, the manifest lists {expected}")
-            };
-            if failed_reason.is_some() {
+            result.verified = verdict.verified;
+            result.verification = verdict.verification;
+            if verdict.failed_reason.is_some() {
                 result.status = Outcome::Failed;
             }
             result.verify_time = verify_started.elapsed();
         }
         self.progress.job_finished(&key, &result.one_line());
         Ok(())
+    }
+}
+
+/// A replayed job's pages and rejects held against the count its manifest lists.
+#[derive(Debug, PartialEq, Eq)]
+struct ManifestVerdict {
+    verified: bool,
+    /// Why the job failed: pages missing, or the load's own error.
+    failed_reason: Option<String>,
+    /// The line for the report.
+    verification: String,
+}
+
+impl ManifestVerdict {
+    /// Verified when exactly the manifest's rows are held and the load had no error; failed
+    /// when rows are missing or the load failed. More rows than listed is neither: pages
+    /// loaded from elsewhere, or deleted at the source since.
+    fn judge(expected: i64, actual: i64, error: Option<&str>) -> ManifestVerdict {
+        let verified = actual == expected && error.is_none();
+        let failed_reason = if actual < expected {
+            Some(format!(
+                "{actual} pages + rejects stored, the archive's manifest lists {expected}: {} missing{}",
+                expected - actual,
+                error.map(|e| format!(" ({e})")).unwrap_or_default()
+            ))
+        } else {
+            error.map(str::to_string)
+        };
+        let verification = if verified {
+            format!("verified: {actual} pages + rejects = the manifest's {expected}")
+        } else if actual > expected {
+            format!("{actual} pages + rejects stored, {} more than the manifest's {expected} (pages loaded from elsewhere, or deleted at the source since)", actual - expected)
+        } else {
+            format!("{actual} pages + rejects stored, the manifest lists {expected}")
+        };
+        ManifestVerdict {
+            verified,
+            failed_reason,
+            verification,
+        }
     }
 }
 
@@ -467,5 +491,46 @@ async fn heartbeat(pool: PgPool, owner: String, lease: Duration, stop: Cancellat
             }
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ManifestVerdict;
+
+    #[test]
+    fn exactly_the_manifests_rows_without_an_error_is_verified() {
+        let v = ManifestVerdict::judge(1_200, 1_200, None);
+        assert!(v.verified);
+        assert_eq!(v.failed_reason, None);
+        assert_eq!(
+            v.verification,
+            "verified: 1200 pages + rejects = the manifest's 1200"
+        );
+    }
+
+    #[test]
+    fn missing_rows_fail_the_job_and_name_the_files_error() {
+        let v = ManifestVerdict::judge(1_200, 1_000, Some("a.parquet: checksum mismatch"));
+        assert!(!v.verified);
+        assert_eq!(
+            v.failed_reason.as_deref(),
+            Some("1000 pages + rejects stored, the archive's manifest lists 1200: 200 missing (a.parquet: checksum mismatch)")
+        );
+    }
+
+    #[test]
+    fn all_rows_but_a_load_error_fails_with_that_error() {
+        let v = ManifestVerdict::judge(1_200, 1_200, Some("a.parquet: unreadable"));
+        assert!(!v.verified);
+        assert_eq!(v.failed_reason.as_deref(), Some("a.parquet: unreadable"));
+    }
+
+    #[test]
+    fn more_rows_than_listed_is_unverified_but_not_failed() {
+        let v = ManifestVerdict::judge(1_200, 1_250, None);
+        assert!(!v.verified);
+        assert_eq!(v.failed_reason, None);
+        assert!(v.verification.contains("50 more than the manifest's 1200"));
     }
 }

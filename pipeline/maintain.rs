@@ -378,7 +378,12 @@ async fn finish_load(
         println!("{}", vectorized.describe());
     }
     let table_rows = maintenance::counts(pool).await?.pages_estimated;
-    let plan = after_load_plan(mode, vectorized.pages_updated(), table_rows);
+    let plan = after_load_plan(
+        mode,
+        vectorized.pages_updated(),
+        table_rows,
+        maintenance_work_mem_from_env(),
+    );
     // The references a bulk load did not check row by row, checked at once beside the
     // index build (which uses one core).
     let references = async {
@@ -449,14 +454,15 @@ async fn check_references(pool: &PgPool) -> anyhow::Result<Step> {
 /// yet; CONCURRENTLY otherwise) and VACUUM (ANALYZE) of everything (so does an initial
 /// load in trigger mode); an ordinary run only builds what is missing, concurrently, and
 /// leaves vacuuming to autovacuum unless it had vectors to build.
-fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
+fn after_load_plan(
+    mode: LoadMode,
+    rewritten: u64,
+    table_rows: i64,
+    maintenance_work_mem: String,
+) -> MaintainPlan {
     // Vectorize rewrote most rows: each btree of the table holds a second entry for them.
     // (A table never analyzed estimates no rows: a fresh bulk load, so rebuild.)
     let churned = rewritten > 0 && rewritten >= table_rows.max(0) as u64 / 2;
-    let maintenance_work_mem = std::env::var("CIVICLOAD_MAINTENANCE_WORK_MEM")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string());
     MaintainPlan {
         build: if mode.initial {
             BuildMode::Blocking
@@ -478,6 +484,15 @@ fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainP
         },
         maintenance_work_mem,
     }
+}
+
+/// `maintain --maintenance-work-mem` for the steps after a backfill, which has no such
+/// flag: the same environment variable, or the default.
+fn maintenance_work_mem_from_env() -> String {
+    std::env::var("CIVICLOAD_MAINTENANCE_WORK_MEM")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string())
 }
 
 /// `civicload vectorize`.
@@ -525,4 +540,72 @@ pub async fn cancel_on_signal(cancel: CancellationToken) {
     cancel.cancel();
     // Keep the signal handled (not fatal) until the caller ends.
     tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(bulk: bool, initial: bool, pages_analyzed: bool) -> LoadMode {
+        LoadMode {
+            bulk,
+            initial,
+            pages_analyzed,
+        }
+    }
+
+    fn plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
+        after_load_plan(mode, rewritten, table_rows, "64MB".into())
+    }
+
+    #[test]
+    fn an_initial_bulk_load_builds_blocking_rebuilds_churned_btrees_and_vacuums_all() {
+        // Vectorize wrote every page of a table never analyzed (it estimates no rows).
+        let p = plan(mode(true, true, false), 200_000, 0);
+        assert_eq!(p.build, BuildMode::Blocking);
+        assert_eq!(p.reindex, Reindex::PagesBtrees);
+        assert!(p.vacuum && p.analyze_pages);
+        assert_eq!(p.vacuum_toast, Toast::Included);
+        assert_eq!(p.maintenance_work_mem, "64MB");
+    }
+
+    #[test]
+    fn a_bulk_load_whose_vectors_civicload_wrote_skips_the_new_toast_and_the_analyze_done() {
+        let p = plan(mode(true, true, true), 0, 200_000);
+        assert_eq!(p.build, BuildMode::Blocking);
+        assert_eq!(p.reindex, Reindex::None);
+        assert!(p.vacuum);
+        assert!(!p.analyze_pages, "analyzed during the load, nothing rewritten since");
+        assert_eq!(p.vacuum_toast, Toast::Skipped);
+    }
+
+    #[test]
+    fn a_bulk_load_into_a_served_table_builds_concurrently_and_reindexes_only_when_churned() {
+        let few = plan(mode(true, false, true), 1_000, 1_000_000);
+        assert_eq!(few.build, BuildMode::Concurrently);
+        assert_eq!(few.reindex, Reindex::None, "a few rewritten rows: no rebuild");
+        assert!(few.analyze_pages, "vectorize rewrote pages after the analyze");
+        assert_eq!(few.vacuum_toast, Toast::Included);
+        let most = plan(mode(true, false, false), 600_000, 1_000_000);
+        assert_eq!(most.reindex, Reindex::PagesBtrees);
+    }
+
+    #[test]
+    fn an_ordinary_run_only_builds_what_is_missing_and_leaves_vacuum_to_autovacuum() {
+        let p = plan(mode(false, false, false), 0, 1_000_000);
+        assert_eq!(p.build, BuildMode::Concurrently);
+        assert_eq!(p.reindex, Reindex::None);
+        assert!(!p.vacuum);
+        let with_vectors = plan(mode(false, false, false), 10, 1_000_000);
+        assert!(with_vectors.vacuum, "it rewrote rows: vacuum them");
+        assert_eq!(with_vectors.reindex, Reindex::None, "never outside bulk mode");
+    }
+
+    #[test]
+    fn an_initial_load_in_trigger_mode_builds_blocking_and_vacuums() {
+        let p = plan(mode(false, true, false), 0, 5_000);
+        assert_eq!(p.build, BuildMode::Blocking);
+        assert!(p.vacuum && p.analyze_pages);
+        assert_eq!(p.vacuum_toast, Toast::Included);
+    }
 }

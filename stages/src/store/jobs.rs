@@ -568,3 +568,24 @@ pub async fn page_keys_through(
     tx.commit().await?;
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn every_outcome_is_a_status_the_schema_allows() {
+        let schema = include_str!("../../../migrations/0001_schema.sql");
+        let check = schema
+            .lines()
+            .find(|l| l.contains("CHECK (status IN"))
+            .expect("backfill_jobs.status has a CHECK constraint");
+        for outcome in [Outcome::Completed, Outcome::Failed, Outcome::Paused] {
+            assert!(
+                check.contains(&format!("'{outcome}'")),
+                "{outcome} not in {check}"
+            );
+        }
+        assert_eq!(Outcome::default(), Outcome::Failed);
+    }
+}
