@@ -8,7 +8,8 @@ use anyhow::Context;
 use sqlx::PgPool;
 use stages::source::SourceClient;
 use stages::store::leases::{owner_id, Lease};
-use stages::store::{self, jobs, municipalities};
+use stages::store::jobs::{self, JobStatus};
+use stages::store::{self, municipalities};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -188,7 +189,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     let rows = jobs::list(&pool, Some(&ids)).await?;
     let unfinished: Vec<Unfinished> = rows
         .iter()
-        .filter(|j| j.status != "completed" || j.verified_at.is_none())
+        .filter(|j| !j.completed_and_verified())
         .map(Unfinished::from)
         .collect();
     if result.interrupted {
@@ -342,8 +343,8 @@ async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let rows: Vec<_> = jobs::list(&pool, None)
         .await?
         .into_iter()
-        .filter(|j| !args.failed || j.status == "failed")
-        .filter(|j| !args.incomplete || j.status != "completed" || j.verified_at.is_none())
+        .filter(|j| !args.failed || j.status == JobStatus::Failed)
+        .filter(|j| !args.incomplete || !j.completed_and_verified())
         .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -93,7 +93,10 @@ impl Backfill {
         }
 
         let planned = jobs::list(&self.pool, Some(&ids)).await?;
-        let todo = planned.iter().filter(|j| j.status != "completed").count() as u64;
+        let todo = planned
+            .iter()
+            .filter(|j| j.status != jobs::JobStatus::Completed)
+            .count() as u64;
         let expected = jobs::expected_remaining(&self.pool, &ids)
             .await?
             .map(|n| n as u64);

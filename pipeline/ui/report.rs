@@ -6,7 +6,7 @@ use std::time::Duration;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 use stages::load::LoadReport;
-use stages::store::jobs::{JobRow, Outcome};
+use stages::store::jobs::{JobRow, JobStatus, Outcome};
 use stages::JobKey;
 
 /// What one job did in this run.
@@ -165,7 +165,7 @@ impl From<&JobRow> for Unfinished {
     fn from(j: &JobRow) -> Self {
         Unfinished {
             job: format!("{}/{}", j.subdomain, j.document_type),
-            status: j.status.clone(),
+            status: j.status.to_string(),
             error: j.last_error.clone(),
         }
     }
@@ -285,15 +285,15 @@ pub fn status_table(rows: &[JobRow]) -> String {
         let per_second =
             (j.elapsed_seconds > 0.0).then(|| j.pages_fetched as f64 / j.elapsed_seconds);
         let rate = per_second.map(|r| format!("{r:.0}")).unwrap_or_default();
-        let eta = match (j.status.as_str(), per_second, j.expected_count) {
-            ("running", Some(r), Some(expected)) if r > 0.0 && expected > j.pages_fetched => {
+        let eta = match (j.status, per_second, j.expected_count) {
+            (JobStatus::Running, Some(r), Some(expected)) if r > 0.0 && expected > j.pages_fetched => {
                 format!("{:.0} s", (expected - j.pages_fetched) as f64 / r)
             }
             _ => String::new(),
         };
         t.add_row(vec![
             Cell::new(format!("{}/{}", j.subdomain, j.document_type)),
-            Cell::new(&j.status),
+            Cell::new(j.status),
             right(j.pages_fetched),
             right(j.pages_created),
             right(j.pages_updated),

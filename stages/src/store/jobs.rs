@@ -14,14 +14,48 @@ use sqlx::PgPool;
 use super::sql::{self, autocommit};
 use crate::batch::{DocumentType, JobKey};
 
+/// A job's `status` (the schema's CHECK lists the same five).
+///
+/// Decoded by sqlx; bound as [`JobStatus::as_str`], never as the enum itself: sqlx looks
+/// the OID of a named type up with a prepared statement of its own, which a
+/// transaction-pooling PgBouncer does not keep (see `store::sql`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Paused,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Paused => "paused",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A job row with its municipality's subdomain.
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct JobRow {
     pub id: i64,
     pub municipality_id: i64,
     pub subdomain: String,
-    pub document_type: String,
-    pub status: String,
+    pub document_type: DocumentType,
+    pub status: JobStatus,
     pub last_cursor: Option<String>,
     pub batch_seq: i64,
     pub pass: i32,
@@ -50,9 +84,13 @@ impl JobRow {
             job_id: self.id,
             municipality_id: self.municipality_id,
             subdomain: self.subdomain.clone(),
-            document_type: DocumentType::parse(&self.document_type)
-                .expect("document_type is checked by the schema"),
+            document_type: self.document_type,
         }
+    }
+
+    /// Completed, and verified against the source (or the manifest) since.
+    pub fn completed_and_verified(&self) -> bool {
+        self.status == JobStatus::Completed && self.verified_at.is_some()
     }
 }
 
@@ -243,18 +281,18 @@ pub enum Outcome {
 
 impl Outcome {
     /// The job's `status` after it: the one place an outcome becomes a status.
-    pub fn status(self) -> &'static str {
+    pub fn status(self) -> JobStatus {
         match self {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Paused => "paused",
+            Outcome::Completed => JobStatus::Completed,
+            Outcome::Failed => JobStatus::Failed,
+            Outcome::Paused => JobStatus::Paused,
         }
     }
 }
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.status())
+        f.write_str(self.status().as_str())
     }
 }
 
@@ -275,7 +313,7 @@ pub async fn release(
     )
     .bind(job_id)
     .bind(owner)
-    .bind(outcome.status())
+    .bind(outcome.status().as_str())
     .bind(error)
     .execute(autocommit(pool))
     .await?;
@@ -571,21 +609,22 @@ pub async fn page_keys_through(
 
 #[cfg(test)]
 mod tests {
-    use super::Outcome;
+    use super::{JobStatus, Outcome};
 
     #[test]
-    fn every_outcome_is_a_status_the_schema_allows() {
+    fn every_status_is_one_the_schema_allows_and_every_outcome_maps_to_its_own() {
         let schema = include_str!("../../../migrations/0001_schema.sql");
         let check = schema
             .lines()
             .find(|l| l.contains("CHECK (status IN"))
             .expect("backfill_jobs.status has a CHECK constraint");
-        for outcome in [Outcome::Completed, Outcome::Failed, Outcome::Paused] {
-            assert!(
-                check.contains(&format!("'{outcome}'")),
-                "{outcome} not in {check}"
-            );
+        use JobStatus::*;
+        for status in [Pending, Running, Completed, Failed, Paused] {
+            assert!(check.contains(&format!("'{status}'")), "{status} not in {check}");
         }
+        assert_eq!(Outcome::Completed.status(), Completed);
+        assert_eq!(Outcome::Failed.status(), Failed);
+        assert_eq!(Outcome::Paused.status(), Paused);
         assert_eq!(Outcome::default(), Outcome::Failed);
     }
 }
