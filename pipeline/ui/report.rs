@@ -93,9 +93,7 @@ pub fn summary(results: &[JobResult], wall: Duration) -> String {
         out.push('\n');
         out.push_str(&slowest(results, SLOWEST));
     }
-    out.push_str(&format!(
-        "\nEvery job's counters and verification: `civicload status` (`--incomplete`: only those not completed and verified; `--json`: for scripts)."
-    ));
+    out.push_str("\nEvery job's counters and verification: `civicload status` (`--incomplete`: only those not completed and verified; `--json`: for scripts).");
     out
 }
 
@@ -263,8 +261,7 @@ pub fn phases(results: &[JobResult], load_phase: Duration, total: Duration) -> S
 
 /// `civicload status` as a table.
 pub fn status_table(rows: &[JobRow]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut t = table();
     t.set_header(vec![
         "job",
         "status",
@@ -325,8 +322,7 @@ fn shorten(s: &str, n: usize) -> String {
 
 /// `civicload status --totals`: pages and documents per municipality and document type.
 pub fn totals_table(rows: &[stages::store::jobs::Totals]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut t = table();
     t.set_header(vec![
         "municipality",
         "type",
@@ -365,4 +361,90 @@ pub fn totals_table(rows: &[stages::store::jobs::Totals]) -> String {
         Cell::new(""),
     ]);
     t.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: usize, seconds: f64, status: Outcome, verified: bool) -> JobResult {
+        JobResult {
+            subdomain: format!("town{n:02}.ca"),
+            document_type: "minutes".into(),
+            status,
+            fetched: 100 * n as u64,
+            created: 100 * n as u64,
+            seconds,
+            verified,
+            ..JobResult::default()
+        }
+    }
+
+    /// The first number of the TOTAL row, read as tests/pgbouncer.rs and resilience.rs do.
+    fn total_fetched(summary: &str) -> i64 {
+        let line = summary.lines().find(|l| l.contains("TOTAL")).unwrap();
+        line.split('┆')
+            .filter_map(|c| c.trim().parse().ok())
+            .next()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_summary_of_many_jobs_is_the_totals_and_the_ten_slowest() {
+        let mut results: Vec<JobResult> = (1..=40)
+            .map(|n| job(n, n as f64, Outcome::Completed, true))
+            .collect();
+        results[0].status = Outcome::Failed;
+        results[0].verified = false;
+        let out = summary(&results, Duration::from_secs(50));
+        assert_eq!(total_fetched(&out), (1..=40).map(|n| 100 * n).sum::<i64>());
+        assert!(out.contains("TOTAL (40 jobs: 39 verified, 1 failed)"), "{out}");
+        assert!(out.contains("The 10 slowest of 40 jobs:"), "{out}");
+        let listed: Vec<usize> = (1..=40)
+            .filter(|n| out.contains(&format!("town{n:02}.ca")))
+            .collect();
+        assert_eq!(listed, (31..=40).collect::<Vec<_>>(), "{out}");
+        assert!(out.contains("`civicload status`"));
+        assert!(out.lines().all(|l| l.chars().count() <= 120), "{out}");
+    }
+
+    #[test]
+    fn a_few_jobs_are_all_listed_slowest_first() {
+        let results = vec![
+            job(1, 2.0, Outcome::Completed, true),
+            job(2, 9.0, Outcome::Paused, false),
+        ];
+        let out = summary(&results, Duration::from_secs(10));
+        assert!(out.contains("Jobs, slowest first:"), "{out}");
+        let first = out.find("town02.ca").unwrap();
+        assert!(first < out.find("town01.ca").unwrap(), "{out}");
+        assert_eq!(total_fetched(&out), 300);
+    }
+
+    #[test]
+    fn the_unfinished_list_names_each_job_its_status_and_error() {
+        let mut failed = job(3, 1.0, Outcome::Failed, false);
+        failed.error = Some("the source answered 404".into());
+        let list = unfinished(
+            &[Unfinished::from(&failed), Unfinished::from(&job(4, 1.0, Outcome::Paused, false))],
+            9,
+            "loaded and verified",
+        );
+        assert_eq!(
+            list,
+            "2 of 9 jobs are not loaded and verified:\n  town03.ca/minutes: failed (the source answered 404)\n  town04.ca/minutes: paused"
+        );
+    }
+
+    #[test]
+    fn steps_are_aligned_whatever_their_length() {
+        let out = steps([
+            ("search index idx_pages_search", 12.34, "built (1.2 GB, fastupdate off)"),
+            ("VACUUM meeting_pages (analyzed during the load, TOAST left to autovacuum)", 0.5, ""),
+            ("REFRESH MATERIALIZED VIEW meeting_page_stats", 1.0, "concurrently"),
+        ]);
+        let columns: Vec<usize> = out.lines().map(|l| l.find(" s").unwrap()).collect();
+        assert!(columns.iter().all(|&c| c == columns[0]), "{out}");
+        assert!(out.lines().nth(1).unwrap().ends_with("0.5 s"), "{out}");
+    }
 }
