@@ -99,7 +99,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // and the ANALYZE near the end of a bulk load.
     let pool = connect(cli, u32::from(args.concurrency) + 5).await?;
     // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
-    let load_mode = crate::maintain::decide_bulk(&pool, &args).await?;
+    let load_mode = crate::maintain::decide_bulk(&pool, args.bulk_request()).await?;
     let args = BackfillArgs {
         bulk: load_mode.is_bulk(),
         ..args

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect, stop_on_signal, UsageError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::app::{connect, stop_on_signal};
+use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::backfill::release_dead_local_leases;
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
 use crate::ui::progress::Progress;

@@ -225,6 +225,22 @@ pub struct StatusArgs {
     pub incomplete: bool,
 }
 
+impl BackfillArgs {
+    /// `--verify-only`, `--no-bulk` and `--bulk` as the load-mode decision reads them.
+    pub fn bulk_request(&self) -> crate::maintain::BulkRequest {
+        use crate::maintain::BulkRequest;
+        if self.verify_only {
+            BulkRequest::VerifyOnly
+        } else if self.no_bulk {
+            BulkRequest::Never
+        } else if self.bulk {
+            BulkRequest::Always
+        } else {
+            BulkRequest::Auto
+        }
+    }
+}
+
 impl Cli {
     /// The source settings; secrets stay wrapped.
     pub fn source_config(

@@ -28,7 +28,6 @@ use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
-use crate::cli::BackfillArgs;
 use crate::vectorize::{bytes, Vectorize, VectorizeArgs};
 
 /// Below this many pages a backfill loads in bulk mode by itself: the table is (nearly)
@@ -290,6 +289,19 @@ impl LoadMode {
     }
 }
 
+/// What the command line asks of the load mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkRequest {
+    /// `--verify-only`: nothing is written, nothing is decided.
+    VerifyOnly,
+    /// `--no-bulk`.
+    Never,
+    /// `--bulk`.
+    Always,
+    /// Neither: decided from the table (see [`decide_bulk`]).
+    Auto,
+}
+
 /// Decides the load mode. Bulk: never with `--no-bulk` (or `--verify-only`); always with
 /// `--bulk`; otherwise when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages (an
 /// initial load), or when the page search index is missing (a bulk load that has not
@@ -298,8 +310,8 @@ impl LoadMode {
 /// Into a nearly empty table the search indexes are dropped in any case: maintained row
 /// by row with fastupdate off they would slow every write ~10x, and rebuilding them over
 /// a few thousand pages costs nothing.
-pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<LoadMode> {
-    if args.verify_only {
+pub async fn decide_bulk(pool: &PgPool, request: BulkRequest) -> anyhow::Result<LoadMode> {
+    if request == BulkRequest::VerifyOnly {
         return Ok(LoadMode {
             bulk: false,
             initial: false,
@@ -314,10 +326,14 @@ pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<L
     let index_missing = search::index_state(pool, SEARCH_INDEXES[0].name)
         .await?
         .is_none_or(|s| !s.valid);
-    let bulk = !args.no_bulk && (args.bulk || initial || index_missing);
-    let why = if args.no_bulk {
+    let bulk = match request {
+        BulkRequest::VerifyOnly | BulkRequest::Never => false,
+        BulkRequest::Always => true,
+        BulkRequest::Auto => initial || index_missing,
+    };
+    let why = if request == BulkRequest::Never {
         "--no-bulk"
-    } else if args.bulk {
+    } else if request == BulkRequest::Always {
         "--bulk"
     } else if initial {
         "meeting_pages is nearly empty"

@@ -248,6 +248,39 @@ fn usage_errors_exit_2() {
     assert!(text(&out).contains("{subdomain}"), "{}", text(&out));
 }
 
+/// A database that fails while the jobs are planned is not a usage error: exit 1, with
+/// the database's own message once, and no ANSI colour codes in a log that is not a
+/// terminal. A subdomain that is not one stays a usage error (exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_failure_while_planning_exits_1_and_a_bad_subdomain_2() {
+    let db = TestDb::new("planfail");
+    let template = "http://127.0.0.1:9/{subdomain}/{table}.json";
+    assert!(civicload(&db, Some(template), &["migrate"]).status.success());
+    let bad = civicload(&db, Some(template), &["backfill", "--subdomain", "a b.ca"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("is not a municipality subdomain"), "{}", text(&bad));
+
+    let mut conn = db.connect().await;
+    sqlx::query("ALTER TABLE backfill_jobs RENAME TO backfill_jobs_gone")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for command in [
+        &["backfill", "--subdomain", "a.ca", "--server-vectors"][..],
+        &["verify", "--subdomain", "a.ca"][..],
+    ] {
+        let out = civicload(&db, Some(template), command);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {all}");
+        assert_eq!(
+            all.matches("relation \"backfill_jobs\" does not exist").count(),
+            1,
+            "{command:?}: {all}"
+        );
+        assert!(!all.contains('\u{1b}'), "ANSI codes in a pipe: {all}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sites_table_plans_every_municipality_biggest_first() {
     init();

@@ -93,7 +93,7 @@ pub fn summary(results: &[JobResult], wall: Duration) -> String {
         out.push('\n');
         out.push_str(&slowest(results, SLOWEST));
     }
-    out.push_str("\nEvery job's counters and verification: `civicload status` (`--incomplete`: only those not completed and verified; `--json`: for scripts).");
+    out.push_str("\nEvery job: `civicload status` (`--incomplete`: only the unfinished ones; `--json`).");
     out
 }
 
@@ -337,7 +337,7 @@ pub fn totals_table(rows: &[stages::store::jobs::Totals]) -> String {
         docs += r.documents;
         t.add_row(vec![
             Cell::new(&r.subdomain),
-            Cell::new(&r.document_type),
+            Cell::new(r.document_type),
             right(r.pages),
             right(r.documents),
             Cell::new(

@@ -500,7 +500,7 @@ pub async fn set_expected(
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Totals {
     pub subdomain: String,
-    pub document_type: String,
+    pub document_type: DocumentType,
     pub pages: i64,
     pub documents: i64,
     pub first_month: Option<chrono::NaiveDate>,
