@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use stages::source::SourceClient;
-use stages::store::leases::{owner_id, Lease};
 use stages::store::jobs::{self, JobStatus};
+use stages::store::leases::{owner_id, Lease};
 use stages::store::{self, municipalities};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -104,38 +104,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         bulk: load_mode.is_bulk(),
         ..args
     };
-    // civicload computes search vectors itself once it has read this server's rules (a few
-    // seconds, in the background): see stages/src/tsvector.rs.
-    // A bulk load waits for them (a vector left to the server costs a second write of the
-    // row); other runs start at once and let PostgreSQL compute the first batches' vectors.
-    let vectors = if args.server_vectors || args.verify_only {
-        stages::fetch::SharedVectors::none()
-    } else {
-        let vectors = stages::fetch::SharedVectors::pending(args.bulk);
-        let (pool, shared) = (pool.clone(), vectors.clone());
-        // Planes 0 and 1 first (about a second: every script in common use, and the
-        // emoji); every assigned code point (several seconds of the server's CPU) only once
-        // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
-        tokio::spawn(async move {
-            use stages::tsvector::{Coverage, VectorBuilder};
-            let common = match VectorBuilder::from_server_covering(&pool, Coverage::Common).await {
-                Ok(v) => Arc::new(v),
-                Err(e) => {
-                    warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
-                    shared.resolve(None);
-                    return;
-                }
-            };
-            shared.resolve(Some(common.clone()));
-            common.beyond_coverage().await;
-            info!("A page has a code point beyond U+1FFFF: reading the server's rules for every assigned code point.");
-            match VectorBuilder::from_server_covering(&pool, Coverage::Assigned).await {
-                Ok(v) => shared.resolve(Some(Arc::new(v))),
-                Err(e) => warn!("PostgreSQL computes the search vectors of texts with code points beyond U+1FFFF in this run ({e})."),
-            }
-        });
-        vectors
-    };
+    let vectors = read_vector_rules(&pool, &args);
     let skip_fk_checks = args.bulk && fk_checks_skippable(&pool).await;
     let cancel = CancellationToken::new();
     // Installed before planning, so a SIGTERM at any moment is a graceful stop.
@@ -186,13 +155,53 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
             report::phases(&result.jobs, load_phase, started.elapsed())
         );
     }
-    let rows = jobs::list(&pool, Some(&ids)).await?;
+    end_of_run(&pool, &ids, result.interrupted).await
+}
+
+/// civicload computes search vectors itself once it has read this server's rules (a few
+/// seconds, in the background): see stages/src/tsvector.rs. A bulk load waits for them (a
+/// vector left to the server costs a second write of the row); other runs start at once
+/// and let PostgreSQL compute the first batches' vectors.
+fn read_vector_rules(pool: &PgPool, args: &BackfillArgs) -> stages::fetch::SharedVectors {
+    if args.server_vectors || args.verify_only {
+        return stages::fetch::SharedVectors::none();
+    }
+    let vectors = stages::fetch::SharedVectors::pending(args.bulk);
+    let (pool, shared) = (pool.clone(), vectors.clone());
+    // Planes 0 and 1 first (about a second: every script in common use, and the
+    // emoji); every assigned code point (several seconds of the server's CPU) only once
+    // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
+    tokio::spawn(async move {
+        use stages::tsvector::{Coverage, VectorBuilder};
+        let common = match VectorBuilder::from_server_covering(&pool, Coverage::Common).await {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
+                shared.resolve(None);
+                return;
+            }
+        };
+        shared.resolve(Some(common.clone()));
+        common.beyond_coverage().await;
+        info!("A page has a code point beyond U+1FFFF: reading the server's rules for every assigned code point.");
+        match VectorBuilder::from_server_covering(&pool, Coverage::Assigned).await {
+            Ok(v) => shared.resolve(Some(Arc::new(v))),
+            Err(e) => warn!("PostgreSQL computes the search vectors of texts with code points beyond U+1FFFF in this run ({e})."),
+        }
+    });
+    vectors
+}
+
+/// The last lines of a backfill and its exit status: what stopped it, or the jobs of this
+/// run (by any worker) that are not completed and verified.
+async fn end_of_run(pool: &PgPool, ids: &[i64], interrupted: bool) -> anyhow::Result<u8> {
+    let rows = jobs::list(pool, Some(ids)).await?;
     let unfinished: Vec<Unfinished> = rows
         .iter()
         .filter(|j| !j.completed_and_verified())
         .map(Unfinished::from)
         .collect();
-    if result.interrupted {
+    if interrupted {
         println!("Stopped: in-flight batches were committed and unfinished jobs are paused. Run the same command again (or add --resume) to continue from their checkpoints.");
         return Ok(EXIT_INCOMPLETE);
     }

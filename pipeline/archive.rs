@@ -17,15 +17,16 @@ use stages::replay::{FileCheckpoint, Reader};
 use stages::store::jobs::{self, Outcome};
 use stages::store::leases::owner_id;
 use stages::store::{self, municipalities};
+use stages::JobKey;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::app::{connect, stop_on_signal};
-use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::backfill::release_dead_local_leases;
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
+use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::ui::progress::Progress;
 use crate::ui::report::{self, JobResult, Unfinished};
 
@@ -413,29 +414,45 @@ impl JobContext {
         result.status = outcome;
 
         if outcome != Outcome::Paused {
-            let verify_started = Instant::now();
-            let doc = key.document_type;
-            let expected = job.expected_rows() as i64;
-            let actual = jobs::count_pages(&self.pool, key.municipality_id, doc).await?
-                + jobs::count_rejects(&self.pool, key.municipality_id, doc).await?;
-            let verdict = ManifestVerdict::judge(expected, actual, error.as_deref());
-            jobs::record_verification(
-                &self.pool,
-                job_id,
-                Some((expected, "spool manifest")),
-                actual,
-                verdict.verified,
-                verdict.failed_reason.as_deref(),
-            )
-            .await?;
-            result.verified = verdict.verified;
-            result.verification = verdict.verification;
-            if verdict.failed_reason.is_some() {
-                result.status = Outcome::Failed;
-            }
-            result.verify_time = verify_started.elapsed();
+            self.verify(job_id, &key, job, error.as_deref(), result)
+                .await?;
         }
         self.progress.job_finished(&key, &result.one_line());
+        Ok(())
+    }
+
+    /// Holds the job's pages and rejects against its manifest's count and records the
+    /// verdict (a shortfall fails the job).
+    async fn verify(
+        &self,
+        job_id: i64,
+        key: &JobKey,
+        job: &JobFiles,
+        error: Option<&str>,
+        result: &mut JobResult,
+    ) -> anyhow::Result<()> {
+        let verify_started = Instant::now();
+        let doc = key.document_type;
+        let expected = job.expected_rows() as i64;
+        let actual = jobs::count_pages(&self.pool, key.municipality_id, doc).await?
+            + jobs::count_rejects(&self.pool, key.municipality_id, doc).await?;
+        let verdict = ManifestVerdict::judge(expected, actual, error);
+        jobs::record_verification(
+            &self.pool,
+            job_id,
+            Some((expected, "spool manifest")),
+            actual,
+            verdict.verified,
+            verdict.failed_reason.as_deref(),
+        )
+        .await?;
+        result.verified = verdict.verified;
+        result.verification = verdict.verification;
+        if verdict.failed_reason.is_some() {
+            result.status = Outcome::Failed;
+        }
+        result.verify_time = verify_started.elapsed();
+
         Ok(())
     }
 }

@@ -591,7 +591,10 @@ mod tests {
         assert_eq!(p.build, BuildMode::Blocking);
         assert_eq!(p.reindex, Reindex::None);
         assert!(p.vacuum);
-        assert!(!p.analyze_pages, "analyzed during the load, nothing rewritten since");
+        assert!(
+            !p.analyze_pages,
+            "analyzed during the load, nothing rewritten since"
+        );
         assert_eq!(p.vacuum_toast, Toast::Skipped);
     }
 
@@ -599,8 +602,15 @@ mod tests {
     fn a_bulk_load_into_a_served_table_builds_concurrently_and_reindexes_only_when_churned() {
         let few = plan(mode(true, false, true), 1_000, 1_000_000);
         assert_eq!(few.build, BuildMode::Concurrently);
-        assert_eq!(few.reindex, Reindex::None, "a few rewritten rows: no rebuild");
-        assert!(few.analyze_pages, "vectorize rewrote pages after the analyze");
+        assert_eq!(
+            few.reindex,
+            Reindex::None,
+            "a few rewritten rows: no rebuild"
+        );
+        assert!(
+            few.analyze_pages,
+            "vectorize rewrote pages after the analyze"
+        );
         assert_eq!(few.vacuum_toast, Toast::Included);
         let most = plan(mode(true, false, false), 600_000, 1_000_000);
         assert_eq!(most.reindex, Reindex::PagesBtrees);
@@ -614,7 +624,11 @@ mod tests {
         assert!(!p.vacuum);
         let with_vectors = plan(mode(false, false, false), 10, 1_000_000);
         assert!(with_vectors.vacuum, "it rewrote rows: vacuum them");
-        assert_eq!(with_vectors.reindex, Reindex::None, "never outside bulk mode");
+        assert_eq!(
+            with_vectors.reindex,
+            Reindex::None,
+            "never outside bulk mode"
+        );
     }
 
     #[test]

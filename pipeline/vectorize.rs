@@ -458,12 +458,12 @@ impl VectorizeProgress {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
             crate::ui::log::set_bars(Some(multi.clone()));
             let bar = multi.add(ProgressBar::new(total)).with_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta} {msg}",
-                    )
-                    .expect("static template")
-                    .progress_chars("=> "),
-                );
+                ProgressStyle::with_template(
+                    "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
             bar.set_prefix(target.noun());
             bar.enable_steady_tick(Duration::from_millis(250));
             bar

@@ -96,10 +96,7 @@ async fn repair_held(
     let table = job.document_type.table();
     if !report.missing.is_empty() {
         let columns = client.columns(&job.subdomain, table).await?;
-        let load = Load::new(
-            pool.clone(),
-            LoadConfig::default(),
-        );
+        let load = Load::new(pool.clone(), LoadConfig::default());
         let mut builder = PageBuilder::new();
         let (mut created, mut updated, mut rejected) = (0, 0, 0);
         for chunk in report.missing.chunks(100) {

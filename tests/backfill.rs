@@ -255,10 +255,16 @@ fn usage_errors_exit_2() {
 async fn a_database_failure_while_planning_exits_1_and_a_bad_subdomain_2() {
     let db = TestDb::new("planfail");
     let template = "http://127.0.0.1:9/{subdomain}/{table}.json";
-    assert!(civicload(&db, Some(template), &["migrate"]).status.success());
+    assert!(civicload(&db, Some(template), &["migrate"])
+        .status
+        .success());
     let bad = civicload(&db, Some(template), &["backfill", "--subdomain", "a b.ca"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
-    assert!(text(&bad).contains("is not a municipality subdomain"), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("is not a municipality subdomain"),
+        "{}",
+        text(&bad)
+    );
 
     let mut conn = db.connect().await;
     sqlx::query("ALTER TABLE backfill_jobs RENAME TO backfill_jobs_gone")
@@ -273,7 +279,8 @@ async fn a_database_failure_while_planning_exits_1_and_a_bad_subdomain_2() {
         let all = text(&out);
         assert_eq!(out.status.code(), Some(1), "{command:?}: {all}");
         assert_eq!(
-            all.matches("relation \"backfill_jobs\" does not exist").count(),
+            all.matches("relation \"backfill_jobs\" does not exist")
+                .count(),
             1,
             "{command:?}: {all}"
         );

@@ -93,7 +93,9 @@ pub fn summary(results: &[JobResult], wall: Duration) -> String {
         out.push('\n');
         out.push_str(&slowest(results, SLOWEST));
     }
-    out.push_str("\nEvery job: `civicload status` (`--incomplete`: only the unfinished ones; `--json`).");
+    out.push_str(
+        "\nEvery job: `civicload status` (`--incomplete`: only the unfinished ones; `--json`).",
+    );
     out
 }
 
@@ -109,7 +111,14 @@ fn totals_row(results: &[JobResult], wall: Duration) -> String {
     let secs = wall.as_secs_f64();
     let mut t = table();
     t.set_header(vec![
-        "", "fetched", "created", "updated", "unchanged", "rejected", "seconds", "pages/s",
+        "",
+        "fetched",
+        "created",
+        "updated",
+        "unchanged",
+        "rejected",
+        "seconds",
+        "pages/s",
     ]);
     t.add_row(vec![
         Cell::new(format!(
@@ -130,14 +139,25 @@ fn totals_row(results: &[JobResult], wall: Duration) -> String {
 /// The `n` jobs that took longest, slowest first.
 fn slowest(results: &[JobResult], n: usize) -> String {
     let mut rows: Vec<&JobResult> = results.iter().collect();
-    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then_with(|| a.job().cmp(&b.job())));
+    rows.sort_by(|a, b| {
+        b.seconds
+            .total_cmp(&a.seconds)
+            .then_with(|| a.job().cmp(&b.job()))
+    });
     let title = if rows.len() > n {
         format!("The {n} slowest of {} jobs:", rows.len())
     } else {
         "Jobs, slowest first:".to_string()
     };
     let mut t = table();
-    t.set_header(vec!["job", "status", "fetched", "seconds", "pages/s", "verification"]);
+    t.set_header(vec![
+        "job",
+        "status",
+        "fetched",
+        "seconds",
+        "pages/s",
+        "verification",
+    ]);
     for r in rows.into_iter().take(n) {
         let note = r.error.as_deref().unwrap_or(&r.verification);
         t.add_row(vec![
@@ -283,7 +303,9 @@ pub fn status_table(rows: &[JobRow]) -> String {
             (j.elapsed_seconds > 0.0).then(|| j.pages_fetched as f64 / j.elapsed_seconds);
         let rate = per_second.map(|r| format!("{r:.0}")).unwrap_or_default();
         let eta = match (j.status, per_second, j.expected_count) {
-            (JobStatus::Running, Some(r), Some(expected)) if r > 0.0 && expected > j.pages_fetched => {
+            (JobStatus::Running, Some(r), Some(expected))
+                if r > 0.0 && expected > j.pages_fetched =>
+            {
                 format!("{:.0} s", (expected - j.pages_fetched) as f64 / r)
             }
             _ => String::new(),
@@ -398,7 +420,10 @@ mod tests {
         results[0].verified = false;
         let out = summary(&results, Duration::from_secs(50));
         assert_eq!(total_fetched(&out), (1..=40).map(|n| 100 * n).sum::<i64>());
-        assert!(out.contains("TOTAL (40 jobs: 39 verified, 1 failed)"), "{out}");
+        assert!(
+            out.contains("TOTAL (40 jobs: 39 verified, 1 failed)"),
+            "{out}"
+        );
         assert!(out.contains("The 10 slowest of 40 jobs:"), "{out}");
         let listed: Vec<usize> = (1..=40)
             .filter(|n| out.contains(&format!("town{n:02}.ca")))
@@ -426,7 +451,10 @@ mod tests {
         let mut failed = job(3, 1.0, Outcome::Failed, false);
         failed.error = Some("the source answered 404".into());
         let list = unfinished(
-            &[Unfinished::from(&failed), Unfinished::from(&job(4, 1.0, Outcome::Paused, false))],
+            &[
+                Unfinished::from(&failed),
+                Unfinished::from(&job(4, 1.0, Outcome::Paused, false)),
+            ],
             9,
             "loaded and verified",
         );
@@ -439,9 +467,21 @@ mod tests {
     #[test]
     fn steps_are_aligned_whatever_their_length() {
         let out = steps([
-            ("search index idx_pages_search", 12.34, "built (1.2 GB, fastupdate off)"),
-            ("VACUUM meeting_pages (analyzed during the load, TOAST left to autovacuum)", 0.5, ""),
-            ("REFRESH MATERIALIZED VIEW meeting_page_stats", 1.0, "concurrently"),
+            (
+                "search index idx_pages_search",
+                12.34,
+                "built (1.2 GB, fastupdate off)",
+            ),
+            (
+                "VACUUM meeting_pages (analyzed during the load, TOAST left to autovacuum)",
+                0.5,
+                "",
+            ),
+            (
+                "REFRESH MATERIALIZED VIEW meeting_page_stats",
+                1.0,
+                "concurrently",
+            ),
         ]);
         let columns: Vec<usize> = out.lines().map(|l| l.find(" s").unwrap()).collect();
         assert!(columns.iter().all(|&c| c == columns[0]), "{out}");

@@ -620,7 +620,10 @@ mod tests {
             .expect("backfill_jobs.status has a CHECK constraint");
         use JobStatus::*;
         for status in [Pending, Running, Completed, Failed, Paused] {
-            assert!(check.contains(&format!("'{status}'")), "{status} not in {check}");
+            assert!(
+                check.contains(&format!("'{status}'")),
+                "{status} not in {check}"
+            );
         }
         assert_eq!(Outcome::Completed.status(), Completed);
         assert_eq!(Outcome::Failed.status(), Failed);
