@@ -288,6 +288,39 @@ async fn a_database_failure_while_planning_exits_1_and_a_bad_subdomain_2() {
     }
 }
 
+/// `--log-format json`: every line on stderr is one JSON object; the connection error is in
+/// one of them, its cause once.
+#[test]
+fn logs_are_json_objects_with_log_format_json() {
+    let out = civicload_command_at(
+        "postgres://127.0.0.1:1/nothing",
+        None,
+        &["--log-format", "json", "status"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
+    let message = error["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot connect to PostgreSQL"),
+        "{message}"
+    );
+    assert_eq!(
+        message.matches("Connection refused").count(),
+        1,
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sites_table_plans_every_municipality_biggest_first() {
     init();

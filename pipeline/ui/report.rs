@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{Cell, CellAlignment, Table};
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
 use stages::load::LoadReport;
 use stages::store::jobs::{JobRow, JobStatus, Outcome};
 use stages::JobKey;
@@ -159,14 +159,19 @@ fn slowest(results: &[JobResult], n: usize) -> String {
         "verification",
     ]);
     for r in rows.into_iter().take(n) {
-        let note = r.error.as_deref().unwrap_or(&r.verification);
+        // "verified" says it all; otherwise the error, or how the counts differ.
+        let note = match (&r.error, r.verified) {
+            (Some(e), _) => e.as_str(),
+            (None, true) => "verified",
+            (None, false) => r.verification.as_str(),
+        };
         t.add_row(vec![
             Cell::new(r.job()),
             Cell::new(r.status),
             right(r.fetched),
             right(format!("{:.1}", r.seconds)),
             right(format!("{:.0}", r.pages_per_second())),
-            Cell::new(shorten(note, 60)),
+            Cell::new(shorten(note, 50)),
         ]);
     }
     format!("{title}\n{t}")
@@ -227,9 +232,16 @@ pub fn steps<'a>(steps: impl IntoIterator<Item = (&'a str, f64, &'a str)>) -> St
     lines.join("\n")
 }
 
+/// A table that wraps its cells to the width of the terminal it is printed on (none when
+/// stdout is not a terminal: a file or a pipe gets whole lines).
 fn table() -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    if cfg!(test) {
+        // Unit tests read whole lines, whatever terminal runs them.
+        t.force_no_tty();
+    }
     t
 }
 
