@@ -309,7 +309,7 @@ fn logs_are_json_objects_with_log_format_json() {
         .iter()
         .find(|l| l["level"] == "ERROR")
         .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
-    let message = error["fields"]["message"].as_str().unwrap();
+    let message = error["message"].as_str().unwrap();
     assert!(
         message.contains("cannot connect to PostgreSQL"),
         "{message}"

@@ -32,7 +32,12 @@ pub fn init(format: LogFormat) {
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(super::term::stderr_color()).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        // The message and the event's fields at the top level, beside time and level.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_ansi(false)
+            .try_init(),
     };
 }
 
