@@ -25,7 +25,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use stages::store::maintenance::{self, RelSizes};
 use stages::store::search::{self, SearchError, VectorTarget};
-use stages::store::sql::{self, autocommit};
 use stages::store::{retry_transient, DB_RETRY_FOR};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
@@ -275,7 +274,8 @@ impl Vectorize {
         // Chunks between VACUUMs, relative to the table so the bloat bound is a fraction.
         // Batches are small enough that a chunk is many of them on every connection: what
         // sits in flight when a chunk ends is what its VACUUM cannot reclaim yet.
-        let table_rows = estimated_rows(pool, target.table()).await?.max(missing) as u64;
+        let table_rows =
+            maintenance::estimated_rows(pool, target.table()).await?.max(missing) as u64;
         let (chunk, batch) = match self.args.vacuum_every_percent {
             0 => (u64::MAX, u64::from(self.args.batch_size)),
             p => {
@@ -430,15 +430,6 @@ async fn update_with_retries(
         search::vectorize_ids(&mut conn, target, &ids, flush_stats).await
     };
     Ok(retry_transient(DB_RETRY_FOR, SearchError::is_transient, on_retry, batch).await?)
-}
-
-async fn estimated_rows(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
-    let est: Option<f32> =
-        sql::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
-            .bind(table)
-            .fetch_one(autocommit(pool))
-            .await?;
-    Ok(est.map(|e| e.max(0.0) as i64).unwrap_or(0))
 }
 
 /// A bar on a terminal, a log line every 10 s otherwise.
