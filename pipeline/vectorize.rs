@@ -274,8 +274,9 @@ impl Vectorize {
         // Chunks between VACUUMs, relative to the table so the bloat bound is a fraction.
         // Batches are small enough that a chunk is many of them on every connection: what
         // sits in flight when a chunk ends is what its VACUUM cannot reclaim yet.
-        let table_rows =
-            maintenance::estimated_rows(pool, target.table()).await?.max(missing) as u64;
+        let table_rows = maintenance::estimated_rows(pool, target.table())
+            .await?
+            .max(missing) as u64;
         let (chunk, batch) = match self.args.vacuum_every_percent {
             0 => (u64::MAX, u64::from(self.args.batch_size)),
             p => {
