@@ -220,7 +220,7 @@ async fn best_of_three(
     for _ in 0..3 {
         let before = cpu_ns(stat);
         let wall = Instant::now();
-        let _: Option<i64> = sqlx::query_scalar(sql)
+        let _: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(set)
             .fetch_one(&mut *conn)
             .await

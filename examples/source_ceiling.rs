@@ -126,6 +126,8 @@ async fn run_job(client: SourceClient, job: Arc<JobKey>, capacity: usize) -> any
         start_after: None,
         last_seq: 0,
         count: None,
+        pulse: Default::default(),
+        watchdog: Default::default(),
     };
     let task = tokio::spawn(fetch.run(job.clone(), tx, CancellationToken::new()));
     let mut tally = Tally::default();

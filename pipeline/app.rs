@@ -107,17 +107,26 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     let vectors = read_vector_rules(&pool, &args);
     let skip_fk_checks = args.bulk && fk_checks_skippable(&pool).await;
     let cancel = CancellationToken::new();
+    let owner = owner_id();
     // Installed before planning, so a SIGTERM at any moment is a graceful stop.
-    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    crate::shutdown::on_signal(
+        cancel.clone(),
+        "no new fetches",
+        Some(crate::shutdown::Leases {
+            pool: pool.clone(),
+            owner: owner.clone(),
+        }),
+    );
     let backfill = Arc::new(Backfill {
         vectors: vectors.clone(),
         pool: pool.clone(),
         client,
         args: args.clone(),
-        owner: owner_id(),
+        owner,
         cancel: cancel.clone(),
         spool: spool.clone(),
         skip_fk_checks,
+        pulses: Default::default(),
     });
     let ids = backfill.plan().await?;
     info!(jobs = ids.len(), owner = %backfill.owner, "Planned the backfill.");
@@ -129,7 +138,6 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     let run_started = chrono::Utc::now();
     let owner = backfill.owner.clone();
     let result = backfill.run(ids.clone()).await?;
-    signals.abort();
     if let Some(archive) = &spool {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
     }
@@ -163,17 +171,38 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
 /// vector left to the server costs a second write of the row); other runs start at once
 /// and let PostgreSQL compute the first batches' vectors.
 fn read_vector_rules(pool: &PgPool, args: &BackfillArgs) -> stages::fetch::SharedVectors {
+    use stages::tsvector::{Coverage, VectorBuilder};
+    // Bounded: batches wait for the rules in a bulk load, so a probe that hangs (its
+    // connection stalled) must not hold them; PostgreSQL computes the vectors then.
+    const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
     if args.server_vectors || args.verify_only {
         return stages::fetch::SharedVectors::none();
     }
     let vectors = stages::fetch::SharedVectors::pending(args.bulk);
-    let (pool, shared) = (pool.clone(), vectors.clone());
+    let shared = vectors.clone();
+    let probe_pool = pool.clone();
+    let probe = move |coverage| {
+        let pool = probe_pool.clone();
+        async move {
+            match tokio::time::timeout(
+                PROBE_LIMIT,
+                VectorBuilder::from_server_covering(&pool, coverage),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "reading the rules took over {} s",
+                    PROBE_LIMIT.as_secs()
+                )),
+            }
+        }
+    };
     // Planes 0 and 1 first (about a second: every script in common use, and the
     // emoji); every assigned code point (several seconds of the server's CPU) only once
     // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
     tokio::spawn(async move {
-        use stages::tsvector::{Coverage, VectorBuilder};
-        let common = match VectorBuilder::from_server_covering(&pool, Coverage::Common).await {
+        let common = match probe(Coverage::Common).await {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
@@ -184,7 +213,7 @@ fn read_vector_rules(pool: &PgPool, args: &BackfillArgs) -> stages::fetch::Share
         shared.resolve(Some(common.clone()));
         common.beyond_coverage().await;
         info!("A page has a code point beyond U+1FFFF: reading the server's rules for every assigned code point.");
-        match VectorBuilder::from_server_covering(&pool, Coverage::Assigned).await {
+        match probe(Coverage::Assigned).await {
             Ok(v) => shared.resolve(Some(Arc::new(v))),
             Err(e) => warn!("PostgreSQL computes the search vectors of texts with code points beyond U+1FFFF in this run ({e})."),
         }
@@ -274,25 +303,6 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
     } else {
         EXIT_INCOMPLETE
     })
-}
-
-/// First Ctrl-C / SIGTERM: stop fetching, commit what is in flight, pause the jobs.
-pub(crate) async fn stop_on_signal(cancel: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            cancel.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    warn!("Stopping: no new fetches; committing the batches in flight, then pausing the jobs.");
-    cancel.cancel();
 }
 
 async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect, stop_on_signal};
+use crate::app::connect;
 use crate::backfill::release_dead_local_leases;
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
 use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
@@ -231,7 +231,14 @@ async fn load_jobs(
     let owner = owner_id();
     let lease = Duration::from_secs(args.lease_seconds.max(5));
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    let signals = crate::shutdown::on_signal(
+        cancel.clone(),
+        "no new files",
+        Some(crate::shutdown::Leases {
+            pool: pool.clone(),
+            owner: owner.clone(),
+        }),
+    );
 
     // Register the jobs first so a dead replay's leases on this machine can be released.
     let mut planned = Vec::new();

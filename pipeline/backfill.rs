@@ -12,6 +12,7 @@ use stages::reconcile::{reconcile, Verdict};
 use stages::source::SourceClient;
 use stages::store::jobs::{self, ClaimOrder, JobRow, Outcome};
 use stages::store::{is_transient_sql, retry_transient, DB_RETRY_FOR};
+use stages::watchdog::{Pulse, Waiting, Watchdog};
 use stages::JobKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -46,6 +47,42 @@ pub struct Backfill {
     pub spool: Option<stages::archive::Archive>,
     /// New pages are COPYed without per-row foreign-key checks (`LoadConfig::skip_fk_checks`).
     pub skip_fk_checks: bool,
+    /// The progress of the jobs running now, for the watchdog, leases and warnings.
+    pub pulses: Pulses,
+}
+
+/// A job without progress for this long is named in a warning.
+const STALL_WARNING_AFTER: Duration = Duration::from_secs(60);
+
+/// A running job and its progress.
+type Running = (Arc<JobKey>, Arc<Pulse>);
+
+/// The pulses of the jobs this process runs now.
+#[derive(Default)]
+pub struct Pulses(std::sync::Mutex<std::collections::HashMap<i64, Running>>);
+
+impl Pulses {
+    fn insert(&self, job: &Arc<JobKey>) -> Arc<Pulse> {
+        let pulse = Pulse::new();
+        self.0
+            .lock()
+            .expect("pulses lock")
+            .insert(job.job_id, (job.clone(), pulse.clone()));
+        pulse
+    }
+
+    fn remove(&self, job_id: i64) {
+        self.0.lock().expect("pulses lock").remove(&job_id);
+    }
+
+    /// The running jobs that hold work without progress for at least `after`.
+    pub fn waiting_longer_than(&self, after: Duration) -> Vec<(Arc<JobKey>, Waiting)> {
+        let jobs = self.0.lock().expect("pulses lock");
+        jobs.values()
+            .filter_map(|(job, pulse)| pulse.waiting().map(|w| (job.clone(), w)))
+            .filter(|(_, w)| w.idle >= after)
+            .collect()
+    }
 }
 
 /// The result of a run: per-job results in the order they finished.
@@ -107,12 +144,8 @@ impl Backfill {
                 .clone()
                 .log_periodically(Duration::from_secs(10), stop_logging.clone()),
         );
-        let heartbeat = tokio::spawn(heartbeat(
-            self.pool.clone(),
-            self.owner.clone(),
-            self.lease(),
-            stop_logging.clone(),
-        ));
+        let heartbeat = tokio::spawn(heartbeat(self.clone(), stop_logging.clone()));
+        tokio::spawn(warn_of_stalls(self.clone(), stop_logging.clone()));
 
         // A bulk load gathers the planner statistics during its last pages (see
         // `analyze_near_the_end`), so they need not wait for the search index build.
@@ -184,6 +217,10 @@ impl Backfill {
         Duration::from_secs(self.args.lease_seconds.max(5))
     }
 
+    fn watchdog(&self) -> Watchdog {
+        Watchdog::after(Duration::from_secs(self.args.stall_timeout))
+    }
+
     async fn worker(
         self: Arc<Self>,
         ids: Vec<i64>,
@@ -225,8 +262,21 @@ impl Backfill {
     /// One job: the three stages, then the job's end state and verification.
     async fn run_job(&self, row: JobRow, progress: &Arc<Progress>) -> JobResult {
         let job = Arc::new(row.key());
+        let pulse = self.pulses.insert(&job);
+        let result = self.run_job_stages(row, &job, pulse, progress).await;
+        self.pulses.remove(job.job_id);
+        result
+    }
+
+    async fn run_job_stages(
+        &self,
+        row: JobRow,
+        job: &Arc<JobKey>,
+        pulse: Arc<Pulse>,
+        progress: &Arc<Progress>,
+    ) -> JobResult {
         let started = Instant::now();
-        progress.job_started(&job, row.pages_fetched as u64);
+        progress.job_started(job, row.pages_fetched as u64);
         // The expected size, for the progress bar and `status` ETA. Most tables are counted
         // by the fetch stage's first request (`columns_and_count`), the others by the next
         // cheapest route. Verification recounts at the end (the source may change
@@ -273,6 +323,8 @@ impl Backfill {
             start_after: row.last_cursor.clone(),
             last_seq: row.batch_seq,
             count: Some(count_tx),
+            pulse: pulse.clone(),
+            watchdog: self.watchdog(),
         };
         let load = Load::new(
             self.pool.clone(),
@@ -281,9 +333,11 @@ impl Backfill {
                 bulk: self.args.bulk,
                 insert_first,
                 skip_fk_checks: self.skip_fk_checks,
+                watchdog: self.watchdog(),
                 ..LoadConfig::default()
             },
-        );
+        )
+        .with_pulse(pulse.clone());
         let observer: Arc<dyn LoadObserver> = progress.clone();
         let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
         // A resumed pass remembers the pages its rows before the checkpoint hold, so a
@@ -303,6 +357,7 @@ impl Backfill {
             Transform {
                 vectors: self.vectors.clone(),
                 seen,
+                pulse: pulse.clone(),
             }
             .run(job.clone(), raw_rx, batch_tx),
         );
@@ -311,7 +366,8 @@ impl Backfill {
         let (batch_rx, spool_task) = match &self.spool {
             Some(archive) => {
                 let (spooled_tx, spooled_rx) = mpsc::channel(CHANNEL_CAPACITY);
-                let spool = stages::spool::Spool::new(archive.clone(), job.clone(), row.pass);
+                let spool = stages::spool::Spool::new(archive.clone(), job.clone(), row.pass)
+                    .with_pulse(pulse.clone());
                 (
                     spooled_rx,
                     Some(tokio::spawn(spool.run(batch_rx, spooled_tx))),
@@ -326,7 +382,7 @@ impl Backfill {
         let fetch_result = fetch_task.await;
         let first_count = counting.await.ok().flatten();
 
-        let mut result = JobResult::new(&job, &row);
+        let mut result = JobResult::new(job, &row);
         result.transform_time = transform_time;
         let mut read_whole_at_once = false;
         let (mut outcome, mut error): (Outcome, Option<String>) = match (fetch_result, load_result) {
@@ -372,7 +428,7 @@ impl Backfill {
             // A table read whole by the one request after its count: that count is as
             // fresh as a recount, and saves the source a request per small table.
             let counted = first_count.filter(|_| read_whole_at_once);
-            match reconcile_with_retries(&self.pool, &self.client, &job, counted).await {
+            match reconcile_with_retries(&self.pool, &self.client, job, counted).await {
                 Ok(r) => {
                     if matches!(r.verdict, Verdict::Short { .. }) {
                         outcome = Outcome::Failed;
@@ -409,7 +465,7 @@ impl Backfill {
         }
         result.status = outcome;
         result.error = error;
-        progress.job_finished(&job, &result.one_line());
+        progress.job_finished(job, &result.one_line());
         result
     }
 }
@@ -457,17 +513,50 @@ async fn analyze_near_the_end(
     }
 }
 
-/// Renews this worker's leases until stopped.
-async fn heartbeat(pool: PgPool, owner: String, lease: Duration, stop: CancellationToken) {
+/// Renews this worker's leases until stopped, except those of stalled jobs: a lease
+/// says the job makes progress, not only that its process lives.
+async fn heartbeat(run: Arc<Backfill>, stop: CancellationToken) {
+    let lease = run.lease();
     let mut tick = tokio::time::interval(lease / 4);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = jobs::heartbeat(&pool, &owner, lease).await {
+                let stalled: Vec<i64> = run
+                    .pulses
+                    .waiting_longer_than(run.watchdog().stall_after)
+                    .iter()
+                    .map(|(job, _)| job.job_id)
+                    .collect();
+                if let Err(e) = jobs::heartbeat_except(&run.pool, &run.owner, lease, &stalled).await {
                     warn!(error = %e, "Could not renew job leases; retrying.");
                 }
             }
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Names every job without progress for a minute, once per stall, on a terminal and in
+/// plain logs alike.
+async fn warn_of_stalls(run: Arc<Backfill>, stop: CancellationToken) {
+    let mut warned: std::collections::HashMap<i64, Waiting> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let waiting = run.pulses.waiting_longer_than(STALL_WARNING_AFTER);
+        warned.retain(|id, _| waiting.iter().any(|(job, _)| job.job_id == *id));
+        for (job, w) in waiting {
+            let same = warned
+                .get(&job.job_id)
+                .is_some_and(|seen| (seen.stage, seen.step, seen.seq) == (w.stage, w.step, w.seq));
+            if same {
+                continue;
+            }
+            warn!(job = %job, stage = w.stage.as_str(), seq = w.seq, "{job}: no progress for {} s in {w}; the watchdog aborts and retries the batch at {} s.", w.idle.as_secs(), run.args.stall_timeout);
+            warned.insert(job.job_id, w);
         }
     }
 }

@@ -164,6 +164,11 @@ pub struct BackfillArgs {
     /// Retries of a failed request before the job fails.
     #[arg(long, default_value_t = 8)]
     pub max_retries: u32,
+    /// Seconds a job may go without progress (no page fetched, no bytes sent to the
+    /// database, no batch committed) before its batch is aborted and retried from the
+    /// checkpoint; after 3 such stalls the job fails and the run goes on.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
     /// Lease length, seconds: a worker that stops renewing it loses its jobs to others.
     #[arg(long, default_value_t = 60, hide = true)]
     pub lease_seconds: u64,

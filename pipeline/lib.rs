@@ -10,6 +10,7 @@ pub mod health;
 pub mod maintain;
 pub mod plan;
 pub mod search_bench;
+pub mod shutdown;
 pub mod ui;
 pub mod vectorize;
 pub mod verify;

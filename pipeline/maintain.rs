@@ -26,7 +26,7 @@ use stages::store::leases::Lease;
 use stages::store::maintenance::{self, Toast};
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use crate::vectorize::{bytes, Vectorize, VectorizeArgs};
 
@@ -363,7 +363,8 @@ pub async fn decide_bulk(pool: &PgPool, request: BulkRequest) -> anyhow::Result<
 pub async fn after_backfill(pool: &PgPool, mode: LoadMode) -> anyhow::Result<()> {
     let started = Instant::now();
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let signals =
+        crate::shutdown::on_signal(cancel.clone(), "finishing the batches in flight", None);
     let result = finish_load(pool, mode, &cancel, started).await;
     signals.abort();
     result
@@ -514,7 +515,8 @@ fn maintenance_work_mem_from_env() -> String {
 /// `civicload vectorize`.
 pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Result<bool> {
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let signals =
+        crate::shutdown::on_signal(cancel.clone(), "finishing the batches in flight", None);
     let report = Vectorize {
         args: args.clone(),
         final_vacuum: true,
@@ -536,26 +538,6 @@ pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Resul
         }
     }
     Ok(!report.interrupted)
-}
-
-/// First Ctrl-C / SIGTERM: finish the batches in flight, then stop.
-pub async fn cancel_on_signal(cancel: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-    warn!("Stopping: finishing the batches in flight; run the same command again to continue.");
-    cancel.cancel();
-    // Keep the signal handled (not fatal) until the caller ends.
-    tokio::time::sleep(Duration::from_secs(3600)).await;
 }
 
 #[cfg(test)]

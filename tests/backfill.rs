@@ -490,13 +490,13 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
     // A page whose document does not exist (written unchecked, as a replica session
     // could): the check after the next bulk load names it and fails the run.
     let first = corpus.subdomains()[0].clone();
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET session_replication_role = replica;
          INSERT INTO meeting_pages (document_id, municipality_id, source_id, page_number, text)
          SELECT (SELECT max(id) + 1000 FROM meeting_documents), id, 'dangling', 1, 'orphan'
          FROM municipalities WHERE subdomain = '{first}';
          RESET session_replication_role;"
-    ))
+    )))
     .execute(&mut conn)
     .await
     .unwrap();
@@ -523,9 +523,9 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
     let mut admin = sqlx::PgConnection::connect("postgres:///postgres?host=/var/run/postgresql")
         .await
         .unwrap();
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} NOLOGIN CREATEDB; GRANT {role} TO current_user;"
-    ))
+    )))
     .execute(&mut admin)
     .await
     .unwrap();
@@ -542,7 +542,7 @@ async fn bulk_loads_check_foreign_keys_once_and_catch_a_dangling_page() {
         );
         assert_eq!(bulk_foreign_keys_health(&url), "checked row by row");
     }
-    sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {role}"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
         .execute(&mut admin)
         .await
         .unwrap();

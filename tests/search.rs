@@ -181,7 +181,10 @@ fn backfill(db: &Db, fx: &Fixture, extra: &[&str]) -> String {
 }
 
 async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Every page and meeting name vector equals PostgreSQL's own expression, checked in SQL

@@ -13,6 +13,7 @@ use tracing::instrument;
 use crate::batch::{JobKey, PageBatch};
 use crate::source::{SourceClient, SourceCount, SourceError};
 use crate::transform::PageBuilder;
+use crate::watchdog::{Pulse, Stage, Step, Watchdog};
 
 /// One page of source rows, validated, not yet transformed.
 #[derive(Debug)]
@@ -47,35 +48,48 @@ pub struct Fetch {
     /// Receives the table's row count if the columns request gave it exactly (None: it
     /// did not), for progress: it saves a count request per job.
     pub count: Option<tokio::sync::oneshot::Sender<Option<SourceCount>>>,
+    /// The job's progress, and when a request that brings nothing counts as a stall.
+    pub pulse: Arc<Pulse>,
+    pub watchdog: Watchdog,
 }
 
 impl Fetch {
     #[instrument(skip_all, fields(job = %job))]
     pub async fn run(
-        self,
+        mut self,
         job: Arc<JobKey>,
         output: mpsc::Sender<RawPage>,
         cancel: CancellationToken,
     ) -> Result<FetchReport, SourceError> {
         let table = job.document_type.table();
-        let (columns, count) = tokio::select! {
-            c = self.client.columns_and_count(&job.subdomain, table) => c?,
-            _ = cancel.cancelled() => return Ok(FetchReport { cancelled: true, ..FetchReport::default() }),
+        let mut seq = self.last_seq;
+        let first = self
+            .watched(seq + 1, &cancel, || {
+                self.client.columns_and_count(&job.subdomain, table)
+            })
+            .await?;
+        let Some((columns, count)) = first else {
+            return Ok(FetchReport {
+                cancelled: true,
+                ..FetchReport::default()
+            });
         };
-        if let Some(tx) = self.count {
+        if let Some(tx) = self.count.take() {
             let _ = tx.send(count);
         }
         let mut report = FetchReport::default();
-        let mut after = self.start_after;
-        let mut seq = self.last_seq;
+        let mut after = self.start_after.clone();
         loop {
             let started = Instant::now();
-            let page = tokio::select! {
-                p = self.client.page(&job.subdomain, table, &columns, after.as_deref()) => p?,
-                _ = cancel.cancelled() => {
-                    report.cancelled = true;
-                    return Ok(report);
-                }
+            let fetched = self
+                .watched(seq + 1, &cancel, || {
+                    self.client
+                        .page(&job.subdomain, table, &columns, after.as_deref())
+                })
+                .await?;
+            let Some(page) = fetched else {
+                report.cancelled = true;
+                return Ok(report);
             };
             let fetch_time = started.elapsed();
             report.fetch_time += fetch_time;
@@ -104,6 +118,46 @@ impl Fetch {
             }
         }
     }
+
+    /// Runs a source request (with its own retries) under the watchdog: a request that
+    /// brings nothing for `stall_after` is dropped and sent again, up to `max_stalls`
+    /// times in a row, after which the job fails naming the stall. None when cancelled.
+    async fn watched<T, F, Fut>(
+        &self,
+        seq: i64,
+        cancel: &CancellationToken,
+        request: F,
+    ) -> Result<Option<T>, SourceError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
+        let mut stalls = 0;
+        loop {
+            self.pulse.start(Stage::Fetch, seq, Step::Request);
+            let answer = tokio::select! {
+                r = request() => Some(r),
+                w = self.pulse.stalled(Stage::Fetch, self.watchdog.stall_after) => {
+                    stalls += 1;
+                    if stalls >= self.watchdog.max_stalls {
+                        self.pulse.idle(Stage::Fetch);
+                        return Err(SourceError::Stalled { seq, seconds: w.idle.as_secs(), stalls });
+                    }
+                    tracing::warn!(seq, stalls = stalls, "No answer from the source for {} s; sending the request again.", w.idle.as_secs());
+                    None
+                }
+                _ = cancel.cancelled() => {
+                    self.pulse.idle(Stage::Fetch);
+                    return Ok(None);
+                }
+            };
+            if let Some(r) = answer {
+                // Waiting for transform to take the page is not the fetch's stall.
+                self.pulse.idle(Stage::Fetch);
+                return r.map(Some);
+            }
+        }
+    }
 }
 
 /// The transform stage: raw source pages in, page batches out. With a vector builder it
@@ -113,6 +167,8 @@ pub struct Transform {
     pub vectors: SharedVectors,
     /// Pages a resumed pass has seen already (`PageBuilder::resuming`).
     pub seen: std::collections::HashSet<u64>,
+    /// The job's progress (a waiting transform is named in stall warnings).
+    pub pulse: Arc<Pulse>,
 }
 
 /// A vector builder that becomes available while the pipeline runs (reading the server's
@@ -212,6 +268,7 @@ impl Transform {
         let mut busy = Duration::ZERO;
         while let Some(raw) = input.recv().await {
             let started = Instant::now();
+            self.pulse.start(Stage::Transform, raw.seq, Step::Vectors);
             for row in &raw.rows {
                 builder.push(row, raw.columns.as_deref());
             }
@@ -231,6 +288,7 @@ impl Transform {
                 None => None,
             };
             busy += started.elapsed();
+            self.pulse.idle(Stage::Transform);
             let batch = PageBatch {
                 job: job.clone(),
                 seq: raw.seq,

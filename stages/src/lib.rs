@@ -15,6 +15,7 @@ pub mod spool;
 pub mod store;
 pub mod transform;
 pub mod tsvector;
+pub mod watchdog;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
 pub use secret::Secret;

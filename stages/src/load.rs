@@ -28,7 +28,8 @@ use tracing::{info, instrument, warn};
 use crate::batch::{col, JobKey, PageBatch};
 use crate::copy::{CopyRows, RowKey, PAGES_COLUMNS, STAGING_COLUMNS};
 use crate::store::sql::{self, autocommit};
-use crate::store::{is_transient_sql, retry_transient};
+use crate::store::{abort_backend, is_transient_sql, retry_transient, BackendAbort};
+use crate::watchdog::{Pulse, Stage, Step, Waiting, Watchdog};
 
 /// How the load stage writes.
 #[derive(Clone, Debug)]
@@ -49,11 +50,14 @@ pub struct LoadConfig {
     /// set-based query (`store::integrity::dangling_pages`). Only for a role that may set
     /// the parameter (`store::integrity::may_skip_fk_checks`).
     pub skip_fk_checks: bool,
+    /// When a batch that makes no progress is aborted and retried (`watchdog`).
+    pub watchdog: Watchdog,
 }
 
 impl Default for LoadConfig {
     /// No lease owner, trigger mode, every row upserted, foreign keys checked row by row,
-    /// retries for [`crate::store::DB_RETRY_FOR`]: a caller names what differs.
+    /// retries for [`crate::store::DB_RETRY_FOR`], the default watchdog: a caller names
+    /// what differs.
     fn default() -> Self {
         LoadConfig {
             owner: String::new(),
@@ -61,6 +65,7 @@ impl Default for LoadConfig {
             retry_for: crate::store::DB_RETRY_FOR,
             insert_first: false,
             skip_fk_checks: false,
+            watchdog: Watchdog::default(),
         }
     }
 }
@@ -106,6 +111,13 @@ pub enum LoadError {
     },
     #[error("{job}: this worker no longer holds the job (its lease expired and another worker took it over, or the job was reset); batch {seq} was not committed")]
     LeaseLost { job: String, seq: i64 },
+    #[error("{job}: batch {seq} stalled in {waiting}; its transaction was aborted ({stalls} stalls, the last one left)")]
+    Stalled {
+        job: String,
+        seq: i64,
+        waiting: Waiting,
+        stalls: u32,
+    },
 }
 
 /// Called after each committed batch (progress bars, logs).
@@ -144,6 +156,8 @@ pub struct Load {
     inserting: AtomicBool,
     /// None: the job-cursor checkpoint of a backfill.
     checkpoint: Option<Arc<dyn Checkpoint>>,
+    /// This job's progress, which the watchdog reads.
+    pulse: Arc<Pulse>,
 }
 
 impl Load {
@@ -153,7 +167,15 @@ impl Load {
             inserting: AtomicBool::new(config.insert_first),
             config,
             checkpoint: None,
+            pulse: Pulse::new(),
         }
+    }
+
+    /// Reports progress to `pulse` (shared with the job's other stages) instead of a
+    /// pulse of its own.
+    pub fn with_pulse(mut self, pulse: Arc<Pulse>) -> Self {
+        self.pulse = pulse;
+        self
     }
 
     /// Records batches with `checkpoint` instead of advancing the job's cursor.
@@ -176,7 +198,10 @@ impl Load {
         while let Some(batch) = input.recv().await {
             let started = Instant::now();
             let elapsed = last_commit.elapsed();
-            let outcome = self.commit_with_retries(&batch, elapsed).await?;
+            self.pulse.start(Stage::Load, batch.seq, Step::Begin);
+            let committed = self.commit_watched(&batch, elapsed).await;
+            self.pulse.idle(Stage::Load);
+            let outcome = committed?;
             last_commit = Instant::now();
             report.load_time += started.elapsed();
             report.totals += outcome;
@@ -185,6 +210,96 @@ impl Load {
             observer.batch_committed(&job, &outcome);
         }
         Ok(report)
+    }
+
+    /// Commits a batch, retrying it from the checkpoint after a stall (its transaction
+    /// was aborted, so nothing of it is committed), up to `max_stalls` stalls.
+    async fn commit_watched(
+        &self,
+        batch: &PageBatch,
+        elapsed: Duration,
+    ) -> Result<BatchOutcome, LoadError> {
+        let mut stalls = 0;
+        loop {
+            match self.commit_with_retries(batch, elapsed).await {
+                Err(LoadError::Stalled { waiting, .. }) => {
+                    stalls += 1;
+                    let stall = LoadError::Stalled {
+                        job: batch.job.to_string(),
+                        seq: batch.seq,
+                        waiting,
+                        stalls,
+                    };
+                    if stalls >= self.config.watchdog.max_stalls {
+                        return Err(stall);
+                    }
+                    warn!(job = %batch.job, seq = batch.seq, stalls, "{stall}. Retrying the batch from the checkpoint.");
+                    self.pulse.start(Stage::Load, batch.seq, Step::Begin);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs one attempt at a batch under the watchdog. When it makes no progress for
+    /// `stall_after`, its backend is cancelled from another connection (which ends a
+    /// wait on the server: a lock, or a COPY waiting for data), then terminated (which
+    /// closes the socket under a client stuck in a read or a write); an attempt that
+    /// still does not return is dropped (`Watched::Stalled { abandoned: true }`: its
+    /// connection must then be closed, not pooled).
+    async fn watched<T>(
+        &self,
+        batch: &PageBatch,
+        attempt: impl std::future::Future<Output = Result<T, LoadError>>,
+    ) -> Watched<T> {
+        let watchdog = self.config.watchdog;
+        tokio::pin!(attempt);
+        let waiting = tokio::select! {
+            r = &mut attempt => return Watched::Done(r),
+            w = self.pulse.stalled(Stage::Load, watchdog.stall_after) => w,
+        };
+        for how in [BackendAbort::Cancel, BackendAbort::Terminate] {
+            if let Some(pid) = self.pulse.backend() {
+                if let Err(e) = abort_backend(&self.pool, pid, how).await {
+                    warn!(job = %batch.job, pid, error = %e, "Could not abort the stalled batch's backend.");
+                }
+            }
+            match tokio::time::timeout(watchdog.grace, &mut attempt).await {
+                // It got through after all (the abort came too late to matter).
+                Ok(Ok(v)) => return Watched::Done(Ok(v)),
+                Ok(Err(_)) => {
+                    self.pulse.set_backend(None);
+                    return Watched::Stalled {
+                        waiting,
+                        abandoned: false,
+                    };
+                }
+                Err(_) => {}
+            }
+        }
+        self.pulse.set_backend(None);
+        Watched::Stalled {
+            waiting,
+            abandoned: true,
+        }
+    }
+
+    /// A stall as the error that `commit_watched` counts.
+    fn stalled<T>(
+        batch: &PageBatch,
+        conn: &mut sqlx::pool::PoolConnection<Postgres>,
+        waiting: Waiting,
+        abandoned: bool,
+    ) -> Result<T, LoadError> {
+        if abandoned {
+            conn.close_on_drop();
+        }
+        Err(LoadError::Stalled {
+            job: batch.job.to_string(),
+            seq: batch.seq,
+            waiting,
+            stalls: 0,
+        })
     }
 
     async fn commit_with_retries(
@@ -209,13 +324,26 @@ impl Load {
             source,
         };
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
-        let mut tx = conn.begin().await.map_err(sql_err)?;
-        let outcome = self
-            .write(&mut tx, batch, Duration::ZERO, false, false)
-            .await
-            .map_err(sql_err)?;
-        tx.commit().await.map_err(sql_err)?;
-        Ok(outcome.expect("no checkpoint guard without a checkpoint"))
+        self.pulse.start(Stage::Load, batch.seq, Step::Begin);
+        let watched = self
+            .watched(batch, async {
+                let mut tx = conn.begin().await.map_err(sql_err)?;
+                let outcome = self
+                    .write(&mut tx, batch, Duration::ZERO, false, false)
+                    .await
+                    .map_err(sql_err)?;
+                self.pulse.step(Stage::Load, Step::Commit);
+                tx.commit().await.map_err(sql_err)?;
+                Ok(outcome.expect("no checkpoint guard without a checkpoint"))
+            })
+            .await;
+        self.pulse.idle(Stage::Load);
+        match watched {
+            Watched::Done(r) => r,
+            Watched::Stalled { waiting, abandoned } => {
+                Self::stalled(batch, &mut conn, waiting, abandoned)
+            }
+        }
     }
 
     /// Writes one batch, its rejects and the checkpoint in one transaction.
@@ -231,8 +359,33 @@ impl Load {
             source,
         };
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
+        let watched = self
+            .watched(batch, self.attempt(&mut conn, batch, elapsed))
+            .await;
+        match watched {
+            Watched::Done(r) => r,
+            Watched::Stalled { waiting, abandoned } => {
+                Self::stalled(batch, &mut conn, waiting, abandoned)
+            }
+        }
+    }
+
+    /// One attempt at committing a batch on `conn` (see `commit`).
+    async fn attempt(
+        &self,
+        conn: &mut PgConnection,
+        batch: &PageBatch,
+        elapsed: Duration,
+    ) -> Result<BatchOutcome, LoadError> {
+        let job = &batch.job;
+        let sql_err = |source| LoadError::Sql {
+            job: job.to_string(),
+            seq: batch.seq,
+            source,
+        };
         loop {
             let insert = self.inserting.load(Ordering::Relaxed);
+            self.pulse.step(Stage::Load, Step::Begin);
             let mut tx = conn.begin().await.map_err(sql_err)?;
             let outcome = match self.write(&mut tx, batch, elapsed, true, insert).await {
                 Ok(Some(o)) => o,
@@ -250,7 +403,9 @@ impl Load {
                 }
                 Err(e) => return Err(sql_err(e)),
             };
+            self.pulse.step(Stage::Load, Step::Commit);
             tx.commit().await.map_err(sql_err)?;
+            self.pulse.set_backend(None);
             return Ok(outcome);
         }
     }
@@ -310,23 +465,26 @@ impl Load {
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
         let job = &batch.job;
         let doc_type = job.document_type.as_str();
-        if batch.vectors.is_some() {
-            // The vectors in this batch come from civicload (stages::tsvector, identical to
-            // civicload_page_vector by its differential test): the trigger keeps them, and
-            // computes the few civicload left to the server (NULL) as it writes them, bulk
-            // or not: cheaper than leaving them to `vectorize`, which rewrites the row.
-            sql::query("SET LOCAL civicload.vectors_supplied = 'on'")
-                .execute(&mut **tx)
-                .await?;
-        } else if self.config.bulk {
-            sql::query("SET LOCAL civicload.bulk = 'on'")
-                .execute(&mut **tx)
-                .await?;
-        }
+        // The vectors in this batch come from civicload (stages::tsvector, identical to
+        // civicload_page_vector by its differential test): the trigger keeps them, and
+        // computes the few civicload left to the server (NULL) as it writes them, bulk
+        // or not: cheaper than leaving them to `vectorize`, which rewrites the row.
+        // The same round trip names the backend, which the watchdog cancels if the batch
+        // stalls.
+        let setting = match (batch.vectors.is_some(), self.config.bulk) {
+            (true, _) => "civicload.vectors_supplied",
+            (false, true) => "civicload.bulk",
+            (false, false) => "civicload.unused",
+        };
+        let pid: i32 = sql::query_scalar("SELECT pg_backend_pid() FROM set_config($1, 'on', true)")
+            .bind(setting)
+            .fetch_one(&mut **tx)
+            .await?;
+        self.pulse.set_backend(Some(pid));
         let (mut created, mut updated) = (0i64, 0i64);
         let pages = batch.rows.num_rows();
         let inserted = match pages > 0 && insert {
-            true => insert_pages(tx, batch, self.config.skip_fk_checks).await?,
+            true => insert_pages(tx, batch, self.config.skip_fk_checks, &self.pulse).await?,
             false => None,
         };
         if let Some(n) = inserted {
@@ -340,17 +498,19 @@ impl Load {
             )
             .execute(&mut **tx)
             .await?;
+            self.pulse.step(Stage::Load, Step::Copy);
             let mut copy = tx
                 .copy_in_raw(&format!(
                     "COPY civicload_stage ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
                 ))
                 .await?;
             let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting);
-            if let Err(e) = send_rows(&mut copy, &rows).await {
+            if let Err(e) = send_rows(&mut copy, &rows, &self.pulse).await {
                 let _ = copy.abort("sending the rows failed").await;
                 return Err(e);
             }
             copy.finish().await?;
+            self.pulse.step(Stage::Load, Step::Upsert);
 
             sql::query(
                 "INSERT INTO meeting_documents (municipality_id, document_type, meeting_name, meeting_date)
@@ -391,6 +551,7 @@ impl Load {
         }
 
         if !batch.rejects.is_empty() {
+            self.pulse.step(Stage::Load, Step::Rejects);
             let ids: Vec<Option<&str>> = batch
                 .rejects
                 .iter()
@@ -425,6 +586,7 @@ impl Load {
         if !checkpoint {
             return Ok(Some(outcome));
         }
+        self.pulse.step(Stage::Load, Step::Checkpoint);
         if let Some(custom) = &self.checkpoint {
             let recorded = custom.record(tx, batch, &outcome, elapsed).await?;
             return Ok(recorded.then_some(outcome));
@@ -457,6 +619,17 @@ impl Load {
     }
 }
 
+/// How one attempt at a batch ended under the watchdog.
+enum Watched<T> {
+    Done(Result<T, LoadError>),
+    /// It made no progress; `abandoned`: it did not even return after its backend was
+    /// terminated, so its connection is in an unknown state.
+    Stalled {
+        waiting: Waiting,
+        abandoned: bool,
+    },
+}
+
 /// SQLSTATE 23505: a unique constraint refused a row.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
@@ -473,7 +646,9 @@ async fn insert_pages(
     tx: &mut Transaction<'_, Postgres>,
     batch: &PageBatch,
     skip_fk_checks: bool,
+    pulse: &Pulse,
 ) -> Result<Option<i64>, sqlx::Error> {
+    pulse.step(Stage::Load, Step::Documents);
     let job = &batch.job;
     let meetings = batch.rows.column(col::MEETING).as_string::<i32>();
     let dates = batch.rows.column(col::DATE).as_primitive::<Date32Type>();
@@ -530,6 +705,7 @@ async fn insert_pages(
             .execute(&mut **tx)
             .await?;
     }
+    pulse.step(Stage::Load, Step::Copy);
     let mut copy = tx
         .copy_in_raw(&format!(
             "COPY meeting_pages ({PAGES_COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -540,7 +716,7 @@ async fn insert_pages(
         document_ids: &document_ids,
     };
     let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), key);
-    if let Err(e) = send_rows(&mut copy, &rows).await {
+    if let Err(e) = send_rows(&mut copy, &rows, pulse).await {
         let _ = copy.abort("sending the rows failed").await;
         return Err(e);
     }
@@ -555,9 +731,11 @@ async fn insert_pages(
 }
 
 /// Sends a COPY stream in chunks of about `COPY_CHUNK` bytes, encoding as it goes.
+/// Each chunk the server accepted is progress for the watchdog.
 async fn send_rows(
     copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
     rows: &CopyRows<'_>,
+    pulse: &Pulse,
 ) -> Result<(), sqlx::Error> {
     const COPY_CHUNK: usize = 256 * 1024;
     let mut out = bytes::BytesMut::with_capacity(COPY_CHUNK + 16 * 1024);
@@ -566,6 +744,7 @@ async fn send_rows(
         rows.row(i, &mut out);
         if out.len() >= COPY_CHUNK {
             copy.send(out.split().freeze()).await?;
+            pulse.beat(Stage::Load);
         }
     }
     rows.trailer(&mut out);

@@ -91,6 +91,8 @@ pub enum SourceError {
     },
     #[error("cancelled")]
     Cancelled,
+    #[error("the source stalled: the request for batch {seq} brought nothing for {seconds} s, {stalls} times (the watchdog's limit, --stall-timeout)")]
+    Stalled { seq: i64, seconds: u64, stalls: u32 },
 }
 
 impl SourceError {

@@ -97,11 +97,25 @@ pub struct Spool {
     /// The job's pass: part of every file name, so a fresh pass never overwrites the
     /// files of an earlier one.
     pass: i32,
+    /// The job's progress: a write that hangs is named in stall warnings, and the job's
+    /// lease stops being renewed.
+    pulse: Arc<crate::watchdog::Pulse>,
 }
 
 impl Spool {
     pub fn new(archive: Archive, job: Arc<JobKey>, pass: i32) -> Self {
-        Spool { archive, job, pass }
+        Spool {
+            archive,
+            job,
+            pass,
+            pulse: Default::default(),
+        }
+    }
+
+    /// Reports progress to the job's `pulse`.
+    pub fn with_pulse(mut self, pulse: Arc<crate::watchdog::Pulse>) -> Self {
+        self.pulse = pulse;
+        self
     }
 
     /// Writes each batch's file, commits it, records it in the job manifest, and only then
@@ -144,6 +158,8 @@ impl Spool {
             let started = Instant::now();
             let seq = batch.seq;
             let pass = self.pass;
+            use crate::watchdog::{Stage, Step};
+            self.pulse.start(Stage::Spool, seq, Step::Write);
             // Parquet + zstd is CPU work: keep it off the async workers.
             let encoded = {
                 let batch = batch.clone();
@@ -176,6 +192,7 @@ impl Spool {
                 .await
                 .map_err(archive_err)?;
             report.spool_time += started.elapsed();
+            self.pulse.idle(Stage::Spool);
             if output.send(batch).await.is_err() {
                 // Load stopped (it failed); its error is the one to report.
                 break;

@@ -375,7 +375,10 @@ impl TestDb {
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         let mut conn = self.connect().await;
-        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     }
 }
 
@@ -500,6 +503,7 @@ pub fn path_str(p: &Path) -> &str {
 }
 
 pub mod pgbouncer;
+pub mod pgproxy;
 pub mod proxy;
 
 /// A private PostgreSQL 15 cluster on its own port and socket, for tests that restart the
@@ -507,12 +511,24 @@ pub mod proxy;
 pub struct PrivatePostgres {
     pub dir: PathBuf,
     pub port: u16,
+    /// Also listens on 127.0.0.1 with TLS (a self-signed certificate), trusting every
+    /// login: for tests that reach it over TCP, e.g. through `pgproxy`.
+    pub tcp_tls: bool,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with(false)
+    }
+
+    /// A private server that also listens on 127.0.0.1:`port` with TLS on.
+    pub fn start_tls() -> PrivatePostgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(tcp_tls: bool) -> PrivatePostgres {
         let dir = PathBuf::from(format!(
             "/tmp/civicload-pg-{}-{:08x}",
             std::process::id(),
@@ -533,14 +549,42 @@ impl PrivatePostgres {
                 .args(["-A", "trust", "-U", &me, "-D"])
                 .arg(dir.join("data")),
         );
-        let pg = PrivatePostgres { dir, port };
+        if tcp_tls {
+            let data = dir.join("data");
+            run_ok(
+                Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    ])
+                    .args(["-subj", "/CN=localhost", "-keyout"])
+                    .arg(data.join("server.key"))
+                    .arg("-out")
+                    .arg(data.join("server.crt")),
+            );
+            run_ok(
+                Command::new("chmod")
+                    .arg("600")
+                    .arg(data.join("server.key")),
+            );
+            run_ok(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join("server.key"))
+                    .arg(data.join("server.crt")),
+            );
+        }
+        let pg = PrivatePostgres { dir, port, tcp_tls };
         pg.ctl("start");
         pg
     }
 
     fn ctl(&self, action: &str) {
+        let network = match self.tcp_tls {
+            true => "-c listen_addresses=127.0.0.1 -c ssl=on",
+            false => "-c listen_addresses=''",
+        };
         let opts = format!(
-            "-p {} -k {} -c fsync=off -c listen_addresses=''",
+            "-p {} -k {} -c fsync=off {network}",
             self.port,
             self.dir.join("sock").display()
         );

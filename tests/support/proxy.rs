@@ -22,6 +22,9 @@ pub struct FaultPlan {
     pub too_many_requests: f64,
     pub slow: f64,
     pub slow_for: Duration,
+    /// The first request whose answer is a full page stalls after half its body, for
+    /// good (the connection stays open): only a watchdog gets past it.
+    pub stall_once_mid_body: bool,
     pub seed: u64,
 }
 
@@ -35,6 +38,7 @@ impl FaultPlan {
             too_many_requests: 0.02,
             slow: 0.01,
             slow_for: Duration::from_millis(1500),
+            stall_once_mid_body: false,
             seed,
         }
     }
@@ -49,6 +53,7 @@ pub struct FaultCounts {
     pub truncated: AtomicU64,
     pub too_many: AtomicU64,
     pub slow: AtomicU64,
+    pub stalled: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -64,6 +69,8 @@ enum Fault {
     Truncated,
     TooMany,
     Slow,
+    /// Half the body, then nothing (if no other request stalled before).
+    StallOnce,
 }
 
 impl FaultProxy {
@@ -96,6 +103,8 @@ impl FaultProxy {
                         Fault::TooMany
                     } else if pick(plan.slow) {
                         Fault::Slow
+                    } else if plan.stall_once_mid_body {
+                        Fault::StallOnce
                     } else {
                         Fault::None
                     }
@@ -233,6 +242,20 @@ async fn serve(
             counts.slow.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(slow_for).await;
             client.write_all(&response).await
+        }
+        // A full page (100 KB or more) of the first stalled request: half of it, then silence.
+        Fault::StallOnce
+            if response.len() - split > 100_000
+                && counts
+                    .stalled
+                    .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok() =>
+        {
+            let cut = split + (response.len() - split) / 2;
+            client.write_all(&response[..cut]).await?;
+            client.flush().await?;
+            std::future::pending::<()>().await;
+            Ok(())
         }
         _ => client.write_all(&response).await,
     }

@@ -258,12 +258,39 @@ pub async fn claim(
 
 /// Renews the leases of every running job this worker holds.
 pub async fn heartbeat(pool: &PgPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
+    heartbeat_except(pool, owner, lease, &[]).await
+}
+
+/// Renews `owner`'s leases except those of `stalled` jobs: a job whose pipeline makes no
+/// progress lets its lease expire, so that another worker can take it over.
+pub async fn heartbeat_except(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+    stalled: &[i64],
+) -> Result<u64, sqlx::Error> {
     let r = sql::query(
         "UPDATE backfill_jobs SET lease_expires_at = now() + make_interval(secs => $2), heartbeat_at = now()
-         WHERE lease_owner = $1 AND status = 'running'",
+         WHERE lease_owner = $1 AND status = 'running' AND id <> ALL($3)",
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
+    .bind(stalled)
+    .execute(autocommit(pool))
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Pauses every job `owner` holds and clears its lease: a stop that abandons its batches
+/// in flight hands the jobs back at once. A batch that commits afterwards is refused by
+/// its checkpoint guard (the lease is no longer its owner's).
+pub async fn abandon(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
+    let r = sql::query(
+        "UPDATE backfill_jobs SET status = 'paused', lease_owner = NULL, lease_expires_at = NULL,
+                updated_at = now()
+         WHERE lease_owner = $1 AND status = 'running'",
+    )
+    .bind(owner)
     .execute(autocommit(pool))
     .await?;
     Ok(r.rows_affected())

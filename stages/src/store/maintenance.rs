@@ -203,7 +203,7 @@ pub async fn drop_reindex_leftovers(
                 .fetch_one(autocommit(&mut *conn))
                 .await
                 .map_err(err("dropping an interrupted rebuild", "pg_index"))?;
-        sqlx::raw_sql(&statement)
+        sql::raw(&statement)
             .execute(&mut *conn)
             .await
             .map_err(err("dropping an interrupted rebuild", "pg_index"))?;
@@ -220,7 +220,7 @@ pub async fn reindex_concurrently(conn: &mut PgConnection, index: &str) -> Resul
             .fetch_one(autocommit(&mut *conn))
             .await
             .map_err(err("REINDEX CONCURRENTLY", "index"))?;
-    sqlx::raw_sql(&statement)
+    sql::raw(&statement)
         .execute(&mut *conn)
         .await
         .map_err(err("REINDEX CONCURRENTLY", "index"))?;

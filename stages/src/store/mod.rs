@@ -74,6 +74,37 @@ pub fn is_transient_sql(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How a stalled statement is stopped from another connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendAbort {
+    /// `pg_cancel_backend`: the statement fails, the session lives (its transaction is
+    /// aborted and rolls back).
+    Cancel,
+    /// `pg_terminate_backend`: the session ends and its socket closes.
+    Terminate,
+}
+
+/// Stops backend `pid`'s statement (the batch transaction of a stalled job) from another
+/// connection of the pool, within a few seconds whatever the state of the pool. True when
+/// the server signalled the backend. A role may signal its own backends.
+pub async fn abort_backend(
+    pool: &PgPool,
+    pid: i32,
+    how: BackendAbort,
+) -> Result<bool, sqlx::Error> {
+    let statement = match how {
+        BackendAbort::Cancel => "SELECT pg_cancel_backend($1)",
+        BackendAbort::Terminate => "SELECT pg_terminate_backend($1)",
+    };
+    let signal = sql::query_scalar::<bool>(statement)
+        .bind(pid)
+        .fetch_one(sql::autocommit(pool));
+    match tokio::time::timeout(Duration::from_secs(10), signal).await {
+        Ok(r) => r,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
 /// How long callers keep retrying through a lost connection or a restarting server,
 /// unless configured otherwise.
 pub const DB_RETRY_FOR: Duration = Duration::from_secs(300);
@@ -216,7 +247,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
             return Err(MigrateError::Source(why.into()).into());
         }
         let started = Instant::now();
-        sqlx::raw_sql(&m.sql)
+        sql::raw(m.sql.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| MigrateError::ExecuteMigration(e, m.version))?;
@@ -296,7 +327,7 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
             // CREATE DATABASE takes no bind parameters; quote the identifier ourselves. It
             // cannot run in a transaction: one simple-protocol statement.
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            match sqlx::raw_sql(&format!("CREATE DATABASE {quoted}"))
+            match sql::raw(&format!("CREATE DATABASE {quoted}"))
                 .execute(&mut conn)
                 .await
             {
