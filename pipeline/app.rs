@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use stages::source::SourceClient;
 use stages::store::jobs::{self, JobStatus};
 use stages::store::leases::{owner_id, Lease};
-use stages::store::{self, municipalities};
+use stages::store::municipalities;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -17,6 +17,7 @@ use crate::backfill::Backfill;
 use crate::cli::{
     check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, VerifyArgs,
 };
+use crate::db::connect;
 pub use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE};
 use crate::ui::report::{self, Unfinished};
 
@@ -28,12 +29,6 @@ pub async fn run(cli: Cli) -> u8 {
             crate::exit::status_of(&e)
         }
     }
-}
-
-pub(crate) async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = store::connect_options(cli.database_url.as_deref())
-        .map_err(|e| UsageError(e.to_string()))?;
-    Ok(store::connect(options, max_connections).await?)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {

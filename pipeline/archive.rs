@@ -23,9 +23,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::connect;
 use crate::backfill::release_dead_local_leases;
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
+use crate::db::connect;
 use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::ui::progress::Progress;
 use crate::ui::report::{self, JobResult, Unfinished};
