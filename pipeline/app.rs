@@ -73,9 +73,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let pool = connect(&cli, 2).await?;
             let report = crate::search_bench::run(&pool, args).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", crate::search_bench::render(&report));
+                println!("{}", crate::search_bench::render(&report, args.show));
             }
             Ok(EXIT_OK)
         }

@@ -72,7 +72,7 @@ pub enum Command {
     Maintain(crate::maintain::MaintainArgs),
     /// Database health report (vacuum, dead tuples, indexes, sizes, cache) with verdicts.
     Health(crate::health::HealthArgs),
-    /// Explain the application's search for a query: plan, index, workers, time.
+    /// Time the application's search (civicload_search): p50/p95/max, rows, plan chosen.
     SearchBench(crate::search_bench::SearchBenchArgs),
 }
 

@@ -174,6 +174,17 @@ async fn maintain_locked(
         });
     }
 
+    // Pages a bulk COPY wrote without their meeting date (newest-first search needs it).
+    let t = Instant::now();
+    let dated = stages::store::search_fn::fill_missing_meeting_dates(pool).await?;
+    if dated > 0 {
+        steps.push(Step {
+            step: "meeting dates copied onto pages".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: format!("{dated} pages"),
+        });
+    }
+
     for index in &SEARCH_INDEXES {
         let build = search::ensure_search_index(
             pool,
@@ -203,7 +214,7 @@ async fn maintain_locked(
     }
 
     let t = Instant::now();
-    if maintenance::resume_pages_autovacuum(conn).await? {
+    if maintenance::resume_pages_autovacuum(pool).await? {
         steps.push(Step {
             step: "autovacuum of meeting_pages resumed".into(),
             seconds: t.elapsed().as_secs_f64(),

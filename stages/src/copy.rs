@@ -20,8 +20,9 @@ pub const STAGING_COLUMNS: &str =
     "source_id, meeting, meeting_date, page_number, text, page_image, entities, votes, search_vector";
 
 /// The `meeting_pages` columns, in the order the encoder writes them for `RowKey::Document`.
-pub const PAGES_COLUMNS: &str =
-    "source_id, document_id, municipality_id, page_number, text, page_image, entities, votes, search_vector";
+/// `meeting_date` (the document's, copied for newest-first search, migration 0009) comes
+/// last, so the fields shared with the staging stream keep their places.
+pub const PAGES_COLUMNS: &str = "source_id, document_id, municipality_id, page_number, text, page_image, entities, votes, search_vector, meeting_date";
 
 /// How each row names its meeting: the second and third fields of a COPY row.
 #[derive(Clone, Copy, Debug)]
@@ -165,7 +166,7 @@ impl<'a> CopyRows<'a> {
         .map(|a| a.values().len())
         .sum();
         let vector_bytes = self.vectors.map(|v| v.buf.len()).unwrap_or(0);
-        payload + vector_bytes + self.len() * 52 + 32
+        payload + vector_bytes + self.len() * 60 + 32
     }
 
     pub fn header(&self, out: &mut BytesMut) {
@@ -175,7 +176,8 @@ impl<'a> CopyRows<'a> {
     }
 
     pub fn row(&self, i: usize, out: &mut BytesMut) {
-        out.put_i16(9);
+        let document_key = matches!(self.key, RowKey::Document { .. });
+        out.put_i16(if document_key { 10 } else { 9 });
         put_text(out, Some(self.ids.value(i)));
         match self.key {
             RowKey::Meeting => {
@@ -203,6 +205,10 @@ impl<'a> CopyRows<'a> {
         match self.vectors {
             Some(v) => out.put_slice(v.field(i)),
             None => out.put_i32(-1),
+        }
+        if document_key {
+            out.put_i32(4);
+            out.put_i32(self.dates.value(i) - PG_EPOCH_OFFSET_DAYS);
         }
     }
 

@@ -284,13 +284,17 @@ impl Load {
         }
     }
 
-    /// A stall as the error that `commit_watched` counts.
-    fn stalled<T>(
+    /// The result of a watched attempt; a stall becomes the error that `commit_watched`
+    /// counts, and an abandoned attempt's connection is closed, not pooled.
+    fn settle<T>(
+        watched: Watched<T>,
         batch: &PageBatch,
         conn: &mut sqlx::pool::PoolConnection<Postgres>,
-        waiting: Waiting,
-        abandoned: bool,
     ) -> Result<T, LoadError> {
+        let (waiting, abandoned) = match watched {
+            Watched::Done(r) => return r,
+            Watched::Stalled { waiting, abandoned } => (waiting, abandoned),
+        };
         if abandoned {
             conn.close_on_drop();
         }
@@ -318,11 +322,7 @@ impl Load {
 
     /// Writes pages and rejects outside the job's batch sequence (repairs): no checkpoint.
     pub async fn commit_unguarded(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
-        let sql_err = |source| LoadError::Sql {
-            job: batch.job.to_string(),
-            seq: batch.seq,
-            source,
-        };
+        let sql_err = sql_error(batch);
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
         self.pulse.start(Stage::Load, batch.seq, Step::Begin);
         let watched = self
@@ -338,12 +338,7 @@ impl Load {
             })
             .await;
         self.pulse.idle(Stage::Load);
-        match watched {
-            Watched::Done(r) => r,
-            Watched::Stalled { waiting, abandoned } => {
-                Self::stalled(batch, &mut conn, waiting, abandoned)
-            }
-        }
+        Self::settle(watched, batch, &mut conn)
     }
 
     /// Writes one batch, its rejects and the checkpoint in one transaction.
@@ -352,22 +347,12 @@ impl Load {
         batch: &PageBatch,
         elapsed: Duration,
     ) -> Result<BatchOutcome, LoadError> {
-        let job = &batch.job;
-        let sql_err = |source| LoadError::Sql {
-            job: job.to_string(),
-            seq: batch.seq,
-            source,
-        };
+        let sql_err = sql_error(batch);
         let mut conn = self.pool.acquire().await.map_err(sql_err)?;
         let watched = self
             .watched(batch, self.attempt(&mut conn, batch, elapsed))
             .await;
-        match watched {
-            Watched::Done(r) => r,
-            Watched::Stalled { waiting, abandoned } => {
-                Self::stalled(batch, &mut conn, waiting, abandoned)
-            }
-        }
+        Self::settle(watched, batch, &mut conn)
     }
 
     /// One attempt at committing a batch on `conn` (see `commit`).
@@ -378,11 +363,7 @@ impl Load {
         elapsed: Duration,
     ) -> Result<BatchOutcome, LoadError> {
         let job = &batch.job;
-        let sql_err = |source| LoadError::Sql {
-            job: job.to_string(),
-            seq: batch.seq,
-            source,
-        };
+        let sql_err = sql_error(batch);
         loop {
             let insert = self.inserting.load(Ordering::Relaxed);
             self.pulse.step(Stage::Load, Step::Begin);
@@ -525,13 +506,15 @@ impl Load {
             (created, updated) = sql::query_as(
                 "WITH written AS (
                     INSERT INTO meeting_pages AS p
-                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector)
-                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector
+                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector, meeting_date)
+                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector, d.meeting_date
                     FROM civicload_stage s
                     JOIN meeting_documents d
                       ON d.municipality_id = $1 AND d.document_type = $2
                      AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
-                    ON CONFLICT (document_id, page_number) DO UPDATE SET
+                    -- + municipality_id: the partition key (migration 0010); the document
+                    -- determines it, so the same rows conflict as before.
+                    ON CONFLICT (document_id, page_number, municipality_id) DO UPDATE SET
                         source_id = EXCLUDED.source_id, text = EXCLUDED.text,
                         page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
                         votes = EXCLUDED.votes, updated_at = now(),
@@ -540,7 +523,10 @@ impl Load {
                     WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
                           IS DISTINCT FROM
                           (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)
-                    RETURNING (xmax = 0) AS created
+                    -- Not xmax = 0: a partitioned table (migration 0010) cannot return system
+                    -- columns. A row this statement inserted has created_at = now() (the
+                    -- column default, this transaction's start); an updated one is older.
+                    RETURNING (p.created_at = now()) AS created
                  )
                  SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written",
             )
@@ -616,6 +602,15 @@ impl Load {
             return Ok(None);
         }
         Ok(Some(outcome))
+    }
+}
+
+/// Wraps a database error of `batch` (naming its job and sequence number).
+fn sql_error(batch: &PageBatch) -> impl Fn(sqlx::Error) -> LoadError + Copy + '_ {
+    |source| LoadError::Sql {
+        job: batch.job.to_string(),
+        seq: batch.seq,
+        source,
     }
 }
 

@@ -94,32 +94,33 @@ pub const AUTOVACUUM_PAUSED: &str = "autovacuum_enabled=false";
 /// phase after it vacuums it and resumes autovacuum. A storage option, not a server
 /// setting: it outlives a killed load, so the resumed load (or `civicload maintain`) ends
 /// it, and `civicload health` warns while it lasts.
+///
+/// A partitioned `meeting_pages` (migration 0010) holds no storage options: its partitions do.
 pub async fn pause_pages_autovacuum(pool: &PgPool) -> Result<(), SearchError> {
-    sql::query(
-        "ALTER TABLE meeting_pages SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)",
+    super::partitions::alter_page_tables(
+        pool,
+        "ALTER TABLE %I SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)",
     )
-    .execute(autocommit(pool))
     .await
-    .map_err(err("pausing autovacuum", "meeting_pages"))?;
-    Ok(())
 }
 
 /// Ends [`pause_pages_autovacuum`]; true when it was paused.
-pub async fn resume_pages_autovacuum(conn: &mut PgConnection) -> Result<bool, SearchError> {
+pub async fn resume_pages_autovacuum(pool: &PgPool) -> Result<bool, SearchError> {
     let paused: bool = sql::query_scalar(
-        "SELECT coalesce($1 = ANY(reloptions), false) FROM pg_class WHERE oid = 'meeting_pages'::regclass",
+        "SELECT coalesce(bool_or($1 = ANY(reloptions)), false) FROM pg_class
+         WHERE oid = 'meeting_pages'::regclass
+            OR oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'meeting_pages'::regclass)",
     )
     .bind(AUTOVACUUM_PAUSED)
-    .fetch_one(autocommit(&mut *conn))
+    .fetch_one(autocommit(pool))
     .await
     .map_err(err("reading the storage options", "meeting_pages"))?;
     if paused {
-        sql::query(
-            "ALTER TABLE meeting_pages RESET (autovacuum_enabled, toast.autovacuum_enabled)",
+        super::partitions::alter_page_tables(
+            pool,
+            "ALTER TABLE %I RESET (autovacuum_enabled, toast.autovacuum_enabled)",
         )
-        .execute(autocommit(&mut *conn))
-        .await
-        .map_err(err("resuming autovacuum", "meeting_pages"))?;
+        .await?;
     }
     Ok(paused)
 }
@@ -253,9 +254,10 @@ pub struct RelSizes {
 /// Sizes of one of civicload's tables.
 pub async fn rel_sizes(pool: &PgPool, table: &'static str) -> Result<RelSizes, SearchError> {
     let (heap, tbl, indexes, total): (i64, i64, i64, i64) = sql::query_as(
-        "SELECT pg_relation_size(c.oid), pg_table_size(c.oid), pg_indexes_size(c.oid),
-                pg_total_relation_size(c.oid)
-         FROM pg_class c WHERE c.oid = to_regclass($1)",
+        "SELECT sum(pg_relation_size(r))::bigint, sum(pg_table_size(r))::bigint,
+                sum(pg_indexes_size(r))::bigint, sum(pg_total_relation_size(r))::bigint
+         FROM (SELECT to_regclass($1) AS r
+               UNION ALL SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1)) AS parts",
     )
     .bind(table)
     .fetch_one(autocommit(pool))
@@ -295,21 +297,34 @@ pub struct TableStats {
 /// Statistics of civicload's tables.
 pub async fn table_stats(pool: &PgPool) -> Result<Vec<TableStats>, SearchError> {
     sql::query_as(
-        "SELECT s.relname::text AS table, s.n_live_tup AS live_rows, s.n_dead_tup AS dead_rows,
-                s.n_mod_since_analyze AS modified_since_analyze,
-                s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
-                coalesce(c.reloptions, '{}') AS options,
-                pg_relation_size(c.oid) AS heap_bytes, pg_table_size(c.oid) AS table_bytes,
-                pg_indexes_size(c.oid) AS index_bytes, pg_total_relation_size(c.oid) AS total_bytes,
-                coalesce(io.heap_blks_hit, 0) AS heap_blocks_hit,
-                coalesce(io.heap_blks_read, 0) AS heap_blocks_read,
-                coalesce(io.idx_blks_hit, 0) AS index_blocks_hit,
-                coalesce(io.idx_blks_read, 0) AS index_blocks_read
-         FROM pg_stat_user_tables s
-         JOIN pg_class c ON c.oid = s.relid
-         LEFT JOIN pg_statio_user_tables io ON io.relid = s.relid
-         WHERE s.schemaname = 'public' AND s.relname = ANY($1)
-         ORDER BY pg_total_relation_size(c.oid) DESC",
+        "WITH tables AS (
+            SELECT c.oid, c.relname::text AS name FROM pg_class c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY($1)
+         ), parts AS (
+            -- A partitioned table (meeting_pages, migration 0010) is the sum of its partitions.
+            SELECT t.name, coalesce(h.inhrelid, t.oid) AS oid
+            FROM tables t LEFT JOIN pg_inherits h ON h.inhparent = t.oid
+         )
+         SELECT p.name AS table, sum(s.n_live_tup)::bigint AS live_rows,
+                sum(s.n_dead_tup)::bigint AS dead_rows,
+                sum(s.n_mod_since_analyze)::bigint AS modified_since_analyze,
+                max(s.last_vacuum) AS last_vacuum, max(s.last_autovacuum) AS last_autovacuum,
+                max(s.last_analyze) AS last_analyze, max(s.last_autoanalyze) AS last_autoanalyze,
+                array(SELECT DISTINCT o FROM parts q JOIN pg_class k ON k.oid = q.oid,
+                      unnest(k.reloptions) AS o WHERE q.name = p.name ORDER BY o) AS options,
+                sum(pg_relation_size(p.oid))::bigint AS heap_bytes,
+                sum(pg_table_size(p.oid))::bigint AS table_bytes,
+                sum(pg_indexes_size(p.oid))::bigint AS index_bytes,
+                sum(pg_total_relation_size(p.oid))::bigint AS total_bytes,
+                coalesce(sum(io.heap_blks_hit), 0)::bigint AS heap_blocks_hit,
+                coalesce(sum(io.heap_blks_read), 0)::bigint AS heap_blocks_read,
+                coalesce(sum(io.idx_blks_hit), 0)::bigint AS index_blocks_hit,
+                coalesce(sum(io.idx_blks_read), 0)::bigint AS index_blocks_read
+         FROM parts p
+         JOIN pg_stat_user_tables s ON s.relid = p.oid
+         LEFT JOIN pg_statio_user_tables io ON io.relid = p.oid
+         GROUP BY p.name
+         ORDER BY total_bytes DESC",
     )
     .bind(&TABLES[..])
     .fetch_all(autocommit(pool))
@@ -426,10 +441,15 @@ pub async fn search_plan_uses_index(
     let mut indexes = Vec::new();
     let mut nodes = Vec::new();
     collect_plan(&plan.0, &mut indexes, &mut nodes);
-    let uses = indexes
-        .iter()
-        .any(|i| i == super::search::SEARCH_INDEXES[0].name);
+    let uses = indexes.iter().any(|i| is_page_search_index(i));
     Ok((uses, nodes.join(" > ")))
+}
+
+/// The page search index, or one of its partitions' (`meeting_pages_pN_search_vector_gin`,
+/// migration 0010).
+pub fn is_page_search_index(name: &str) -> bool {
+    name == super::search::SEARCH_INDEXES[0].name
+        || (name.starts_with("meeting_pages_p") && name.ends_with("_search_vector_gin"))
 }
 
 fn collect_plan(v: &serde_json::Value, indexes: &mut Vec<String>, nodes: &mut Vec<String>) {
@@ -437,7 +457,9 @@ fn collect_plan(v: &serde_json::Value, indexes: &mut Vec<String>, nodes: &mut Ve
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_plan(x, indexes, nodes)),
         serde_json::Value::Object(o) => {
             if let Some(serde_json::Value::String(t)) = o.get("Node Type") {
-                if o.get("Relation Name").and_then(|r| r.as_str()) == Some("meeting_pages")
+                if o.get("Relation Name")
+                    .and_then(|r| r.as_str())
+                    .is_some_and(|r| r.starts_with("meeting_pages"))
                     || o.get("Index Name").is_some()
                 {
                     nodes.push(t.clone());

@@ -7,8 +7,10 @@ pub mod jobs;
 pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
+pub mod partitions;
 pub mod replay;
 pub mod search;
+pub mod search_fn;
 pub mod sql;
 
 use std::str::FromStr;

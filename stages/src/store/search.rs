@@ -28,7 +28,7 @@ pub enum SearchError {
 }
 
 impl SearchError {
-    fn sql(
+    pub(crate) fn sql(
         step: &'static str,
         object: &'static str,
         advice: &'static str,
@@ -286,25 +286,44 @@ pub const SEARCH_INDEXES: [SearchIndex; 2] = [
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexState {
     pub valid: bool,
-    /// Storage options, e.g. `fastupdate=off`.
+    /// Storage options, e.g. `fastupdate=off`; for a partitioned index, those of its
+    /// partitions' indexes too (a partitioned index's own are fixed at creation).
     pub options: Vec<String>,
     pub method: String,
+    /// With its partitions' indexes.
     pub bytes: i64,
+    /// An index on the partitioned `meeting_pages` (migration 0010).
+    pub partitioned: bool,
 }
 
 impl IndexState {
-    /// Whether the index was built (or altered) WITH (fastupdate = off).
+    /// Whether the index was built (or altered) WITH (fastupdate = off), every partition's
+    /// index included.
     pub fn fastupdate_off(&self) -> bool {
         self.options
             .iter()
             .any(|o| o == "fastupdate=off" || o == "fastupdate=false")
+            && !self
+                .options
+                .iter()
+                .any(|o| o == "fastupdate=on" || o == "fastupdate=true")
     }
 }
 
+/// An index's catalog row: valid, options, access method, size, partitioned.
+type IndexRow = (bool, Option<Vec<String>>, String, i64, bool);
+
 /// The catalog state of an index, None when it does not exist.
 pub async fn index_state(pool: &PgPool, name: &str) -> Result<Option<IndexState>, SearchError> {
-    let row: Option<(bool, Option<Vec<String>>, String, i64)> = sql::query_as(
-        "SELECT i.indisvalid, c.reloptions, am.amname::text, pg_relation_size(c.oid)
+    let row: Option<IndexRow> = sql::query_as(
+        "SELECT i.indisvalid,
+                array(SELECT unnest(c.reloptions) UNION
+                      SELECT unnest(k.reloptions) FROM pg_inherits h JOIN pg_class k ON k.oid = h.inhrelid
+                      WHERE h.inhparent = c.oid),
+                am.amname::text,
+                pg_relation_size(c.oid) + coalesce((SELECT sum(pg_relation_size(h.inhrelid))::bigint
+                                                    FROM pg_inherits h WHERE h.inhparent = c.oid), 0),
+                c.relkind = 'I'
          FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_am am ON am.oid = c.relam
          WHERE c.oid = to_regclass($1)",
     )
@@ -316,12 +335,15 @@ pub async fn index_state(pool: &PgPool, name: &str) -> Result<Option<IndexState>
         "pg_index",
         RERUN_MAINTAIN,
     ))?;
-    Ok(row.map(|(valid, options, method, bytes)| IndexState {
-        valid,
-        options: options.unwrap_or_default(),
-        method,
-        bytes,
-    }))
+    Ok(
+        row.map(|(valid, options, method, bytes, partitioned)| IndexState {
+            valid,
+            options: options.unwrap_or_default(),
+            method,
+            bytes,
+            partitioned,
+        }),
+    )
 }
 
 /// How to build an index that is missing.
@@ -437,7 +459,23 @@ pub async fn ensure_search_index(
                 });
             }
             // An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index that
-            // IF NOT EXISTS would take for done.
+            // IF NOT EXISTS would take for done. (A partitioned one is invalid until every
+            // partition's index is attached: the build below completes it.)
+            if state.partitioned {
+                super::partitions::build_partitioned_index(
+                    pool, &pool.connect_options(), index.name, index.column, mode,
+                    maintenance_work_mem, build_workers(),
+                )
+                .await?;
+                return Ok(IndexBuild {
+                    name: index.name,
+                    built: true,
+                    replaced_invalid: true,
+                    restored_fastupdate_off: false,
+                    took: started.elapsed(),
+                    bytes: index_state(pool, index.name).await?.map(|s| s.bytes).unwrap_or(0),
+                });
+            }
             let drop = match mode {
                 BuildMode::Blocking => index.drop,
                 BuildMode::Concurrently => index.drop_concurrently,
@@ -448,7 +486,17 @@ pub async fn ensure_search_index(
                 .map_err(err("dropping an invalid index"))?;
             replaced_invalid = true;
         }
+        let partitioned = index.table == "meeting_pages"
+            && !super::partitions::page_partitions(pool).await?.is_empty();
         match mode {
+            // meeting_pages' partitions: their indexes on every core (migration 0010).
+            _ if partitioned => {
+                super::partitions::build_partitioned_index(
+                    pool, &pool.connect_options(), index.name, index.column, mode,
+                    maintenance_work_mem, build_workers(),
+                )
+                .await?;
+            }
             // In a transaction of its own, with its memory set there: that holds through
             // a pooler too.
             BuildMode::Blocking => {
@@ -494,6 +542,13 @@ pub async fn ensure_search_index(
     Ok(build)
 }
 
+/// How many partition indexes are built at once: one per core the machine reports.
+fn build_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
 /// Switches a present, valid search index to fastupdate = on for a mass update of
 /// vectors; returns whether it now has it on (switched here, or left on by a vectorize
 /// that was killed), so the caller switches it back at the end.
@@ -505,6 +560,10 @@ pub async fn ensure_search_index(
 /// pending list (at most gin_pending_list_limit, 4 MB by default), so it is brief.
 pub async fn relax_fastupdate(pool: &PgPool, index: &SearchIndex) -> Result<bool, SearchError> {
     match index_state(pool, index.name).await? {
+        Some(s) if s.valid && s.partitioned => {
+            super::partitions::set_fastupdate(pool, index.name, true).await?;
+            Ok(true)
+        }
         Some(s) if s.valid && s.fastupdate_off() => {
             sqlx::raw_sql(index.fastupdate_on)
                 .execute(autocommit(pool))
@@ -529,6 +588,9 @@ pub async fn restore_fastupdate_off(
 ) -> Result<bool, SearchError> {
     let err = |step| SearchError::sql(step, index.name, RERUN_MAINTAIN);
     match index_state(pool, index.name).await? {
+        Some(s) if s.partitioned => {
+            Ok(super::partitions::set_fastupdate(pool, index.name, false).await? > 0)
+        }
         Some(s) if !s.fastupdate_off() => {
             sqlx::raw_sql(index.fastupdate_off)
                 .execute(autocommit(pool))
