@@ -305,10 +305,10 @@ impl TestDb {
             rand::random::<u32>()
         );
         TestDb {
-            url: format!("postgres:///{name}?host=/tmp/ui-tools/pg/sock&port=46183"),
+            url: format!("postgres:///{name}?host=/var/run/postgresql"),
             name,
-            host: "/tmp/ui-tools/pg/sock".into(),
-            port: 46183,
+            host: "/var/run/postgresql".into(),
+            port: 5432,
         }
     }
 
