@@ -19,6 +19,7 @@ pub mod target;
 pub mod transform;
 pub mod tsvector;
 pub mod usage;
+pub mod vectors;
 pub mod watchdog;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};
