@@ -6,6 +6,7 @@ pub mod archive;
 pub mod batch;
 pub mod copy;
 pub mod fetch;
+pub mod job_run;
 pub mod load;
 pub mod reconcile;
 pub mod refresh;

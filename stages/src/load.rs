@@ -25,7 +25,9 @@ use tracing::{info, instrument, warn};
 pub use checkpoint::{Checkpoint, JobCheckpoint};
 
 use crate::batch::{JobKey, PageBatch};
-use crate::store::{abort_backend, is_transient_sql, pages, rejects, retry_transient, BackendAbort};
+use crate::store::{
+    abort_backend, is_transient_sql, pages, rejects, retry_transient, BackendAbort,
+};
 use crate::watchdog::{Pulse, Stage, Step, Waiting, Watchdog};
 
 /// How the load stage writes.
@@ -124,6 +126,9 @@ pub enum LoadError {
 /// Called after each committed batch (progress bars, logs).
 pub trait LoadObserver: Send + Sync {
     fn batch_committed(&self, job: &JobKey, outcome: &BatchOutcome);
+
+    /// The source counted the job's rows (`job_run`): for progress and ETAs.
+    fn job_expected(&self, _job: &JobKey, _rows: u64) {}
 }
 
 /// The load stage.
@@ -351,7 +356,10 @@ impl Load {
             };
             self.pulse.step(Stage::Load, Step::Begin);
             let mut tx = conn.begin().await.map_err(sql_err)?;
-            let outcome = match self.write_checkpointed(&mut tx, batch, elapsed, route).await {
+            let outcome = match self
+                .write_checkpointed(&mut tx, batch, elapsed, route)
+                .await
+            {
                 Ok(Some(o)) => o,
                 Ok(None) => {
                     drop(tx);
@@ -445,8 +453,8 @@ impl Load {
         route: Route,
     ) -> Result<Written, sqlx::Error> {
         if let Some(schema) = self.config.target.observer() {
-            let w = crate::store::observer::pages::write_batch(tx, schema, batch, &self.pulse)
-                .await?;
+            let w =
+                crate::store::observer::pages::write_batch(tx, schema, batch, &self.pulse).await?;
             return Ok(Written {
                 created: w.created,
                 updated: w.updated,

@@ -72,6 +72,11 @@ impl Checkpoint for JobCheckpoint {
         pool: &'a PgPool,
         batch: &'a PageBatch,
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-        Box::pin(jobs::holds_at(pool, batch.job.job_id, &self.owner, batch.seq))
+        Box::pin(jobs::holds_at(
+            pool,
+            batch.job.job_id,
+            &self.owner,
+            batch.seq,
+        ))
     }
 }

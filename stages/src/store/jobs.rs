@@ -395,7 +395,12 @@ pub async fn advance_cursor(
 
 /// Whether `owner` holds the job with its cursor at batch `seq`: after a refused
 /// checkpoint, true means our own earlier attempt committed the batch.
-pub async fn holds_at(pool: &PgPool, job_id: i64, owner: &str, seq: i64) -> Result<bool, sqlx::Error> {
+pub async fn holds_at(
+    pool: &PgPool,
+    job_id: i64,
+    owner: &str,
+    seq: i64,
+) -> Result<bool, sqlx::Error> {
     let row: Option<(i64, Option<String>)> =
         sql::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
             .bind(job_id)

@@ -62,7 +62,6 @@ impl StoreError {
     }
 }
 
-
 /// How a stalled statement is stopped from another connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendAbort {
