@@ -5,6 +5,7 @@ pub mod app;
 pub mod archive;
 pub mod backfill;
 pub mod cli;
+pub mod commands;
 pub mod db;
 pub mod exit;
 pub mod health;

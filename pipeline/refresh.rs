@@ -197,7 +197,7 @@ pub async fn plan(
     if changed_only {
         match sites {
             Some(from) => {
-                crate::app::sync_municipalities(cli, from).await?;
+                crate::commands::municipalities::sync(cli, from).await?;
             }
             None => info!("No --sites given: --changed-only compares with the municipality list as last synced or updated by webhooks."),
         }

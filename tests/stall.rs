@@ -217,7 +217,9 @@ async fn a_source_body_that_stalls_is_fetched_again_exact() {
     );
     assert!(out.status.success(), "{log}");
     assert!(
-        log.contains("No answer from the source for 3 s; sending the request again"),
+        // "for 3 s" on a quiet machine; a loaded one notices a second or two later.
+        log.contains("No answer from the source for ")
+            && log.contains(" s; sending the request again"),
         "the fetch stall must be reported:\n{log}"
     );
     assert_same_pages(&corpus.expected_pages(), &db.pages().await);
