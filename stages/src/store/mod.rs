@@ -14,6 +14,7 @@ pub mod replay;
 pub mod search;
 pub mod search_fn;
 pub mod sql;
+pub mod text_search;
 pub mod webhook;
 
 use std::str::FromStr;
