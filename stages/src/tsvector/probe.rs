@@ -12,8 +12,9 @@
 //!   `" <a X>"` (a `tag`: space or digit, the only classes a tag accepts there),
 //!   `" &#xX;"` (an `entity`: hex digit).
 //!
-//! Each probe is one statement; the parser probes run one after the other (each string is
-//! ~9 MB for every code point, and the complete probe runs beside a load).
+//! Each probe is one statement (in `store::text_search`, with the catalog reads); the
+//! parser probes run one after the other (each string is ~9 MB for every code point, and
+//! the complete probe runs beside a load).
 
 use std::collections::{BTreeSet, HashMap};
 
