@@ -414,11 +414,12 @@ fn probe_text(coverage: Coverage, segment: Segment) -> String {
     s
 }
 
+/// The lowercase of each ASCII byte, and the non-ASCII (code point, lowercase) pairs that
+/// change the character.
+type Lowercase = ([u8; 128], Vec<(u32, u32)>);
+
 /// Lowercasing: the ASCII table, and the non-ASCII code points that lowercase to another.
-fn lowercase_rules(
-    lower_input: &str,
-    lowered: Option<String>,
-) -> Result<([u8; 128], Vec<(u32, u32)>), VectorError> {
+fn lowercase_rules(lower_input: &str, lowered: Option<String>) -> Result<Lowercase, VectorError> {
     let Some(lowered) = lowered else {
         return Err(VectorError::Unsupported(
             "the simple dictionary rejects text".into(),
@@ -447,13 +448,16 @@ fn lowercase_rules(
     Ok((ascii_lower, lower))
 }
 
+/// Unaccent's replacements (code point, start, end) and the text they are ranges of.
+type Unaccent = (Vec<(u32, u32, u32)>, String);
+
 /// Unaccent: (code point, start, end) of each replacement in the returned text, for the
 /// code points unaccent changes.
 fn unaccent_rules(
     coverage: Coverage,
     unaccented: &str,
     sep_alone: &str,
-) -> Result<(Vec<(u32, u32, u32)>, String), VectorError> {
+) -> Result<Unaccent, VectorError> {
     if sep_alone != SEP.to_string() {
         return Err(VectorError::Unsupported(
             "unaccent has a rule for U+0001".into(),
@@ -537,6 +541,9 @@ fn note_tokens(tokens: &[Vec<(i32, String)>; 4]) -> (HashMap<u32, u8>, BTreeSet<
     (found, unverified)
 }
 
+/// Class bits of U+0080..U+FFFF, and of the code points above as runs (first, last, class).
+type Classes = (Box<[u8]>, Vec<(u32, u32, u8)>);
+
 /// The character classes of the non-ASCII code points from what the probes found: the
 /// Basic Multilingual Plane as a table, the others as runs (first, last, class). Counts
 /// them in `summary`.
@@ -545,7 +552,7 @@ fn non_ascii_classes(
     found: &HashMap<u32, u8>,
     unverified: &BTreeSet<u32>,
     summary: &mut RulesSummary,
-) -> (Box<[u8]>, Vec<(u32, u32, u8)>) {
+) -> Classes {
     let mut bmp_class = vec![0u8; 0x10000].into_boxed_slice();
     let mut astral: Vec<(u32, u32, u8)> = Vec::new();
     for c in non_ascii(coverage) {
