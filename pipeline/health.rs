@@ -10,6 +10,7 @@ use comfy_table::Table;
 use serde::Serialize;
 use sqlx::PgPool;
 use stages::store::maintenance::{self, IndexStats, ServerStats, TableStats};
+use stages::store::observer::upkeep::{IndexFact, TableFact};
 use stages::store::search::{self, VectorTarget, SEARCH_INDEXES};
 use stages::target::Generation;
 
@@ -110,60 +111,105 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
         .map(|t| t.live_rows)
         .unwrap_or(0);
     for target in VectorTarget::ALL {
-        let missing = search::missing_count(pool, target).await?;
-        out.push(if missing == 0 {
-            check(
-                "search vectors",
-                target.table(),
-                "none missing",
-                Verdict::Good,
-                "",
-            )
-        } else {
-            check(
-                "search vectors",
-                target.table(),
-                format!("{missing} {} without a vector", target.noun()),
-                Verdict::Warning,
-                "run `civicload vectorize`",
-            )
-        });
+        out.push(search_vectors(
+            target,
+            search::missing_count(pool, target).await?,
+        ));
     }
     for index in &SEARCH_INDEXES {
-        out.push(match search::index_state(pool, index.name).await? {
-            None => check(
-                "search index",
-                index.name,
-                "missing",
-                Verdict::Warning,
-                "run `civicload maintain` to build it",
-            ),
-            Some(s) if !s.valid => check(
-                "search index",
-                index.name,
-                "invalid (an interrupted build)",
-                Verdict::Warning,
-                "run `civicload maintain` to rebuild it",
-            ),
-            Some(s) if !s.fastupdate_off() => check(
-                "search index",
-                index.name,
-                format!("{} {}, fastupdate on", s.method, bytes(s.bytes)),
-                Verdict::Warning,
-                "searches also scan its pending list (a vectorize was stopped?); run `civicload maintain`",
-            ),
-            Some(s) => check(
-                "search index",
-                index.name,
-                format!("{} {}, fastupdate off", s.method, bytes(s.bytes)),
-                Verdict::Good,
-                "",
-            ),
-        });
+        out.push(search_index(
+            index.name,
+            search::index_state(pool, index.name).await?,
+        ));
     }
     let (uses_index, plan) = maintenance::search_plan_uses_index(pool, "budget").await?;
-    out.push(if uses_index {
-        check("search plan", "meeting_pages", plan, Verdict::Good, "the search uses the GIN index")
+    out.push(search_plan(uses_index, plan, pages_live));
+
+    for i in &indexes {
+        out.push(index_usage(i));
+    }
+
+    out.extend(autovacuum(&server, &tables));
+
+    for t in &tables {
+        out.push(size(t));
+    }
+    for t in &tables {
+        out.push(cache(t));
+    }
+    out.push(storage(&server, &tables, counts));
+    out.push(bulk_foreign_keys(
+        stages::store::integrity::may_skip_fk_checks(pool).await?,
+    ));
+    Ok(out)
+}
+
+/// Whether every row of `target` has its search vector (`missing` rows have none).
+fn search_vectors(target: VectorTarget, missing: i64) -> Check {
+    if missing == 0 {
+        check(
+            "search vectors",
+            target.table(),
+            "none missing",
+            Verdict::Good,
+            "",
+        )
+    } else {
+        check(
+            "search vectors",
+            target.table(),
+            format!("{missing} {} without a vector", target.noun()),
+            Verdict::Warning,
+            "run `civicload vectorize`",
+        )
+    }
+}
+
+/// Whether search index `name` exists, is valid and has fastupdate off.
+fn search_index(name: &'static str, state: Option<search::IndexState>) -> Check {
+    match state {
+        None => check(
+            "search index",
+            name,
+            "missing",
+            Verdict::Warning,
+            "run `civicload maintain` to build it",
+        ),
+        Some(s) if !s.valid => check(
+            "search index",
+            name,
+            "invalid (an interrupted build)",
+            Verdict::Warning,
+            "run `civicload maintain` to rebuild it",
+        ),
+        Some(s) if !s.fastupdate_off() => check(
+            "search index",
+            name,
+            format!("{} {}, fastupdate on", s.method, bytes(s.bytes)),
+            Verdict::Warning,
+            "searches also scan its pending list (a vectorize was stopped?); run `civicload maintain`",
+        ),
+        Some(s) => check(
+            "search index",
+            name,
+            format!("{} {}, fastupdate off", s.method, bytes(s.bytes)),
+            Verdict::Good,
+            "",
+        ),
+    }
+}
+
+/// Whether a search uses the GIN index (`plan` is the plan's summary); a sequential scan
+/// is fine on fewer than [`SEQSCAN_FINE_BELOW`] pages.
+fn search_plan(uses_index: bool, plan: String, pages_live: i64) -> Check {
+    if uses_index {
+        check(
+            "search plan",
+            "meeting_pages",
+            plan,
+            Verdict::Good,
+            "the search uses the GIN index",
+        )
     } else if pages_live < SEQSCAN_FINE_BELOW {
         check(
             "search plan",
@@ -180,13 +226,13 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
             Verdict::Warning,
             "the search does not use the GIN index; run `civicload maintain` (builds it, refreshes statistics)",
         )
-    });
-
-    for i in &indexes {
-        out.push(index_usage(i));
     }
+}
 
-    out.push(if server.autovacuum == "on" {
+/// Autovacuum: on for the server, not left paused by a bulk load, statistics collected,
+/// and each table's own settings.
+fn autovacuum(server: &ServerStats, tables: &[TableStats]) -> Vec<Check> {
+    let mut out = vec![if server.autovacuum == "on" {
         check("autovacuum", "server", "on", Verdict::Good, "")
     } else {
         check(
@@ -196,7 +242,7 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
             Verdict::Warning,
             "autovacuum is off: dead rows pile up; turn it on in postgresql.conf",
         )
-    });
+    }];
     if let Some(t) = tables.iter().find(|t| {
         t.table == "meeting_pages"
             && t.options
@@ -220,7 +266,7 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
             "statistics are not collected: autovacuum and this report are blind",
         ));
     }
-    for t in &tables {
+    for t in tables {
         out.push(if t.options.is_empty() {
             check(
                 "autovacuum",
@@ -239,18 +285,7 @@ pub async fn collect(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
             )
         });
     }
-
-    for t in &tables {
-        out.push(size(t));
-    }
-    for t in &tables {
-        out.push(cache(t));
-    }
-    out.push(storage(&server, &tables, counts));
-    out.push(bulk_foreign_keys(
-        stages::store::integrity::may_skip_fk_checks(pool).await?,
-    ));
-    Ok(out)
+    out
 }
 
 fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
@@ -579,13 +614,25 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
         "detected from the columns at start",
     )];
     for t in upkeep::tables(pool).await? {
-        let share = t.dead_rows as f64 / (t.live_rows + t.dead_rows).max(1) as f64;
-        let verdict = if share > 0.2 && t.dead_rows > 10_000 {
-            Verdict::Warning
-        } else {
-            Verdict::Good
-        };
-        checks.push(check(
+        checks.extend(observer_table(t));
+    }
+    checks.extend(observer_search_indexes(
+        &upkeep::indexes(pool).await?,
+        generation,
+    ));
+    Ok(checks)
+}
+
+/// One civic-observer table: its dead tuples and its size.
+fn observer_table(t: TableFact) -> [Check; 2] {
+    let share = t.dead_rows as f64 / (t.live_rows + t.dead_rows).max(1) as f64;
+    let verdict = if share > 0.2 && t.dead_rows > 10_000 {
+        Verdict::Warning
+    } else {
+        Verdict::Good
+    };
+    [
+        check(
             "dead tuples",
             t.table.clone(),
             format!(
@@ -600,16 +647,20 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
             } else {
                 ""
             },
-        ));
-        checks.push(check(
+        ),
+        check(
             "size",
             t.table,
             format!("{:.1} MB", t.total_bytes as f64 / 1e6),
             Verdict::Info,
             "",
-        ));
-    }
-    let indexes = upkeep::indexes(pool).await?;
+        ),
+    ]
+}
+
+/// The search indexes of `generation` (GIN for G1, BM25 for G2) among civic-observer's
+/// `indexes`: each valid, and at least one.
+fn observer_search_indexes(indexes: &[IndexFact], generation: Generation) -> Vec<Check> {
     let search: Vec<_> = indexes
         .iter()
         .filter(|i| match generation {
@@ -617,6 +668,7 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
             Generation::G2 => i.method == "bm25",
         })
         .collect();
+    let mut checks = Vec::new();
     for i in &search {
         checks.push(check(
             "search index",
@@ -652,7 +704,7 @@ async fn observer_checks(pool: &PgPool, generation: Generation) -> anyhow::Resul
             note,
         ));
     }
-    Ok(checks)
+    checks
 }
 
 #[cfg(test)]

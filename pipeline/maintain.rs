@@ -132,6 +132,7 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
 /// The lease that serializes maintenance runs (`stages::store::leases`).
 const MAINTAIN_LEASE: &str = "maintain";
 
+/// The steps of [`maintain`], in order, once the lease is held.
 async fn maintain_locked(
     pool: &PgPool,
     plan: &MaintainPlan,
@@ -139,7 +140,24 @@ async fn maintain_locked(
     owner: &str,
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
+    drop_leftovers(pool, conn, &mut steps).await?;
+    reindex(pool, conn, plan.reindex, &mut steps).await?;
+    fill_meeting_dates(pool, &mut steps).await?;
+    ensure_search_indexes(pool, conn, plan, owner, &mut steps).await?;
+    resume_pages_autovacuum(pool, &mut steps).await?;
+    if plan.vacuum {
+        vacuum_tables(conn, plan, &mut steps).await?;
+    }
+    refresh_page_stats(conn, &mut steps).await?;
+    Ok(steps)
+}
 
+/// Drops what interrupted REINDEX CONCURRENTLY runs left behind (a step if any).
+async fn drop_leftovers(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
     let t = Instant::now();
     let leftovers = maintenance::drop_reindex_leftovers(pool, conn).await?;
     if !leftovers.is_empty() {
@@ -149,12 +167,21 @@ async fn maintain_locked(
             detail: leftovers.join(", "),
         });
     }
+    Ok(())
+}
 
+/// REINDEX CONCURRENTLY the valid indexes `which` names, one step each.
+async fn reindex(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    which: Reindex,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
     let targets: Vec<_> = maintenance::indexes(pool)
         .await?
         .into_iter()
         .filter(|i| i.valid)
-        .filter(|i| match plan.reindex {
+        .filter(|i| match which {
             Reindex::None => false,
             Reindex::All => true,
             Reindex::PagesBtrees => i.table == "meeting_pages" && i.method == "btree",
@@ -173,8 +200,12 @@ async fn maintain_locked(
             detail: format!("{} -> {}", bytes(index.bytes), bytes(after)),
         });
     }
+    Ok(())
+}
 
-    // Pages a bulk COPY wrote without their meeting date (newest-first search needs it).
+/// Copies meeting dates onto the pages a bulk COPY wrote without theirs (newest-first
+/// search needs it); a step if any.
+async fn fill_meeting_dates(pool: &PgPool, steps: &mut Vec<Step>) -> anyhow::Result<()> {
     let t = Instant::now();
     let dated = stages::store::search_fn::fill_missing_meeting_dates(pool).await?;
     if dated > 0 {
@@ -184,7 +215,17 @@ async fn maintain_locked(
             detail: format!("{dated} pages"),
         });
     }
+    Ok(())
+}
 
+/// Builds each missing (or invalid) search index as `plan.build` says, one step each.
+async fn ensure_search_indexes(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    plan: &MaintainPlan,
+    owner: &str,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
     for index in &SEARCH_INDEXES {
         let build = search::ensure_search_index(
             pool,
@@ -198,21 +239,30 @@ async fn maintain_locked(
         steps.push(Step {
             step: format!("search index {}", build.name),
             seconds: build.took.as_secs_f64(),
-            detail: match (build.built, build.replaced_invalid) {
-                (false, _) if build.restored_fastupdate_off => format!(
-                    "present ({}); fastupdate set back to off, pending list merged",
-                    bytes(build.bytes)
-                ),
-                (false, _) => format!("present ({})", bytes(build.bytes)),
-                (true, false) => format!("built ({}, fastupdate off)", bytes(build.bytes)),
-                (true, true) => format!(
-                    "rebuilt an invalid one ({}, fastupdate off)",
-                    bytes(build.bytes)
-                ),
-            },
+            detail: index_build_detail(&build),
         });
     }
+    Ok(())
+}
 
+/// What became of a search index: present, built or rebuilt, and its size.
+fn index_build_detail(build: &search::IndexBuild) -> String {
+    match (build.built, build.replaced_invalid) {
+        (false, _) if build.restored_fastupdate_off => format!(
+            "present ({}); fastupdate set back to off, pending list merged",
+            bytes(build.bytes)
+        ),
+        (false, _) => format!("present ({})", bytes(build.bytes)),
+        (true, false) => format!("built ({}, fastupdate off)", bytes(build.bytes)),
+        (true, true) => format!(
+            "rebuilt an invalid one ({}, fastupdate off)",
+            bytes(build.bytes)
+        ),
+    }
+}
+
+/// Resumes the autovacuum of meeting_pages a bulk load paused (a step if it was paused).
+async fn resume_pages_autovacuum(pool: &PgPool, steps: &mut Vec<Step>) -> anyhow::Result<()> {
     let t = Instant::now();
     if maintenance::resume_pages_autovacuum(pool).await? {
         steps.push(Step {
@@ -221,27 +271,38 @@ async fn maintain_locked(
             detail: "paused during the bulk load".into(),
         });
     }
+    Ok(())
+}
 
-    if plan.vacuum {
-        for table in maintenance::TABLES {
-            let t = Instant::now();
-            let analyze = plan.analyze_pages || table != "meeting_pages";
-            maintenance::vacuum(conn, table, analyze, plan.vacuum_toast).await?;
-            let toast = match plan.vacuum_toast {
-                Toast::Skipped if table == "meeting_pages" => ", TOAST left to autovacuum",
-                _ => "",
-            };
-            steps.push(Step {
-                step: match analyze {
-                    true => format!("VACUUM (ANALYZE) {table}{toast}"),
-                    false => format!("VACUUM {table} (analyzed during the load{toast})"),
-                },
-                seconds: t.elapsed().as_secs_f64(),
-                detail: String::new(),
-            });
-        }
+/// VACUUM (with ANALYZE unless the load analyzed meeting_pages) every civicload table,
+/// one step each.
+async fn vacuum_tables(
+    conn: &mut PgConnection,
+    plan: &MaintainPlan,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
+    for table in maintenance::TABLES {
+        let t = Instant::now();
+        let analyze = plan.analyze_pages || table != "meeting_pages";
+        maintenance::vacuum(conn, table, analyze, plan.vacuum_toast).await?;
+        let toast = match plan.vacuum_toast {
+            Toast::Skipped if table == "meeting_pages" => ", TOAST left to autovacuum",
+            _ => "",
+        };
+        steps.push(Step {
+            step: match analyze {
+                true => format!("VACUUM (ANALYZE) {table}{toast}"),
+                false => format!("VACUUM {table} (analyzed during the load{toast})"),
+            },
+            seconds: t.elapsed().as_secs_f64(),
+            detail: String::new(),
+        });
     }
+    Ok(())
+}
 
+/// REFRESH MATERIALIZED VIEW CONCURRENTLY meeting_page_stats (a step).
+async fn refresh_page_stats(conn: &mut PgConnection, steps: &mut Vec<Step>) -> anyhow::Result<()> {
     let t = Instant::now();
     maintenance::refresh_page_stats(conn).await?;
     steps.push(Step {
@@ -249,7 +310,7 @@ async fn maintain_locked(
         seconds: t.elapsed().as_secs_f64(),
         detail: "concurrently".into(),
     });
-    Ok(steps)
+    Ok(())
 }
 
 /// `civicload maintain`.

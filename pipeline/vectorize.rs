@@ -174,6 +174,16 @@ pub struct Vectorize {
     pub cancel: CancellationToken,
 }
 
+/// How one target's rows are walked: workers, whether batches flush their statistics,
+/// rows per chunk between VACUUMs, rows per batch.
+#[derive(Clone, Copy, Debug)]
+struct Walk {
+    connections: usize,
+    flush_stats: bool,
+    chunk: u64,
+    batch: u64,
+}
+
 impl Vectorize {
     /// Opens its own pool (one connection per worker, plus one that lists ids and runs
     /// VACUUM) and builds every missing vector.
@@ -271,20 +281,14 @@ impl Vectorize {
             "Building {} vectors.",
             target.noun()
         );
-        // Chunks between VACUUMs, relative to the table so the bloat bound is a fraction.
-        // Batches are small enough that a chunk is many of them on every connection: what
-        // sits in flight when a chunk ends is what its VACUUM cannot reclaim yet.
-        let table_rows = maintenance::estimated_rows(pool, target.table())
-            .await?
-            .max(missing) as u64;
-        let (chunk, batch) = match self.args.vacuum_every_percent {
-            0 => (u64::MAX, u64::from(self.args.batch_size)),
-            p => {
-                let chunk = (table_rows * u64::from(p) / 100).max(1);
-                let batch =
-                    (chunk / (4 * connections as u64)).clamp(1, u64::from(self.args.batch_size));
-                (chunk, batch)
-            }
+        let (chunk, batch) = self
+            .chunk_and_batch(pool, target, missing, connections)
+            .await?;
+        let walk = Walk {
+            connections,
+            flush_stats,
+            chunk,
+            batch,
         };
         // A mass update with the search index present: let it collect entries in its
         // pending list meanwhile (see `relax_fastupdate`), and switch back at the end, even
@@ -292,50 +296,9 @@ impl Vectorize {
         let relaxed =
             missing >= RELAX_INDEX_FROM && search::relax_fastupdate(pool, target.index()).await?;
         let progress = VectorizeProgress::new(target, missing as u64);
-        let result = async {
-            loop {
-                report.passes += 1;
-                let mut after = 0i64;
-                let mut updated_in_pass = 0u64;
-                loop {
-                    let (updated, last, exhausted) = self
-                        .one_chunk(
-                            pool,
-                            target,
-                            connections,
-                            flush_stats,
-                            &progress,
-                            after,
-                            chunk,
-                            batch,
-                        )
-                        .await?;
-                    updated_in_pass += updated;
-                    after = last;
-                    if self.args.vacuum_every_percent > 0 && updated > 0 && !exhausted {
-                        let t = Instant::now();
-                        let mut conn = pool.acquire().await?;
-                        maintenance::vacuum_unless_busy(&mut conn, target.table()).await?;
-                        report.vacuums += 1;
-                        report.vacuum_seconds += t.elapsed().as_secs_f64();
-                        progress.note_vacuum();
-                    }
-                    if exhausted || self.cancel.is_cancelled() {
-                        break;
-                    }
-                }
-                report.updated += updated_in_pass;
-                if self.cancel.is_cancelled() || updated_in_pass == 0 {
-                    break;
-                }
-                // Rows written behind our cursor by a concurrent bulk load: another pass.
-                if search::missing_count(pool, target).await? == 0 {
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        }
-        .await;
+        let result = self
+            .passes(pool, target, walk, &progress, &mut report)
+            .await;
         progress.finish();
         if relaxed {
             let restored = search::restore_fastupdate_off(pool, target.index()).await;
@@ -347,6 +310,100 @@ impl Vectorize {
         report.missing_after = search::missing_count(pool, target).await?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Chunks between VACUUMs, relative to the table so the bloat bound is a fraction.
+    /// Batches are small enough that a chunk is many of them on every connection: what
+    /// sits in flight when a chunk ends is what its VACUUM cannot reclaim yet. Returns
+    /// (rows per chunk, rows per batch).
+    async fn chunk_and_batch(
+        &self,
+        pool: &PgPool,
+        target: VectorTarget,
+        missing: i64,
+        connections: usize,
+    ) -> anyhow::Result<(u64, u64)> {
+        let table_rows = maintenance::estimated_rows(pool, target.table())
+            .await?
+            .max(missing) as u64;
+        Ok(match self.args.vacuum_every_percent {
+            0 => (u64::MAX, u64::from(self.args.batch_size)),
+            p => {
+                let chunk = (table_rows * u64::from(p) / 100).max(1);
+                let batch =
+                    (chunk / (4 * connections as u64)).clamp(1, u64::from(self.args.batch_size));
+                (chunk, batch)
+            }
+        })
+    }
+
+    /// Passes over the rows missing a vector until a pass writes none, none are left
+    /// (rows written behind the cursor by a concurrent bulk load need another pass), or
+    /// the run is cancelled. Counts passes and rows in `report`.
+    async fn passes(
+        &self,
+        pool: &PgPool,
+        target: VectorTarget,
+        walk: Walk,
+        progress: &VectorizeProgress,
+        report: &mut TargetReport,
+    ) -> anyhow::Result<()> {
+        loop {
+            report.passes += 1;
+            let updated_in_pass = self.one_pass(pool, target, walk, progress, report).await?;
+            report.updated += updated_in_pass;
+            if self.cancel.is_cancelled() || updated_in_pass == 0 {
+                break;
+            }
+            // Rows written behind our cursor by a concurrent bulk load: another pass.
+            if search::missing_count(pool, target).await? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One keyset walk over the rows missing a vector, chunk after chunk, with a VACUUM
+    /// (unless busy) between chunks when `--vacuum-every-percent` asks for them (counted
+    /// in `report`). Returns the rows written.
+    async fn one_pass(
+        &self,
+        pool: &PgPool,
+        target: VectorTarget,
+        walk: Walk,
+        progress: &VectorizeProgress,
+        report: &mut TargetReport,
+    ) -> anyhow::Result<u64> {
+        let mut after = 0i64;
+        let mut updated_in_pass = 0u64;
+        loop {
+            let (updated, last, exhausted) = self
+                .one_chunk(
+                    pool,
+                    target,
+                    walk.connections,
+                    walk.flush_stats,
+                    progress,
+                    after,
+                    walk.chunk,
+                    walk.batch,
+                )
+                .await?;
+            updated_in_pass += updated;
+            after = last;
+            if self.args.vacuum_every_percent > 0 && updated > 0 && !exhausted {
+                let t = Instant::now();
+                let mut conn = pool.acquire().await?;
+                maintenance::vacuum_unless_busy(&mut conn, target.table()).await?;
+                report.vacuums += 1;
+                report.vacuum_seconds += t.elapsed().as_secs_f64();
+                progress.note_vacuum();
+            }
+            if exhausted || self.cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok(updated_in_pass)
     }
 
     /// One chunk of a keyset walk over the rows still missing a vector: batches of ids

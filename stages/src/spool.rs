@@ -323,48 +323,90 @@ pub fn decode(bytes: Bytes) -> Result<Decoded, DecodeError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     let file_meta = builder.metadata().file_metadata();
     let num_rows = usize::try_from(file_meta.num_rows()).unwrap_or(0);
-    let kv: BTreeMap<String, String> = file_meta
-        .key_value_metadata()
-        .map(|kvs| {
-            kvs.iter()
-                .filter_map(|k| k.value.clone().map(|v| (k.key.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let get = |key: &str| {
-        kv.get(key)
+    let kv = Metadata(
+        file_meta
+            .key_value_metadata()
+            .map(|kvs| {
+                kvs.iter()
+                    .filter_map(|k| k.value.clone().map(|v| (k.key.clone(), v)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    kv.check_version()?;
+    let rejects = kv.rejects()?;
+    let rows = read_rows(builder, num_rows)?;
+    Ok(Decoded {
+        rows,
+        rejects,
+        seq: kv.number(meta::SEQ)?,
+        pass: kv.number(meta::PASS)? as i32,
+        cursor_after: kv.0.get(meta::CURSOR_AFTER).cloned(),
+        last: kv.get(meta::LAST)? == "true",
+        fetched: kv.number(meta::FETCHED)? as usize,
+        subdomain: kv.get(meta::SUBDOMAIN)?,
+        document_type: kv.get(meta::DOCUMENT_TYPE)?,
+    })
+}
+
+/// A spool file's key-value metadata.
+struct Metadata(BTreeMap<String, String>);
+
+impl Metadata {
+    /// The value of `key`, which must be there.
+    fn get(&self, key: &str) -> Result<String, DecodeError> {
+        self.0
+            .get(key)
             .cloned()
             .ok_or_else(|| DecodeError::Metadata(format!("no {key}")))
-    };
-    let version: u32 = get(meta::SCHEMA_VERSION)?
-        .parse()
-        .map_err(|_| DecodeError::Metadata(format!("{} is not a number", meta::SCHEMA_VERSION)))?;
-    if version > SCHEMA_VERSION {
-        return Err(DecodeError::Metadata(format!(
-            "schema version {version} is newer than this civicload reads ({SCHEMA_VERSION}); upgrade civicload"
-        )));
     }
-    let number = |key: &str| -> Result<i64, DecodeError> {
-        get(key)?
+
+    /// The value of `key` as a number.
+    fn number(&self, key: &str) -> Result<i64, DecodeError> {
+        self.get(key)?
             .parse()
             .map_err(|_| DecodeError::Metadata(format!("{key} is not a number")))
-    };
-    let stored: Vec<StoredReject> = serde_json::from_str(&get(meta::REJECTS)?)
-        .map_err(|e| DecodeError::Metadata(format!("{}: {e}", meta::REJECTS)))?;
-    let rejects = stored
-        .into_iter()
-        .map(|r| {
-            Ok(Reject {
-                source_id: r.source_id,
-                reason: RejectReason::parse(&r.reason).ok_or_else(|| {
-                    DecodeError::Metadata(format!("unknown reject reason {:?}", r.reason))
-                })?,
-                detail: r.detail,
-                raw: r.raw,
-            })
-        })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
+    }
 
+    /// Refuses a file written by a newer civicload (a higher schema version).
+    fn check_version(&self) -> Result<(), DecodeError> {
+        let version: u32 = self.get(meta::SCHEMA_VERSION)?.parse().map_err(|_| {
+            DecodeError::Metadata(format!("{} is not a number", meta::SCHEMA_VERSION))
+        })?;
+        if version > SCHEMA_VERSION {
+            return Err(DecodeError::Metadata(format!(
+                "schema version {version} is newer than this civicload reads ({SCHEMA_VERSION}); upgrade civicload"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The rejects stored beside the rows.
+    fn rejects(&self) -> Result<Vec<Reject>, DecodeError> {
+        let stored: Vec<StoredReject> = serde_json::from_str(&self.get(meta::REJECTS)?)
+            .map_err(|e| DecodeError::Metadata(format!("{}: {e}", meta::REJECTS)))?;
+        stored
+            .into_iter()
+            .map(|r| {
+                Ok(Reject {
+                    source_id: r.source_id,
+                    reason: RejectReason::parse(&r.reason).ok_or_else(|| {
+                        DecodeError::Metadata(format!("unknown reject reason {:?}", r.reason))
+                    })?,
+                    detail: r.detail,
+                    raw: r.raw,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The file's rows as one batch with `page_schema()`, exactly the `num_rows` its footer
+/// announces.
+fn read_rows(
+    builder: ParquetRecordBatchReaderBuilder<Bytes>,
+    num_rows: usize,
+) -> Result<RecordBatch, DecodeError> {
     let reader = builder.with_batch_size(num_rows.max(1)).build()?;
     let mut batches = Vec::new();
     for b in reader {
@@ -388,17 +430,7 @@ pub fn decode(bytes: Bytes) -> Result<Decoded, DecodeError> {
             rows.num_rows()
         )));
     }
-    Ok(Decoded {
-        rows,
-        rejects,
-        seq: number(meta::SEQ)?,
-        pass: number(meta::PASS)? as i32,
-        cursor_after: kv.get(meta::CURSOR_AFTER).cloned(),
-        last: get(meta::LAST)? == "true",
-        fetched: number(meta::FETCHED)? as usize,
-        subdomain: get(meta::SUBDOMAIN)?,
-        document_type: get(meta::DOCUMENT_TYPE)?,
-    })
+    Ok(rows)
 }
 
 #[cfg(test)]

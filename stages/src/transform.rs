@@ -47,6 +47,16 @@ struct Row<'a> {
     votes_json: Option<&'a RawValue>,
 }
 
+/// The fields of a row that passed [`PageBuilder::check`], as they are stored.
+struct CheckedPage<'a> {
+    meeting: Cow<'a, str>,
+    /// Days since 1970-01-01.
+    date: i32,
+    page: i32,
+    entities: Option<String>,
+    votes: Option<String>,
+}
+
 /// Builds page batches from source rows; one builder lives for a whole job pass.
 #[derive(Default)]
 pub struct PageBuilder {
@@ -98,6 +108,8 @@ impl PageBuilder {
         }
     }
 
+    /// Adds one object-shaped row: appended when every check passes, otherwise a reject
+    /// with `raw_for_reject` (the row as the source sent it).
     fn push_object(&mut self, json: &str, raw_for_reject: &str) {
         let row: Row = match serde_json::from_str(json) {
             Ok(r) => r,
@@ -121,81 +133,84 @@ impl PageBuilder {
                 )
             }
         };
+        match self.check(&row) {
+            Ok(page) => self.append(&id, &row, page),
+            Err((reason, detail)) => self.reject(Some(id), raw_for_reject, reason, detail),
+        }
+    }
+
+    /// The checks of a row with an id, in order: meeting, date, page number, the JSON
+    /// columns, and not a second row for a page already seen in this pass (which the page
+    /// then counts as).
+    fn check<'a>(&mut self, row: &Row<'a>) -> Result<CheckedPage<'a>, (RejectReason, String)> {
         let Some(meeting) = row.meeting.and_then(scalar_string) else {
-            return self.reject(
-                Some(id),
-                raw_for_reject,
+            return Err((
                 RejectReason::MissingMeeting,
                 "the row has no `meeting`".into(),
-            );
+            ));
         };
         let meeting = strip_nul(meeting);
         let date_text = row.date.and_then(scalar_string);
         let Some(date) = date_text.as_deref().and_then(parse_date) else {
             let shown = raw_or_null(row.date);
-            return self.reject(
-                Some(id),
-                raw_for_reject,
+            return Err((
                 RejectReason::BadDate,
                 format!("`date` {shown} is not a calendar date (YYYY-MM-DD)"),
-            );
+            ));
         };
         let Some(page) = row.page.and_then(parse_page_number) else {
             let shown = raw_or_null(row.page);
-            return self.reject(
-                Some(id),
-                raw_for_reject,
+            return Err((
                 RejectReason::BadPage,
                 format!("`page` {shown} is not a page number >= 1"),
-            );
+            ));
         };
-        let entities = match optional_json(row.entities_json) {
-            Ok(v) => v,
-            Err(e) => {
-                return self.reject(
-                    Some(id),
-                    raw_for_reject,
-                    RejectReason::BadJson,
-                    format!("`entities_json` is not JSON ({e})"),
-                )
-            }
-        };
-        let votes = match optional_json(row.votes_json) {
-            Ok(v) => v,
-            Err(e) => {
-                return self.reject(
-                    Some(id),
-                    raw_for_reject,
-                    RejectReason::BadJson,
-                    format!("`votes_json` is not JSON ({e})"),
-                )
-            }
-        };
+        let entities = optional_json(row.entities_json).map_err(|e| {
+            (
+                RejectReason::BadJson,
+                format!("`entities_json` is not JSON ({e})"),
+            )
+        })?;
+        let votes = optional_json(row.votes_json).map_err(|e| {
+            (
+                RejectReason::BadJson,
+                format!("`votes_json` is not JSON ({e})"),
+            )
+        })?;
         if !self.seen.insert(page_key(&meeting, date, page)) {
-            return self.reject(
-                Some(id),
-                raw_for_reject,
+            return Err((
                 RejectReason::DuplicatePage,
                 format!(
                     "another row in this table already holds page {page} of this meeting and date"
                 ),
-            );
+            ));
         }
+        Ok(CheckedPage {
+            meeting,
+            date,
+            page,
+            entities,
+            votes,
+        })
+    }
+
+    /// Appends a checked row to the batch's columns.
+    fn append(&mut self, id: &str, row: &Row<'_>, page: CheckedPage<'_>) {
         let body = row
             .text
             .and_then(scalar_string)
             .unwrap_or(Cow::Borrowed(""));
-        self.source_id.append_value(&id);
-        self.meeting.append_value(meeting.as_ref());
-        self.date.append_value(date);
-        self.page.append_value(page);
+        self.source_id.append_value(id);
+        self.meeting.append_value(page.meeting.as_ref());
+        self.date.append_value(page.date);
+        self.page.append_value(page.page);
         self.text.append_value(strip_nul(body).as_ref());
         match row.page_image.and_then(scalar_string) {
             Some(img) => self.page_image.append_value(strip_nul(img).as_ref()),
             None => self.page_image.append_null(),
         }
-        self.entities.append_option(entities.as_deref());
-        self.votes.append_option(votes.as_deref());
+        self.entities.append_option(page.entities.as_deref());
+        self.votes.append_option(page.votes.as_deref());
     }
 
     fn reject(

@@ -16,6 +16,7 @@ pub mod replay;
 pub mod search;
 pub mod search_fn;
 pub mod sql;
+pub mod text_search;
 pub mod webhook;
 
 pub use sql::is_transient_sql;

@@ -12,14 +12,17 @@
 //!   `" <a X>"` (a `tag`: space or digit, the only classes a tag accepts there),
 //!   `" &#xX;"` (an `entity`: hex digit).
 //!
-//! Each probe is one statement; the parser probes run one after the other (each string is
-//! ~9 MB for every code point, and the complete probe runs beside a load).
+//! Each probe is one statement (in `store::text_search`, with the catalog reads); the
+//! parser probes run one after the other (each string is ~9 MB for every code point, and
+//! the complete probe runs beside a load).
 
-use sqlx::{PgPool, Row};
+use std::collections::{BTreeSet, HashMap};
+
+use sqlx::PgPool;
 
 use super::parser::{class, tok};
 use super::{Rules, RulesSummary, VectorBuilder, VectorError};
-use crate::store::sql::{self, autocommit};
+use crate::store::text_search::{self, MappingRow, TextSearchError};
 
 /// Server major versions whose parser the differential test (tests/tsvector_diff.rs) has
 /// proven identical to `parser.rs`. Another version makes the builder refuse: run that
@@ -82,10 +85,6 @@ fn ignored(expect: Expect) -> Vec<i32> {
         .collect()
 }
 
-fn sql(step: &'static str) -> impl FnOnce(sqlx::Error) -> VectorError {
-    move |source| VectorError::Sql { step, source }
-}
-
 /// Which code points the probes ask about. A text with a code point they did not ask
 /// about is left to the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,49 +115,110 @@ fn non_ascii(coverage: Coverage) -> impl Iterator<Item = char> {
     probed(coverage, 0x80)
 }
 
+impl From<TextSearchError> for VectorError {
+    fn from(e: TextSearchError) -> Self {
+        VectorError::Sql {
+            step: e.step,
+            source: e.source,
+        }
+    }
+}
+
+/// The search configuration as the catalog describes it, once checked to be what the
+/// builder reproduces.
+struct Configuration {
+    /// The default parser's oid.
+    parser: i64,
+    /// The plain `simple` dictionary every indexed token type goes to.
+    dict: i64,
+    /// Which token types the configuration indexes, by token type.
+    indexed: [bool; tok::LAST as usize + 1],
+}
+
+/// What the server answered to the per-character probes (see the module docs).
+struct Answers {
+    /// `ts_lexize` of the `simple` dictionary over every probed code point from U+0001.
+    lowered: Option<String>,
+    /// `unaccent` over every probed code point from U+0002, separated by U+0001.
+    unaccented: String,
+    /// `unaccent` of U+0001 alone.
+    sep_alone: String,
+    /// The tokens of the four parser probes, in the order of [`PARSER_PROBES`].
+    tokens: [Vec<(i32, String)>; 4],
+}
+
+/// Reads every rule the search vector depends on from the server (see the module docs):
+/// checks that the server and `civicload_page_vector` are what the builder reproduces,
+/// probes every code point `coverage` names, and turns the answers into [`Rules`].
 pub(crate) async fn read_rules(
     pool: &PgPool,
     coverage: Coverage,
 ) -> Result<(Rules, RulesSummary), VectorError> {
     let mut summary = RulesSummary::default();
+    check_server(pool, &mut summary).await?;
+    check_page_vector(pool).await?;
+    let config = read_configuration(pool, &mut summary).await?;
+    summary.rules_file_checked = check_unaccent_dictionary(pool).await?;
 
-    // The server, its encoding and locale.
-    let row = sql::query(
-        "SELECT current_setting('server_version_num')::int,
-                current_setting('server_version'),
-                current_setting('server_encoding'),
-                current_setting('lc_ctype')",
-    )
-    .fetch_one(autocommit(pool))
-    .await
-    .map_err(sql("reading the server version"))?;
-    let version_num: i32 = row.get(0);
-    summary.server_version = row.get(1);
-    let encoding: String = row.get(2);
-    summary.lc_ctype = row.get(3);
-    let major = (version_num / 10_000) as u32;
+    let lower_input: String = probed(coverage, 1).collect();
+    let answers = run_probes(pool, coverage, &config, &lower_input).await?;
+
+    let (ascii_lower, lower) = lowercase_rules(&lower_input, answers.lowered)?;
+    summary.lowercase_mappings =
+        lower.len() + (0..128u8).filter(|&b| ascii_lower[b as usize] != b).count();
+    let (unaccent, unaccent_text) =
+        unaccent_rules(coverage, &answers.unaccented, &answers.sep_alone)?;
+    let unaccent_ascii = unaccent.iter().any(|&(cp, _, _)| cp < 0x80);
+    summary.unaccent_rules = unaccent.len();
+
+    let ascii_class = ascii_classes();
+    let (found, unverified) = note_tokens(&answers.tokens);
+    let (bmp_class, astral) = non_ascii_classes(coverage, &found, &unverified, &mut summary);
+
+    // The code points not asked about are left to the server.
+    summary.unverified +=
+        (0..=0x10FFFFu32).filter_map(char::from_u32).count() - probed(coverage, 0).count();
+    Ok((
+        Rules {
+            ascii_class,
+            bmp_class,
+            astral_class: astral,
+            ascii_lower,
+            lower,
+            unaccent,
+            unaccent_text,
+            unaccent_ascii,
+            indexed: config.indexed,
+            dispatch: super::parser::Dispatch::new(&ascii_class),
+        },
+        summary,
+    ))
+}
+
+/// The server: a verified major version, UTF8. Records its version and locale.
+async fn check_server(pool: &PgPool, summary: &mut RulesSummary) -> Result<(), VectorError> {
+    let settings = text_search::server_settings(pool).await?;
+    summary.server_version = settings.version;
+    summary.lc_ctype = settings.lc_ctype;
+    let major = (settings.version_num / 10_000) as u32;
     if !VERIFIED_MAJOR_VERSIONS.contains(&major) {
         return Err(VectorError::Unsupported(format!(
             "PostgreSQL {} is not among the verified major versions {:?}",
             summary.server_version, VERIFIED_MAJOR_VERSIONS
         )));
     }
-    if encoding != "UTF8" {
+    if settings.encoding != "UTF8" {
         return Err(VectorError::Unsupported(format!(
-            "the server encoding is {encoding}, not UTF8"
+            "the server encoding is {}, not UTF8",
+            settings.encoding
         )));
     }
+    Ok(())
+}
 
-    // The expression being reproduced.
-    let body: Option<String> = sql::query_scalar(
-        "SELECT pg_get_functiondef(p.oid) FROM pg_proc p
-         WHERE p.proname = 'civicload_page_vector' AND p.pronargs = 1
-           AND p.proargtypes[0] = 'text'::regtype AND pg_function_is_visible(p.oid)",
-    )
-    .fetch_optional(autocommit(pool))
-    .await
-    .map_err(sql("reading civicload_page_vector"))?;
-    let Some(body) = body else {
+/// The expression being reproduced: `civicload_page_vector` must be [`EXPECTED_BODY`].
+async fn check_page_vector(pool: &PgPool) -> Result<(), VectorError> {
+    let Some(body) = text_search::page_vector_definition(pool).await? else {
         return Err(VectorError::Unsupported(
             "the database has no civicload_page_vector(text): run civicload's migrations first"
                 .into(),
@@ -170,20 +230,17 @@ pub(crate) async fn read_rules(
             "civicload_page_vector is not {EXPECTED_BODY}"
         )));
     }
+    Ok(())
+}
 
-    // The configuration: the default parser, and which token types go to which dictionary.
-    let row = sql::query(
-        "SELECT c.oid::bigint, p.oid::bigint, p.prsstart::text, p.prstoken::text, p.prsend::text
-         FROM pg_ts_config c JOIN pg_ts_parser p ON p.oid = c.cfgparser
-         WHERE c.oid = 'simple'::regconfig",
-    )
-    .fetch_one(autocommit(pool))
-    .await
-    .map_err(sql("reading the simple configuration"))?;
-    let config: i64 = row.get(0);
-    let parser: i64 = row.get(1);
-    let functions: (String, String, String) = (row.get(2), row.get(3), row.get(4));
-    if functions
+/// The configuration: the default parser, and which token types go to which dictionary.
+/// Records the indexed token types.
+async fn read_configuration(
+    pool: &PgPool,
+    summary: &mut RulesSummary,
+) -> Result<Configuration, VectorError> {
+    let simple = text_search::simple_configuration(pool).await?;
+    if simple.functions
         != (
             "prsd_start".into(),
             "prsd_nexttoken".into(),
@@ -191,15 +248,11 @@ pub(crate) async fn read_rules(
         )
     {
         return Err(VectorError::Unsupported(format!(
-            "the simple configuration uses parser functions {functions:?}, not the default parser"
+            "the simple configuration uses parser functions {:?}, not the default parser",
+            simple.functions
         )));
     }
-    let types: Vec<(i32, String)> =
-        sql::query_as("SELECT tokid, alias FROM ts_token_type($1::oid)")
-            .bind(parser)
-            .fetch_all(autocommit(pool))
-            .await
-            .map_err(sql("reading the parser's token types"))?;
+    let types = text_search::token_types(pool, simple.parser).await?;
     let expected: Vec<(i32, String)> = (1..=tok::LAST)
         .map(|t| (t as i32, tok::ALIASES[t as usize].to_string()))
         .collect();
@@ -208,21 +261,26 @@ pub(crate) async fn read_rules(
             "the parser's token types are not the default parser's".into(),
         ));
     }
-    let map: Vec<(i32, i32, i64, String, Option<String>)> = sql::query_as(
-        "SELECT m.maptokentype, m.mapseqno, d.oid::bigint, t.tmpllexize::text, d.dictinitoption
-         FROM pg_ts_config_map m
-         JOIN pg_ts_dict d ON d.oid = m.mapdict
-         JOIN pg_ts_template t ON t.oid = d.dicttemplate
-         WHERE m.mapcfg = $1::oid ORDER BY 1, 2",
-    )
-    .bind(config)
-    .fetch_all(autocommit(pool))
-    .await
-    .map_err(sql("reading the simple configuration's mapping"))?;
+    let map = text_search::configuration_mapping(pool, simple.config).await?;
+    let (dict, indexed) = check_mapping(&map)?;
+    summary.indexed_token_types = (1..=tok::LAST as usize)
+        .filter(|&t| indexed[t])
+        .map(|t| tok::ALIASES[t])
+        .collect();
+    Ok(Configuration {
+        parser: simple.parser,
+        dict,
+        indexed,
+    })
+}
+
+/// Every mapped token type goes to one and the same plain `simple` dictionary, once.
+/// Returns that dictionary and the indexed token types.
+fn check_mapping(map: &[MappingRow]) -> Result<(i64, [bool; tok::LAST as usize + 1]), VectorError> {
     let mut indexed = [false; tok::LAST as usize + 1];
     let mut dict: Option<i64> = None;
-    for (ty, _, oid, lexize, options) in &map {
-        let ty = usize::try_from(*ty)
+    for row in map {
+        let ty = usize::try_from(row.token_type)
             .ok()
             .filter(|t| (1..=tok::LAST as usize).contains(t));
         let Some(ty) = ty else {
@@ -236,18 +294,19 @@ pub(crate) async fn read_rules(
                 tok::ALIASES[ty]
             )));
         }
+        let (lexize, options) = (&row.lexize, &row.options);
         if lexize != "dsimple_lexize" || options.as_deref().is_some_and(|o| !o.trim().is_empty()) {
             return Err(VectorError::Unsupported(format!(
                 "token type {} goes to a dictionary other than a plain simple one ({lexize}, options {options:?})",
                 tok::ALIASES[ty]
             )));
         }
-        if dict.is_some_and(|d| d != *oid) {
+        if dict.is_some_and(|d| d != row.dict) {
             return Err(VectorError::Unsupported(
                 "the configuration uses more than one simple dictionary".into(),
             ));
         }
-        dict = Some(*oid);
+        dict = Some(row.dict);
         indexed[ty] = true;
     }
     let Some(dict) = dict else {
@@ -255,112 +314,112 @@ pub(crate) async fn read_rules(
             "the simple configuration indexes nothing".into(),
         ));
     };
-    summary.indexed_token_types = (1..=tok::LAST as usize)
-        .filter(|&t| indexed[t])
-        .map(|t| tok::ALIASES[t])
-        .collect();
+    Ok((dict, indexed))
+}
 
-    // The unaccent dictionary: its template, and (if the server lets us read it) its file.
-    let row = sql::query(
-        "SELECT t.tmpllexize::text, d.dictinitoption FROM pg_ts_dict d
-         JOIN pg_ts_template t ON t.oid = d.dicttemplate
-         WHERE d.oid = 'public.unaccent'::regdictionary",
-    )
-    .fetch_one(autocommit(pool))
-    .await
-    .map_err(sql("reading the unaccent dictionary"))?;
-    let lexize: String = row.get(0);
-    let options: Option<String> = row.get(1);
+/// The unaccent dictionary: its template, and (if the server lets us read it) its file.
+/// Returns whether the file was checked.
+async fn check_unaccent_dictionary(pool: &PgPool) -> Result<bool, VectorError> {
+    let (lexize, options) = text_search::unaccent_dictionary(pool).await?;
     if lexize != "unaccent_lexize" {
         return Err(VectorError::Unsupported(format!(
             "the unaccent dictionary uses {lexize}, not unaccent_lexize"
         )));
     }
-    summary.rules_file_checked = check_rules_file(pool, options.as_deref()).await?;
+    check_rules_file(pool, options.as_deref()).await
+}
 
-    // The per-character probes.
-    let lower_input: String = probed(coverage, 1).collect();
-    let unaccent_input: String = {
-        let mut s = String::with_capacity(5_000_000);
-        for c in probed(coverage, 2) {
-            if !s.is_empty() {
-                s.push(SEP);
-            }
-            s.push(c);
-        }
-        s
-    };
-    let probe = |f: fn(char, &mut String)| {
-        let mut s = String::with_capacity(9_000_000);
-        for c in non_ascii(coverage) {
-            f(c, &mut s);
-        }
-        s
-    };
+/// " X".
+fn word_segment(c: char, s: &mut String) {
+    s.push(' ');
+    s.push(c);
+}
 
+/// " aX".
+fn join_segment(c: char, s: &mut String) {
+    s.push_str(" a");
+    s.push(c);
+}
+
+/// " <a X>".
+fn space_segment(c: char, s: &mut String) {
+    s.push_str(" <a ");
+    s.push(c);
+    s.push('>');
+}
+
+/// " &#xX;".
+fn xdigit_segment(c: char, s: &mut String) {
+    s.push_str(" &#x");
+    s.push(c);
+    s.push(';');
+}
+
+/// The parser probes: how each writes its segment, and what it expects back.
+const PARSER_PROBES: [(Segment, Expect); 4] = [
+    (word_segment, WORD_PROBE),
+    (join_segment, JOIN_PROBE),
+    (space_segment, SPACE_PROBE),
+    (xdigit_segment, XDIGIT_PROBE),
+];
+
+/// Sends the per-character probes: lowercasing and unaccent together, then the parser
+/// probes one after the other (each probe string, and its answer, is ~9 MB for every code
+/// point, and the complete probe runs beside a load). The server leaves out the token
+/// types a probe ignores (`ignored`).
+async fn run_probes(
+    pool: &PgPool,
+    coverage: Coverage,
+    config: &Configuration,
+    lower_input: &str,
+) -> Result<Answers, VectorError> {
+    let unaccent_input = unaccent_input(coverage);
     let (lowered, (unaccented, sep_alone)) = tokio::try_join!(
-        async {
-            sql::query_scalar::<Option<String>>("SELECT (ts_lexize($1::oid::regdictionary, $2))[1]")
-                .bind(dict)
-                .bind(&lower_input)
-                .fetch_one(autocommit(pool))
-                .await
-                .map_err(sql("lowercasing every code point with ts_lexize"))
-        },
-        async {
-            sql::query_as::<(String, String)>(
-                "SELECT public.unaccent('public.unaccent'::regdictionary, $1),
-                        public.unaccent('public.unaccent'::regdictionary, chr(1))",
-            )
-            .bind(&unaccent_input)
-            .fetch_one(autocommit(pool))
-            .await
-            .map_err(sql("running unaccent over every code point"))
-        },
+        text_search::lexize_first(pool, config.dict, lower_input),
+        text_search::unaccent_with_separator(pool, &unaccent_input),
     )?;
-    // The parser probes one after the other: each probe string (and its answer) is ~9 MB
-    // for every code point, and the complete probe runs beside a load. The server leaves
-    // out the token types the probe ignores (`ignored`).
-    let segments: [(Segment, Expect); 4] = [
-        (
-            |c, s| {
-                s.push(' ');
-                s.push(c);
-            },
-            WORD_PROBE,
-        ),
-        (
-            |c, s| {
-                s.push_str(" a");
-                s.push(c);
-            },
-            JOIN_PROBE,
-        ),
-        (
-            |c, s| {
-                s.push_str(" <a ");
-                s.push(c);
-                s.push('>');
-            },
-            SPACE_PROBE,
-        ),
-        (
-            |c, s| {
-                s.push_str(" &#x");
-                s.push(c);
-                s.push(';');
-            },
-            XDIGIT_PROBE,
-        ),
-    ];
-    let mut answers = Vec::with_capacity(segments.len());
-    for (segment, expect) in segments {
-        answers.push(parse_tokens(pool, parser, &probe(segment), &ignored(expect)).await?);
+    drop(unaccent_input);
+    let mut answers = Vec::with_capacity(PARSER_PROBES.len());
+    for (segment, expect) in PARSER_PROBES {
+        let text = probe_text(coverage, segment);
+        answers
+            .push(text_search::parse_tokens(pool, config.parser, &text, &ignored(expect)).await?);
     }
-    let [t_word, t_join, t_space, t_xdigit]: [Vec<(i32, String)>; 4] =
-        answers.try_into().expect("four probes");
+    Ok(Answers {
+        lowered,
+        unaccented,
+        sep_alone,
+        tokens: answers.try_into().expect("four probes"),
+    })
+}
 
-    // Lowercasing.
+/// Every probed code point from U+0002, separated by U+0001.
+fn unaccent_input(coverage: Coverage) -> String {
+    let mut s = String::with_capacity(5_000_000);
+    for c in probed(coverage, 2) {
+        if !s.is_empty() {
+            s.push(SEP);
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// One parser probe's string: `segment` for every non-ASCII code point.
+fn probe_text(coverage: Coverage, segment: Segment) -> String {
+    let mut s = String::with_capacity(9_000_000);
+    for c in non_ascii(coverage) {
+        segment(c, &mut s);
+    }
+    s
+}
+
+/// The lowercase of each ASCII byte, and the non-ASCII (code point, lowercase) pairs that
+/// change the character.
+type Lowercase = ([u8; 128], Vec<(u32, u32)>);
+
+/// Lowercasing: the ASCII table, and the non-ASCII code points that lowercase to another.
+fn lowercase_rules(lower_input: &str, lowered: Option<String>) -> Result<Lowercase, VectorError> {
     let Some(lowered) = lowered else {
         return Err(VectorError::Unsupported(
             "the simple dictionary rejects text".into(),
@@ -386,10 +445,19 @@ pub(crate) async fn read_rules(
             lower.push((cp, l as u32));
         }
     }
-    summary.lowercase_mappings =
-        lower.len() + (0..128u8).filter(|&b| ascii_lower[b as usize] != b).count();
+    Ok((ascii_lower, lower))
+}
 
-    // Unaccent.
+/// Unaccent's replacements (code point, start, end) and the text they are ranges of.
+type Unaccent = (Vec<(u32, u32, u32)>, String);
+
+/// Unaccent: (code point, start, end) of each replacement in the returned text, for the
+/// code points unaccent changes.
+fn unaccent_rules(
+    coverage: Coverage,
+    unaccented: &str,
+    sep_alone: &str,
+) -> Result<Unaccent, VectorError> {
     if sep_alone != SEP.to_string() {
         return Err(VectorError::Unsupported(
             "unaccent has a rule for U+0001".into(),
@@ -416,10 +484,11 @@ pub(crate) async fn read_rules(
             "unaccent's output does not line up with its input".into(),
         ));
     }
-    let unaccent_ascii = unaccent.iter().any(|&(cp, _, _)| cp < 0x80);
-    summary.unaccent_rules = unaccent.len();
+    Ok((unaccent, unaccent_text))
+}
 
-    // Character classes.
+/// The character classes of ASCII, the same in every locale.
+fn ascii_classes() -> [u8; 128] {
     let mut ascii_class = [0u8; 128];
     for b in 0u8..128 {
         let c = b as char;
@@ -438,11 +507,15 @@ pub(crate) async fn read_rules(
         }
         ascii_class[b as usize] = k;
     }
-    // Found by each probe, per code point.
-    let mut found = std::collections::HashMap::<u32, u8>::new();
-    let mut unverified = std::collections::BTreeSet::<u32>::new();
-    // Each token against its probe's expectations (`Expect`).
-    let mut note = |tokens: &[(i32, String)], expect: Expect| {
+    ascii_class
+}
+
+/// Each token of the parser probes against its probe's expectations (`Expect`): what each
+/// probe found, per code point, and the code points in tokens no probe expects.
+fn note_tokens(tokens: &[Vec<(i32, String)>; 4]) -> (HashMap<u32, u8>, BTreeSet<u32>) {
+    let mut found = HashMap::<u32, u8>::new();
+    let mut unverified = BTreeSet::<u32>::new();
+    for (tokens, (_, expect)) in tokens.iter().zip(PARSER_PROBES) {
         for (ty, joined) in tokens {
             let rule = expect.iter().find(|(t, ..)| *t as i32 == *ty);
             for token in joined.split(SEP) {
@@ -464,42 +537,30 @@ pub(crate) async fn read_rules(
                 }
             }
         }
-    };
-    note(&t_word, WORD_PROBE);
-    note(&t_join, JOIN_PROBE);
-    note(&t_space, SPACE_PROBE);
-    note(&t_xdigit, XDIGIT_PROBE);
+    }
+    (found, unverified)
+}
 
+/// Class bits of U+0080..U+FFFF, and of the code points above as runs (first, last, class).
+type Classes = (Box<[u8]>, Vec<(u32, u32, u8)>);
+
+/// The character classes of the non-ASCII code points from what the probes found: the
+/// Basic Multilingual Plane as a table, the others as runs (first, last, class). Counts
+/// them in `summary`.
+fn non_ascii_classes(
+    coverage: Coverage,
+    found: &HashMap<u32, u8>,
+    unverified: &BTreeSet<u32>,
+    summary: &mut RulesSummary,
+) -> Classes {
     let mut bmp_class = vec![0u8; 0x10000].into_boxed_slice();
     let mut astral: Vec<(u32, u32, u8)> = Vec::new();
     for c in non_ascii(coverage) {
         let cp = c as u32;
-        let f = found.get(&cp).copied().unwrap_or(0);
-        let mut k = 0u8;
-        let alpha = f & WORD != 0;
-        let digit = f & UINT != 0;
-        if alpha {
-            k |= class::ALPHA;
-        }
-        if digit {
-            k |= class::DIGIT;
-        }
-        if f & JOINS != 0 && !alpha {
-            k |= class::SPECIAL;
-        }
-        if f & TAG != 0 && !digit {
-            k |= class::SPACE;
-        }
-        if f & ENTITY != 0 {
-            k |= class::XDIGIT;
-        }
-        // Consistency between probes: a letter also joins "a", only a digit makes "aX" a
-        // numword. And a non-ASCII digit (none in glibc) would hide its other classes
-        // from the probes: leave it to the server.
-        let consistent = (!alpha || f & JOINS != 0) && (f & NUMWORD == 0) && !digit;
-        if !consistent || unverified.contains(&cp) {
-            k = class::UNVERIFIED;
-        }
+        let k = non_ascii_class(
+            found.get(&cp).copied().unwrap_or(0),
+            unverified.contains(&cp),
+        );
         if k & class::ALPHA != 0 {
             summary.letters += 1;
         }
@@ -521,46 +582,38 @@ pub(crate) async fn read_rules(
             }
         }
     }
-
-    // The code points not asked about are left to the server.
-    summary.unverified +=
-        (0..=0x10FFFFu32).filter_map(char::from_u32).count() - probed(coverage, 0).count();
-    Ok((
-        Rules {
-            ascii_class,
-            bmp_class,
-            astral_class: astral,
-            ascii_lower,
-            lower,
-            unaccent,
-            unaccent_text,
-            unaccent_ascii,
-            indexed,
-            dispatch: super::parser::Dispatch::new(&ascii_class),
-        },
-        summary,
-    ))
+    (bmp_class, astral)
 }
 
-/// The non-blank tokens of `ts_parse(parser, text)` but those of the `ignored` types,
-/// grouped by type, joined by U+0001 (a control character: it ends every token type, so it
-/// never occurs inside one).
-async fn parse_tokens(
-    pool: &PgPool,
-    parser: i64,
-    text: &str,
-    ignored: &[i32],
-) -> Result<Vec<(i32, String)>, VectorError> {
-    sql::query_as(
-        "SELECT tokid, string_agg(token, chr(1)) FROM ts_parse($1::oid, $2)
-         WHERE tokid <> 12 AND tokid <> ALL($3) GROUP BY tokid",
-    )
-    .bind(parser)
-    .bind(text)
-    .bind(ignored)
-    .fetch_all(autocommit(pool))
-    .await
-    .map_err(sql("classifying every code point with ts_parse"))
+/// The class of one non-ASCII code point from what the probes found (`f`), or
+/// `UNVERIFIED` when the probes disagree or a token held it unexpectedly.
+fn non_ascii_class(f: u8, unexpected: bool) -> u8 {
+    let mut k = 0u8;
+    let alpha = f & WORD != 0;
+    let digit = f & UINT != 0;
+    if alpha {
+        k |= class::ALPHA;
+    }
+    if digit {
+        k |= class::DIGIT;
+    }
+    if f & JOINS != 0 && !alpha {
+        k |= class::SPECIAL;
+    }
+    if f & TAG != 0 && !digit {
+        k |= class::SPACE;
+    }
+    if f & ENTITY != 0 {
+        k |= class::XDIGIT;
+    }
+    // Consistency between probes: a letter also joins "a", only a digit makes "aX" a
+    // numword. And a non-ASCII digit (none in glibc) would hide its other classes
+    // from the probes: leave it to the server.
+    let consistent = (!alpha || f & JOINS != 0) && (f & NUMWORD == 0) && !digit;
+    if !consistent || unexpected {
+        k = class::UNVERIFIED;
+    }
+    k
 }
 
 /// Confirms, when the server lets us read files, that every unaccent rule replaces a
@@ -575,19 +628,15 @@ async fn check_rules_file(pool: &PgPool, options: Option<&str>) -> Result<bool, 
         return Ok(false);
     };
     // Reading the file needs superuser or pg_read_server_files: without, the probe alone.
-    let content: Result<Option<String>, sqlx::Error> = sql::query_scalar(
-        "SELECT pg_read_file(setting || '/tsearch_data/' || $1 || '.rules')
-         FROM pg_config WHERE name = 'SHAREDIR'",
-    )
-    .bind(name)
-    .fetch_optional(autocommit(pool))
-    .await;
-    let content = match content {
+    let content = match text_search::read_rules_file(pool, name).await {
         Ok(Some(c)) => c,
         Ok(None) => return Ok(false),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => return Ok(false),
+        Err(TextSearchError {
+            source: sqlx::Error::Database(e),
+            ..
+        }) if e.code().as_deref() == Some("42501") => return Ok(false),
         Err(e) => {
-            tracing::debug!(error = %e, "Could not read the unaccent rules file; relying on the probe.");
+            tracing::debug!(error = %e.source, "Could not read the unaccent rules file; relying on the probe.");
             return Ok(false);
         }
     };
@@ -630,13 +679,7 @@ pub(crate) const SAMPLE: &[&str] = &[
 /// Compares the builder with the server on [`SAMPLE`].
 pub(crate) async fn self_check(pool: &PgPool, builder: &VectorBuilder) -> Result<(), VectorError> {
     let texts: Vec<String> = SAMPLE.iter().map(|s| s.to_string()).collect();
-    let server: Vec<String> = sql::query_scalar(
-        "SELECT civicload_page_vector(t)::text FROM unnest($1::text[]) WITH ORDINALITY AS x(t, n) ORDER BY n",
-    )
-    .bind(&texts)
-    .fetch_all(autocommit(pool))
-    .await
-    .map_err(sql("comparing vectors on the built-in sample"))?;
+    let server = text_search::page_vectors(pool, &texts).await?;
     for (text, server) in texts.iter().zip(server) {
         let Some(ours) = builder.vector(text) else {
             continue;
