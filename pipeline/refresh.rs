@@ -13,11 +13,12 @@ use stages::refresh::{refresh_job, RefreshError, RefreshOptions, RefreshReport};
 use stages::source::SourceClient;
 use stages::store::jobs;
 use stages::store::refresh::{self as queue, Claimed, RunRecord, RunStatus, Trigger};
+use stages::target::Target;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect, UsageError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::app::{connect_target, UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::cli::{check_template, Cli, RefreshArgs};
 
 /// What one refresh of one job ended with.
@@ -216,12 +217,27 @@ pub async fn plan(
     Ok(changed)
 }
 
-pub fn options(owner: String, max_delete_percent: f64, force: bool) -> RefreshOptions {
+pub fn options(
+    owner: String,
+    max_delete_percent: f64,
+    force: bool,
+    target: &Target,
+) -> RefreshOptions {
     RefreshOptions {
         owner,
         max_delete_share: max_delete_percent / 100.0,
         force,
+        target: target.clone(),
     }
+}
+
+/// Before refreshing civic-observer's tables: every municipality civicload knows has its
+/// row in `municipalities_muni` (the pages' documents hang from it).
+pub async fn prepare_target(pool: &PgPool, target: &Target) -> anyhow::Result<()> {
+    if target.observer().is_some() {
+        stages::store::observer::municipalities::ensure_known(pool).await?;
+    }
+    Ok(())
 }
 
 /// `civicload refresh`.
@@ -230,7 +246,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))
         .context("building the HTTP client")?;
     let concurrency = usize::from(args.concurrency);
-    let pool = connect(cli, args.concurrency as u32 * 2 + 3).await?;
+    let (pool, target) = connect_target(cli, args.concurrency as u32 * 2 + 3).await?;
     let started = Instant::now();
     let ids = plan(
         cli,
@@ -241,6 +257,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
         args.sites.as_deref(),
     )
     .await?;
+    prepare_target(&pool, &target).await?;
     let released = queue::release_dead_local(&pool).await?;
     if released > 0 {
         info!(
@@ -264,7 +281,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     let refresher = Arc::new(Refresher {
         pool: pool.clone(),
         client: client.clone(),
-        opts: options(owner, args.max_delete_percent, args.force),
+        opts: options(owner, args.max_delete_percent, args.force, &target),
         lease,
         cancel: cancel.clone(),
     });
@@ -275,8 +292,11 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     let _ = beat.await;
     signals.abort();
     let done = done?;
-    if done
-        .iter()
+    // civic-observer's tables have no meeting_page_stats (its statistics are the
+    // application's, `civicload maintain` analyzes them).
+    if target.observer().is_none()
+        && done
+            .iter()
         .any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0)
     {
         if let Err(e) = jobs::refresh_stats(&pool).await {

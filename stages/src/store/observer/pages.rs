@@ -408,6 +408,18 @@ pub async fn delete_stale(
     ids: &[String],
 ) -> Result<StaleOutcome, sqlx::Error> {
     let kept = note_kept(pool, job, ids).await?;
+    let deleted = delete_unreferenced(pool, job, ids).await?;
+    Ok(StaleOutcome { deleted, kept })
+}
+
+/// Removes those of a job's pages `ids` that no notebook entry references (and documents
+/// left without pages), in one transaction; returns the pages removed. A page an entry
+/// references stays (the caller records it with `note_kept`).
+pub async fn delete_unreferenced(
+    pool: &PgPool,
+    job: &JobKey,
+    ids: &[String],
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let docs: Vec<String> = sql::query_scalar(
         "DELETE FROM meetings_meetingpage p USING meetings_meetingdocument d, municipalities_muni m
@@ -429,10 +441,7 @@ pub async fn delete_stale(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(StaleOutcome {
-        deleted: docs.len() as u64,
-        kept,
-    })
+    Ok(docs.len() as u64)
 }
 
 /// Every page kept for notebooks: (subdomain, document type, page id, entries).
@@ -454,6 +463,24 @@ pub async fn page_keys_through(
     job: &JobKey,
     cursor: &str,
 ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    page_keys_where(pool, job, |id| id.as_bytes() <= cursor.as_bytes()).await
+}
+
+/// The `transform::page_key`s of a job's pages but those with an id in `except` (see
+/// `store::refresh::page_keys_except`).
+pub async fn page_keys_except(
+    pool: &PgPool,
+    job: &JobKey,
+    except: &std::collections::HashSet<&str>,
+) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    page_keys_where(pool, job, |id| !except.contains(id)).await
+}
+
+async fn page_keys_where(
+    pool: &PgPool,
+    job: &JobKey,
+    keep: impl Fn(&str) -> bool,
+) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
     let statement = format!(
         "SELECT p.id::text, d.meeting_name::text, (d.meeting_date - date '1970-01-01'), p.page_number FROM {JOB_PAGES}"
     );
@@ -464,7 +491,7 @@ pub async fn page_keys_through(
         .await?;
     Ok(rows
         .iter()
-        .filter(|r| r.0.as_bytes() <= cursor.as_bytes())
+        .filter(|r| keep(&r.0))
         .map(|(_, meeting, date, page)| crate::transform::page_key(meeting, *date, *page))
         .collect())
 }
