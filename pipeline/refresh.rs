@@ -111,7 +111,7 @@ impl Refresher {
         concurrency: usize,
         trigger: Trigger,
     ) -> anyhow::Result<Vec<Finished>> {
-        let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+        let attempted = Arc::new(tokio::sync::Mutex::new(Vec::<i64>::new()));
         let mut workers = JoinSet::new();
         for _ in 0..concurrency.max(1) {
             let (me, ids, attempted) = (self.clone(), ids.clone(), attempted.clone());
@@ -127,12 +127,15 @@ impl Refresher {
     async fn worker(
         &self,
         ids: Vec<i64>,
-        attempted: Arc<std::sync::Mutex<Vec<i64>>>,
+        attempted: Arc<tokio::sync::Mutex<Vec<i64>>>,
         trigger: Trigger,
     ) -> anyhow::Result<Vec<Finished>> {
         let mut done = Vec::new();
         while !self.cancel.is_cancelled() {
-            let skip = attempted.lock().expect("attempted lock").clone();
+            // Claims one at a time, each recorded before the next: a job another worker
+            // just finished (its lease free again) is not claimed a second time.
+            let mut guard = attempted.lock().await;
+            let skip = guard.clone();
             let claimed = queue::claim_next(
                 &self.pool,
                 &ids,
@@ -142,6 +145,10 @@ impl Refresher {
                 trigger,
             )
             .await?;
+            if let Some(c) = &claimed {
+                guard.push(c.job.id);
+            }
+            drop(guard);
             let Some(claimed) = claimed else {
                 let left: Vec<i64> = ids.iter().filter(|i| !skip.contains(i)).copied().collect();
                 if left.is_empty()
@@ -156,10 +163,6 @@ impl Refresher {
                     _ = self.cancel.cancelled() => return Ok(done),
                 }
             };
-            attempted
-                .lock()
-                .expect("attempted lock")
-                .push(claimed.job.id);
             done.push(
                 run_claimed(&self.pool, &self.client, &claimed, &self.opts, &self.cancel).await,
             );

@@ -727,7 +727,7 @@ async fn a_notebook_holding_both_pages_of_a_reocr_keeps_one_entry_with_both_note
     init();
     let odb = ObserverDb::new("cobth", Gen::G2);
     let mut conn = odb.connect().await;
-    sqlx::query(
+    sqlx::raw_sql(
         "INSERT INTO municipalities_muni (id, created, modified, subdomain, name, state, country, kind, pages)
          VALUES ('00000000-0000-0000-0003-000000000001', now(), now(), 'x.ca', 'X', 'CA', 'US', 'city', 2);
          INSERT INTO meetings_meetingdocument (id, created, modified, municipality_id, meeting_name, meeting_date, document_type)
