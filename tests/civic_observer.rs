@@ -863,3 +863,154 @@ async fn a_webhook_into_g2_leaves_the_municipality_exact() {
         .await;
     assert_eq!(verified, 2);
 }
+
+/// G1, killed with SIGKILL mid-backfill: while civicload holds a job, the application's
+/// job row reads `running` (its own refresh skips the municipality); after the kill, a
+/// resume ends with the exact pages, every job completed and verified, and the
+/// application's trigger exactly as before (a killed batch's switch rolled back with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn g1_killed_mid_backfill_resumes_exactly_and_shows_running_jobs_meanwhile() {
+    use std::time::{Duration, Instant};
+    use support::proxy::{FaultPlan, FaultProxy};
+    init();
+    let corpus = Corpus::cached(3_000, 3, 47, 0);
+    let server = Datasette::start(&corpus);
+    let odb = ObserverDb::new("cokill", Gen::G1);
+    let out = odb.civicload(
+        None,
+        &[
+            "municipalities",
+            "sync",
+            "--from",
+            path_str(&corpus.dir.join("sites.csv")),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Slow answers and small batches, so the kill lands inside the load.
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let mut plan = FaultPlan::none();
+    plan.slow = 0.5;
+    plan.slow_for = Duration::from_millis(200);
+    let proxy = FaultProxy::start(upstream, plan).await;
+    let template = proxy.template(&server.template, upstream);
+    let mut cmd = civicload_command_at(&odb.url, Some(&template), &[]);
+    cmd.args(["--target", "civic-observer", "backfill", "--subdomain", "all"])
+        .args(["--batch-size", "100"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = loop {
+        // A job row the application reads as running, for a job civicload's lease holds.
+        let running = odb
+            .scalar_i64(
+                "SELECT count(*) FROM meetings_backfilljob b JOIN municipalities_muni o ON o.id = b.municipality_id
+                 JOIN civicload.municipalities m ON m.subdomain = o.subdomain
+                 JOIN civicload.backfill_jobs j ON j.municipality_id = m.id AND j.document_type = b.document_type
+                 WHERE b.status = 'running' AND j.lease_owner IS NOT NULL",
+            )
+            .await;
+        let pages = odb
+            .scalar_i64("SELECT count(*) FROM meetings_meetingpage")
+            .await;
+        if running > 0 && pages > 200 {
+            break running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no job row read running with pages loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(running >= 1);
+    let _ = child.kill();
+    let _ = child.wait();
+    let held = odb
+        .scalar_i64("SELECT count(*) FROM meetings_meetingpage")
+        .await;
+    assert!(
+        (held as usize) < corpus.expected_pages().len(),
+        "the kill came too late"
+    );
+
+    let out = odb.civicload(Some(&server.template), &["backfill", "--subdomain", "all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_pages(&as_observer(&corpus.expected_pages()), &odb.pages().await);
+    let wrong = odb
+        .scalar_i64(
+            "SELECT count(*) FROM meetings_meetingpage
+             WHERE search_vector IS DISTINCT FROM to_tsvector('simple', unaccent(coalesce(text, '')))",
+        )
+        .await;
+    assert_eq!(wrong, 0);
+    let triggers = odb
+        .scalar_i64(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'meetings_meetingpage'::regclass
+             AND tgname = 'meetings_meetingpage_search_vector_trigger' AND tgenabled = 'O'",
+        )
+        .await;
+    assert_eq!(triggers, 1);
+    let done = odb
+        .scalar_i64(
+            "SELECT count(*) FROM meetings_backfilljob WHERE status = 'completed' AND verified_at IS NOT NULL",
+        )
+        .await;
+    assert_eq!(done, 2 * corpus.subdomains().len() as i64);
+}
+
+/// A spooled G1 backfill's Parquet archive (a file archive) replays into fresh G1 tables,
+/// and its run manifest reloads into others: the exact pages, the application's vectors,
+/// the job rows completed and verified, and a second replay writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_replays_and_reloads_into_g1_exactly() {
+    init();
+    let corpus = Corpus::cached(2_000, 2, 48, 0);
+    let server = Datasette::start(&corpus);
+    let live = ObserverDb::new("coarl", Gen::G1);
+    let out = live.civicload(
+        None,
+        &[
+            "municipalities",
+            "sync",
+            "--from",
+            path_str(&corpus.dir.join("sites.csv")),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = format!("file://{}", tmp.path().join("archive").display());
+    let out = live.civicload(
+        Some(&server.template),
+        &["--spool", &archive, "backfill", "--subdomain", "all"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Run manifest: ").map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| panic!("no run manifest printed: {}", text(&out)));
+    drop(server); // from here on the source is gone
+    let expected = as_observer(&corpus.expected_pages());
+    let vectors_wrong = "SELECT count(*) FROM meetings_meetingpage
+         WHERE search_vector IS DISTINCT FROM to_tsvector('simple', unaccent(coalesce(text, '')))";
+    let jobs_done = "SELECT count(*) FROM meetings_backfilljob WHERE status = 'completed' AND verified_at IS NOT NULL";
+    let jobs = 2 * corpus.subdomains().len() as i64;
+
+    let replayed = ObserverDb::new("corpl", Gen::G1);
+    let out = replayed.civicload(None, &["replay", "--from", &archive]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_pages(&expected, &replayed.pages().await);
+    assert_eq!(replayed.scalar_i64(vectors_wrong).await, 0);
+    assert_eq!(replayed.scalar_i64(jobs_done).await, jobs);
+    assert_eq!(replayed.scalar_i64(FOREIGN_TABLES).await, 0);
+    let before = write_marks(&replayed).await;
+    let out = replayed.civicload(None, &["replay", "--from", &archive]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(write_marks(&replayed).await, before, "a second replay wrote");
+
+    let reloaded = ObserverDb::new("corld", Gen::G1);
+    let out = reloaded.civicload(None, &["reload", "--manifest", &manifest]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_pages(&expected, &reloaded.pages().await);
+    assert_eq!(reloaded.scalar_i64(vectors_wrong).await, 0);
+    assert_eq!(reloaded.scalar_i64(jobs_done).await, jobs);
+}

@@ -184,3 +184,49 @@ pub struct StaleOutcome {
     /// Pages kept because notebook entries reference them: (page id, entries).
     pub kept: Vec<(String, i64)>,
 }
+
+/// Set while `clean_gin_pending_lists` runs in this process.
+pub static GIN_CLEANER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While a G1 load runs: merges the GIN pending lists on a connection of its own every
+/// `every`, until `stop`. The batches (whose `observer_write_pages` raises their own
+/// session's pending-list limit) then append to the list without merging it while they
+/// hold the trigger switch's lock; the merge, the bulk of a GIN insert's cost, runs
+/// beside them. Stops at the first error (a role that does not own the index), logged.
+pub async fn clean_gin_pending_lists(
+    pool: PgPool,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    GIN_CLEANER.store(true, Ordering::Relaxed);
+    run_gin_cleaner(&pool, every, &stop).await;
+    GIN_CLEANER.store(false, Ordering::Relaxed);
+}
+
+async fn run_gin_cleaner(
+    pool: &PgPool,
+    every: std::time::Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match observer::upkeep::clean_pending_lists(pool).await {
+            // Merged something: more is likely waiting.
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not merge the GIN pending lists beside the load; the batches merge them themselves.");
+                return;
+            }
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
