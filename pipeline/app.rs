@@ -293,7 +293,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // G1: the GIN pending list is merged beside the batches (stages/src/target.rs).
     let cleaner = CancellationToken::new();
     if generation == Some(Generation::G1) && !args.verify_only {
-        let every = std::time::Duration::from_millis(200);
+        let every = std::time::Duration::from_secs(2);
         tokio::spawn(stages::target::clean_gin_pending_lists(
             pool.clone(),
             every,

@@ -209,22 +209,15 @@ async fn run_gin_cleaner(
     every: std::time::Duration,
     stop: &tokio_util::sync::CancellationToken,
 ) {
+    // Not more often: a merge of a longer list costs less per page (its entries are
+    // sorted and written per key once).
     loop {
-        match observer::upkeep::clean_pending_lists(pool).await {
-            // Merged something: more is likely waiting.
-            Ok(n) if n > 0 => {}
-            Ok(_) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Could not merge the GIN pending lists beside the load; the batches merge them themselves.");
-                return;
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
         }
-        if stop.is_cancelled() {
+        if let Err(e) = observer::upkeep::clean_pending_lists(pool).await {
+            tracing::warn!(error = %e, "Could not merge the GIN pending lists beside the load; the batches merge them themselves.");
             return;
         }
     }

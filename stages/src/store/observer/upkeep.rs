@@ -183,11 +183,18 @@ pub async fn explain_search(
 /// the pending pages merged. Run beside a G1 load, so the merging is not done by a batch
 /// while it holds the trigger switch's lock.
 pub async fn clean_pending_lists(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sql::query_scalar(
+    let mut tx = pool.begin().await?;
+    // The merge sorts what it reads in maintenance_work_mem: a whole list at once.
+    sql::query("SELECT set_config('maintenance_work_mem', '256MB', true)")
+        .execute(&mut *tx)
+        .await?;
+    let merged = sql::query_scalar(
         "SELECT coalesce(sum(gin_clean_pending_list(i.indexrelid)), 0)::bigint
          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
          WHERE i.indrelid = to_regclass('meetings_meetingpage') AND a.amname = 'gin' AND i.indisvalid",
     )
-    .fetch_one(autocommit(pool))
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(merged)
 }
