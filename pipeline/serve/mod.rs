@@ -23,8 +23,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::app::{connect_target, UsageError, EXIT_OK};
 use crate::cli::{check_template, Cli, ServeArgs};
+use crate::db::connect_target;
+use crate::exit::{UsageError, EXIT_OK};
 use crate::refresh::{options, run_claimed};
 
 /// The environment variable that holds the webhook's shared secret.
@@ -81,7 +82,7 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
         target: target.clone(),
     });
     drop(secret);
-    let owner = crate::backfill::owner_id();
+    let owner = stages::store::leases::owner_id();
     let lease = Duration::from_secs(args.lease_seconds.max(5));
     let cancel = CancellationToken::new();
     let released = queue::release_dead_local(&pool).await?;

@@ -14,14 +14,48 @@ use sqlx::PgPool;
 use super::sql::{self, autocommit};
 use crate::batch::{DocumentType, JobKey};
 
+/// A job's `status` (the schema's CHECK lists the same five).
+///
+/// Decoded by sqlx; bound as [`JobStatus::as_str`], never as the enum itself: sqlx looks
+/// the OID of a named type up with a prepared statement of its own, which a
+/// transaction-pooling PgBouncer does not keep (see `store::sql`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Paused,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Paused => "paused",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A job row with its municipality's subdomain.
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct JobRow {
     pub id: i64,
     pub municipality_id: i64,
     pub subdomain: String,
-    pub document_type: String,
-    pub status: String,
+    pub document_type: DocumentType,
+    pub status: JobStatus,
     pub last_cursor: Option<String>,
     pub batch_seq: i64,
     pub pass: i32,
@@ -50,9 +84,13 @@ impl JobRow {
             job_id: self.id,
             municipality_id: self.municipality_id,
             subdomain: self.subdomain.clone(),
-            document_type: DocumentType::parse(&self.document_type)
-                .expect("document_type is checked by the schema"),
+            document_type: self.document_type,
         }
+    }
+
+    /// Completed, and verified against the source (or the manifest) since.
+    pub fn completed_and_verified(&self) -> bool {
+        self.status == JobStatus::Completed && self.verified_at.is_some()
     }
 }
 
@@ -259,20 +297,29 @@ pub async fn abandon(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
 }
 
 /// How a worker leaves a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Outcome {
     Completed,
+    /// Also what a run's result says until the run has ended otherwise.
+    #[default]
     Failed,
     Paused,
 }
 
 impl Outcome {
-    fn status(self) -> &'static str {
+    /// The job's `status` after it: the one place an outcome becomes a status.
+    pub fn status(self) -> JobStatus {
         match self {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Paused => "paused",
+            Outcome::Completed => JobStatus::Completed,
+            Outcome::Failed => JobStatus::Failed,
+            Outcome::Paused => JobStatus::Paused,
         }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.status().as_str())
     }
 }
 
@@ -293,11 +340,86 @@ pub async fn release(
     )
     .bind(job_id)
     .bind(owner)
-    .bind(outcome.status())
+    .bind(outcome.status().as_str())
     .bind(error)
     .execute(autocommit(pool))
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// A committed batch's counters, added to its job's in the checkpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCounts {
+    pub fetched: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub rejected: i64,
+}
+
+/// The job-cursor checkpoint, in the batch's transaction: moves the job's cursor past
+/// batch `seq` and adds its counters, guarded by the lease and `batch_seq = seq - 1`.
+/// Returns false when the guard refuses (the job is not ours, or the batch is not next).
+pub async fn advance_cursor(
+    conn: &mut sqlx::PgConnection,
+    job_id: i64,
+    owner: &str,
+    seq: i64,
+    cursor_after: Option<&str>,
+    counts: BatchCounts,
+    elapsed: Duration,
+) -> Result<bool, sqlx::Error> {
+    let moved = sql::query(
+        "UPDATE backfill_jobs SET
+            last_cursor = coalesce($4, last_cursor), batch_seq = $3,
+            pages_fetched = pages_fetched + $5, pages_created = pages_created + $6,
+            pages_updated = pages_updated + $7, pages_unchanged = pages_unchanged + $8,
+            pages_rejected = pages_rejected + $9, elapsed_seconds = elapsed_seconds + $10,
+            heartbeat_at = now(), updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND batch_seq = $3 - 1",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .bind(seq)
+    .bind(cursor_after)
+    .bind(counts.fetched)
+    .bind(counts.created)
+    .bind(counts.updated)
+    .bind(counts.unchanged)
+    .bind(counts.rejected)
+    .bind(elapsed.as_secs_f64())
+    .execute(&mut *conn)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// Whether `owner` holds the job with its cursor at batch `seq`: after a refused
+/// checkpoint, true means our own earlier attempt committed the batch.
+pub async fn holds_at(
+    pool: &PgPool,
+    job_id: i64,
+    owner: &str,
+    seq: i64,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64, Option<String>)> =
+        sql::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(autocommit(pool))
+            .await?;
+    Ok(matches!(row, Some((s, Some(o))) if s == seq && o == owner))
+}
+
+/// Clears a job's lease if `owner` still holds it (a holder found dead); 1 when it did.
+pub async fn clear_lease(pool: &PgPool, job_id: i64, owner: &str) -> Result<u64, sqlx::Error> {
+    let r = sql::query(
+        "UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .execute(autocommit(pool))
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Records a verification result on a job.
@@ -469,7 +591,7 @@ pub async fn set_expected(
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Totals {
     pub subdomain: String,
-    pub document_type: String,
+    pub document_type: DocumentType,
     pub pages: i64,
     pub documents: i64,
     pub first_month: Option<chrono::NaiveDate>,
@@ -574,4 +696,29 @@ pub async fn page_keys_through(
     drop(rows);
     tx.commit().await?;
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{JobStatus, Outcome};
+
+    #[test]
+    fn every_status_is_one_the_schema_allows_and_every_outcome_maps_to_its_own() {
+        let schema = include_str!("../../../migrations/0001_schema.sql");
+        let check = schema
+            .lines()
+            .find(|l| l.contains("CHECK (status IN"))
+            .expect("backfill_jobs.status has a CHECK constraint");
+        use JobStatus::*;
+        for status in [Pending, Running, Completed, Failed, Paused] {
+            assert!(
+                check.contains(&format!("'{status}'")),
+                "{status} not in {check}"
+            );
+        }
+        assert_eq!(Outcome::Completed.status(), Completed);
+        assert_eq!(Outcome::Failed.status(), Failed);
+        assert_eq!(Outcome::Paused.status(), Paused);
+        assert_eq!(Outcome::default(), Outcome::Failed);
+    }
 }
