@@ -301,7 +301,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     if target.observer().is_none()
         && done
             .iter()
-        .any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0)
+            .any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0)
     {
         if let Err(e) = jobs::refresh_stats(&pool).await {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");

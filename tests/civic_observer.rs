@@ -726,7 +726,14 @@ async fn refresh_into_g1_follows_upstream_and_keeps_users_notebooks() {
 async fn a_notebook_holding_both_pages_of_a_reocr_keeps_one_entry_with_both_notes() {
     init();
     let odb = ObserverDb::new("cobth", Gen::G2);
+    // civicload installs its functions in its bookkeeping schema at start.
+    let out = odb.civicload(None, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
     let mut conn = odb.connect().await;
+    sqlx::query("SET search_path = civicload, public")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::raw_sql(
         "INSERT INTO municipalities_muni (id, created, modified, subdomain, name, state, country, kind, pages)
          VALUES ('00000000-0000-0000-0003-000000000001', now(), now(), 'x.ca', 'X', 'CA', 'US', 'city', 2);
@@ -894,10 +901,16 @@ async fn g1_killed_mid_backfill_resumes_exactly_and_shows_running_jobs_meanwhile
     let proxy = FaultProxy::start(upstream, plan).await;
     let template = proxy.template(&server.template, upstream);
     let mut cmd = civicload_command_at(&odb.url, Some(&template), &[]);
-    cmd.args(["--target", "civic-observer", "backfill", "--subdomain", "all"])
-        .args(["--batch-size", "100"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "--target",
+        "civic-observer",
+        "backfill",
+        "--subdomain",
+        "all",
+    ])
+    .args(["--batch-size", "100"])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let running = loop {
@@ -986,7 +999,10 @@ async fn an_archive_replays_and_reloads_into_g1_exactly() {
     assert!(out.status.success(), "{}", text(&out));
     let manifest = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("Run manifest: ").map(|m| m.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("Run manifest: ")
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| panic!("no run manifest printed: {}", text(&out)));
     drop(server); // from here on the source is gone
     let expected = as_observer(&corpus.expected_pages());
@@ -1005,7 +1021,11 @@ async fn an_archive_replays_and_reloads_into_g1_exactly() {
     let before = write_marks(&replayed).await;
     let out = replayed.civicload(None, &["replay", "--from", &archive]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(write_marks(&replayed).await, before, "a second replay wrote");
+    assert_eq!(
+        write_marks(&replayed).await,
+        before,
+        "a second replay wrote"
+    );
 
     let reloaded = ObserverDb::new("corld", Gen::G1);
     let out = reloaded.civicload(None, &["reload", "--manifest", &manifest]);

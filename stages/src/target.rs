@@ -222,4 +222,3 @@ async fn run_gin_cleaner(
         }
     }
 }
-
