@@ -49,7 +49,7 @@ pub async fn upsert_batch(
         ))
         .await?;
     let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting);
-    if let Err(e) = send_rows(&mut copy, &rows, &pulse).await {
+    if let Err(e) = send_rows(&mut copy, &rows, pulse).await {
         let _ = copy.abort("sending the rows failed").await;
         return Err(e);
     }
