@@ -32,12 +32,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Backfill(args) => crate::commands::backfill::backfill(&cli, args.clone()).await,
         Command::Status(args) => crate::commands::status::status(&cli, args).await,
         Command::Verify(args) => crate::commands::verify::verify(&cli, args).await,
-        Command::Refresh(_) | Command::Serve(_) if cli.target == TargetArg::CivicObserver => {
-            Err(UsageError(
-                "refresh and serve do not write civic-observer's tables yet: with --target civic-observer, keep the mirror current with `civicload verify --subdomain all --repair` (it keeps pages that notebook entries reference)".into(),
-            )
-            .into())
-        }
         Command::Refresh(args) => crate::refresh::command(&cli, args).await,
         Command::Serve(args) => crate::serve::command(&cli, args).await,
         Command::Replay(args) => crate::archive::replay(&cli, args).await,

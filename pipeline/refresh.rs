@@ -13,12 +13,13 @@ use stages::refresh::{refresh_job, RefreshError, RefreshOptions, RefreshReport};
 use stages::source::SourceClient;
 use stages::store::jobs;
 use stages::store::refresh::{self as queue, Claimed, RunRecord, RunStatus, Trigger};
+use stages::target::Target;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cli::{check_template, Cli, RefreshArgs};
-use crate::db::connect;
+use crate::db::connect_target;
 use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
 
 /// What one refresh of one job ended with.
@@ -111,7 +112,7 @@ impl Refresher {
         concurrency: usize,
         trigger: Trigger,
     ) -> anyhow::Result<Vec<Finished>> {
-        let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+        let attempted = Arc::new(tokio::sync::Mutex::new(Vec::<i64>::new()));
         let mut workers = JoinSet::new();
         for _ in 0..concurrency.max(1) {
             let (me, ids, attempted) = (self.clone(), ids.clone(), attempted.clone());
@@ -127,12 +128,15 @@ impl Refresher {
     async fn worker(
         &self,
         ids: Vec<i64>,
-        attempted: Arc<std::sync::Mutex<Vec<i64>>>,
+        attempted: Arc<tokio::sync::Mutex<Vec<i64>>>,
         trigger: Trigger,
     ) -> anyhow::Result<Vec<Finished>> {
         let mut done = Vec::new();
         while !self.cancel.is_cancelled() {
-            let skip = attempted.lock().expect("attempted lock").clone();
+            // Claims one at a time, each recorded before the next: a job another worker
+            // just finished (its lease free again) is not claimed a second time.
+            let mut guard = attempted.lock().await;
+            let skip = guard.clone();
             let claimed = queue::claim_next(
                 &self.pool,
                 &ids,
@@ -142,6 +146,10 @@ impl Refresher {
                 trigger,
             )
             .await?;
+            if let Some(c) = &claimed {
+                guard.push(c.job.id);
+            }
+            drop(guard);
             let Some(claimed) = claimed else {
                 let left: Vec<i64> = ids.iter().filter(|i| !skip.contains(i)).copied().collect();
                 if left.is_empty()
@@ -156,10 +164,6 @@ impl Refresher {
                     _ = self.cancel.cancelled() => return Ok(done),
                 }
             };
-            attempted
-                .lock()
-                .expect("attempted lock")
-                .push(claimed.job.id);
             done.push(
                 run_claimed(&self.pool, &self.client, &claimed, &self.opts, &self.cancel).await,
             );
@@ -217,12 +221,27 @@ pub async fn plan(
     Ok(changed)
 }
 
-pub fn options(owner: String, max_delete_percent: f64, force: bool) -> RefreshOptions {
+pub fn options(
+    owner: String,
+    max_delete_percent: f64,
+    force: bool,
+    target: &Target,
+) -> RefreshOptions {
     RefreshOptions {
         owner,
         max_delete_share: max_delete_percent / 100.0,
         force,
+        target: target.clone(),
     }
+}
+
+/// Before refreshing civic-observer's tables: every municipality civicload knows has its
+/// row in `municipalities_muni` (the pages' documents hang from it).
+pub async fn prepare_target(pool: &PgPool, target: &Target) -> anyhow::Result<()> {
+    if target.observer().is_some() {
+        stages::store::observer::municipalities::ensure_known(pool).await?;
+    }
+    Ok(())
 }
 
 /// `civicload refresh`.
@@ -231,7 +250,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))
         .context("building the HTTP client")?;
     let concurrency = usize::from(args.concurrency);
-    let pool = connect(cli, args.concurrency as u32 * 2 + 3).await?;
+    let (pool, target) = connect_target(cli, args.concurrency as u32 * 2 + 3).await?;
     let started = Instant::now();
     let ids = plan(
         cli,
@@ -242,6 +261,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
         args.sites.as_deref(),
     )
     .await?;
+    prepare_target(&pool, &target).await?;
     let released = queue::release_dead_local(&pool).await?;
     if released > 0 {
         info!(
@@ -265,7 +285,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     let refresher = Arc::new(Refresher {
         pool: pool.clone(),
         client: client.clone(),
-        opts: options(owner, args.max_delete_percent, args.force),
+        opts: options(owner, args.max_delete_percent, args.force, &target),
         lease,
         cancel: cancel.clone(),
     });
@@ -276,9 +296,12 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
     let _ = beat.await;
     signals.abort();
     let done = done?;
-    if done
-        .iter()
-        .any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0)
+    // civic-observer's tables have no meeting_page_stats (its statistics are the
+    // application's, `civicload maintain` analyzes them).
+    if target.observer().is_none()
+        && done
+            .iter()
+            .any(|f| f.report.loaded.created + f.report.loaded.updated + f.report.deleted > 0)
     {
         if let Err(e) = jobs::refresh_stats(&pool).await {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");

@@ -82,7 +82,19 @@ pub async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     let run_started = chrono::Utc::now();
     let owner = backfill.owner.clone();
     let source = backfill.client.clone();
-    let result = backfill.run(ids.clone()).await?;
+    // G1: the GIN pending list is merged beside the batches (stages/src/target.rs).
+    let cleaner = CancellationToken::new();
+    if generation == Some(Generation::G1) && !args.verify_only {
+        let every = std::time::Duration::from_secs(2);
+        tokio::spawn(stages::target::clean_gin_pending_lists(
+            pool.clone(),
+            every,
+            cleaner.clone(),
+        ));
+    }
+    let result = backfill.run(ids.clone()).await;
+    cleaner.cancel();
+    let result = result?;
     crate::refresh::record_backfill_usage(&pool, &source, &ids).await;
     if let Some(archive) = &spool {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;

@@ -18,12 +18,13 @@ use anyhow::Context;
 use sqlx::PgPool;
 use stages::source::SourceClient;
 use stages::store::refresh as queue;
+use stages::target::Target;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::{check_template, Cli, ServeArgs};
-use crate::db::connect;
+use crate::db::connect_target;
 use crate::exit::{UsageError, EXIT_OK};
 use crate::refresh::{options, run_claimed};
 
@@ -47,6 +48,8 @@ pub struct App {
     pub wake: Notify,
     pub workers: usize,
     pub workers_alive: AtomicUsize,
+    /// Whose tables: with civic-observer's, a webhook also upserts `municipalities_muni`.
+    pub target: Target,
 }
 
 /// `civicload serve`.
@@ -61,7 +64,8 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
     check_template(&cli.source_url).map_err(UsageError)?;
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))
         .context("building the HTTP client")?;
-    let pool = connect(cli, u32::from(args.concurrency) * 2 + 4).await?;
+    let (pool, target) = connect_target(cli, u32::from(args.concurrency) * 2 + 4).await?;
+    crate::refresh::prepare_target(&pool, &target).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -75,6 +79,7 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
         wake: Notify::new(),
         workers: usize::from(args.concurrency),
         workers_alive: AtomicUsize::new(0),
+        target: target.clone(),
     });
     drop(secret);
     let owner = stages::store::leases::owner_id();
@@ -97,7 +102,7 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..app.workers {
         let (app, owner, cancel) = (app.clone(), owner.clone(), cancel.clone());
-        let opts = options(owner, args.max_delete_percent, false);
+        let opts = options(owner, args.max_delete_percent, false, &target);
         workers.spawn(async move { worker(app, opts, lease, cancel).await });
     }
     let http_stop = CancellationToken::new();

@@ -82,7 +82,11 @@ async fn handle(app: &App, subdomain: &str, headers: &HeaderMap, body: Body) -> 
         Ok(u) => u,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    let muni = match webhook::upsert_and_queue(&app.pool, &update).await {
+    let observer = app.target.observer().map(|o| o.generation);
+    if let Some(why) = observer.and_then(|_| unfit_for_observer(&update)) {
+        return error(StatusCode::BAD_REQUEST, &why);
+    }
+    let muni = match webhook::upsert_and_queue(&app.pool, &update, observer).await {
         Ok(m) => m,
         Err(e) => {
             warn!(subdomain = %update.subdomain, error = %e, "Could not record a webhook; answered 503 so the sender retries.");
@@ -102,6 +106,27 @@ async fn handle(app: &App, subdomain: &str, headers: &HeaderMap, body: Body) -> 
     let mut body = serde_json::to_value(&muni).unwrap_or_else(|_| json!({}));
     body["action"] = Value::from(action);
     (status, Json(body)).into_response()
+}
+
+/// What of the municipality civic-observer's `municipalities_muni` cannot hold (a 400:
+/// nothing is truncated).
+fn unfit_for_observer(u: &webhook::MuniUpdate) -> Option<String> {
+    let site = stages::store::municipalities::Site {
+        subdomain: u.subdomain.clone(),
+        name: Some(u.name.clone()),
+        state: u.state.clone(),
+        country: u.country.clone(),
+        kind: u.kind.clone(),
+        pages: u.pages,
+        last_updated: u.last_updated,
+    };
+    let unfit = stages::store::observer::municipalities::unfit_sites(&[site]);
+    if let Some((_, why)) = unfit.into_iter().next() {
+        return Some(why);
+    }
+    u.pages
+        .is_some_and(|p| i32::try_from(p).is_err())
+        .then(|| "pages is larger than municipalities_muni.pages holds".into())
 }
 
 /// `Authorization: Bearer <secret>`, compared in constant time (over digests, so the

@@ -10,8 +10,11 @@
 //! fetches only what is still missing: nothing is fetched twice, nothing is skipped.
 //! The end is verified exact: the ids held plus rejects equal the source's id set.
 //!
-//! The writes go through the same three functions as `verify --repair` (one place each):
-//! `Load` for new and replaced pages, `store::jobs::delete_pages` for removals.
+//! Whose tables it reads and writes is `RefreshOptions::target` (the one seam of
+//! `target.rs`): the ids held, the load, the removals and the verification all ask it. In
+//! civic-observer's tables a re-OCR carries notebook entries to the new page (in the
+//! batch's transaction), and a page gone upstream that notebook entries reference is kept,
+//! recorded and reported, not removed: verification counts it as kept.
 
 use crate::target::Target;
 use std::collections::HashSet;
@@ -48,6 +51,8 @@ pub struct RefreshOptions {
     /// The largest share of a job's pages it removes without `force`.
     pub max_delete_share: f64,
     pub force: bool,
+    /// Whose tables (civicload's own schema or civic-observer's).
+    pub target: Target,
 }
 
 /// What one refresh did.
@@ -60,6 +65,8 @@ pub struct RefreshReport {
     pub missing: usize,
     pub loaded: BatchOutcome,
     pub deleted: u64,
+    /// Pages gone upstream kept because notebook entries reference them: (id, entries).
+    pub kept: Vec<(String, i64)>,
     pub verified: bool,
     pub verification: String,
     /// What the source cost this job.
@@ -136,7 +143,8 @@ pub async fn refresh_job(
         ..RefreshReport::default()
     };
     let (m, d) = (job.municipality_id, job.document_type);
-    let stored = jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?;
+    let target = &opts.target;
+    let stored = target.stored_ids(pool, job).await.map_err(sql_err)?;
     let rejected = jobs::rejected_source_ids(pool, m, d)
         .await
         .map_err(sql_err)?;
@@ -144,7 +152,8 @@ pub async fn refresh_job(
     report.missing = diff.missing.len();
     if !diff.missing.is_empty() {
         let stale: HashSet<&str> = diff.stale.iter().map(String::as_str).collect();
-        let seen = store::page_keys_except(pool, m, d, &stale)
+        let seen = target
+            .page_keys_except(pool, job, &stale)
             .await
             .map_err(sql_err)?;
         // The columns to ask for (they differ between municipalities).
@@ -165,9 +174,9 @@ pub async fn refresh_job(
     // Nothing fetched: the ids held are still those just read.
     let stored = match diff.missing.is_empty() {
         true => stored,
-        false => jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?,
+        false => target.stored_ids(pool, job).await.map_err(sql_err)?,
     };
-    report.deleted = remove_stale(pool, job, &source_set, &stored, opts).await?;
+    (report.deleted, report.kept) = remove_stale(pool, job, &source_set, &stored, opts).await?;
     // Rejects of rows gone upstream would count as rows the source still has.
     let gone: Vec<String> = rejected
         .iter()
@@ -181,20 +190,21 @@ pub async fn refresh_job(
     }
     // Exact: the ids held plus the rejects are the source's id set, and the rows
     // (with those without an id) its count.
-    let deep = if diff.missing.is_empty() && report.deleted == 0 && gone.is_empty() {
+    let mut deep = if diff.missing.is_empty() && report.deleted == 0 && gone.is_empty() {
         diff
     } else {
-        let now_stored = jobs::local_source_ids(pool, m, d).await.map_err(sql_err)?;
+        let now_stored = target.stored_ids(pool, job).await.map_err(sql_err)?;
         let now_rejected = jobs::rejected_source_ids(pool, m, d)
             .await
             .map_err(sql_err)?;
         compare_ids(&source.ids, &now_stored, &now_rejected)
     };
+    deep.kept = report.kept.clone();
     let counted = SourceCount {
         rows: source.rows,
         route: source.route.as_str(),
     };
-    let r = reconcile(pool, client, &Target::Civicload, job, Some(counted)).await?;
+    let r = reconcile(pool, client, target, job, Some(counted)).await?;
     report.verified = deep.is_exact() && r.verdict == Verdict::Verified;
     report.verification = if deep.is_exact() {
         r.describe()
@@ -229,8 +239,7 @@ async fn fetch_missing(
             retry_for: crate::store::DB_RETRY_FOR,
             insert_first: false,
             skip_fk_checks: false,
-            // Refresh writes civicload's own schema only (see `pipeline/refresh.rs`).
-            target: Target::Civicload,
+            target: opts.target.clone(),
             watchdog: Default::default(),
         },
     );
@@ -308,26 +317,39 @@ async fn fetch_missing(
 }
 
 /// Removes the pages whose id is no longer upstream (after the fetch, so a re-OCR'd page,
-/// replaced in place, is not among them), unless they are more than the safe share.
+/// replaced in place, is not among them), unless they are more than the safe share. In
+/// civic-observer's tables the pages notebook entries reference are kept (and recorded):
+/// they neither count towards the share nor are removed. Returns (removed, kept).
 async fn remove_stale(
     pool: &PgPool,
     job: &JobKey,
     source: &HashSet<&str>,
     stored: &[String],
     opts: &RefreshOptions,
-) -> Result<u64, RefreshError> {
+) -> Result<(u64, Vec<(String, i64)>), RefreshError> {
     let sql_err = |source| RefreshError::Sql {
         job: job.to_string(),
         source,
     };
-    let (m, d) = (job.municipality_id, job.document_type);
     let stale: Vec<String> = stored
         .iter()
         .filter(|id| !source.contains(id.as_str()))
         .cloned()
         .collect();
+    // Also with nothing stale: the kept pages recorded earlier that came back upstream
+    // (or lost their entries and were removed) are no longer kept.
+    let kept = opts
+        .target
+        .note_kept(pool, job, &stale)
+        .await
+        .map_err(sql_err)?;
+    let held: HashSet<&str> = kept.iter().map(|k| k.0.as_str()).collect();
+    let stale: Vec<String> = stale
+        .into_iter()
+        .filter(|id| !held.contains(id.as_str()))
+        .collect();
     if stale.is_empty() {
-        return Ok(0);
+        return Ok((0, kept));
     }
     let share = stale.len() as f64 / stored.len().max(1) as f64;
     if share > opts.max_delete_share && !opts.force {
@@ -341,7 +363,9 @@ async fn remove_stale(
     }
     let mut deleted = 0;
     for chunk in stale.chunks(DELETE_CHUNK) {
-        let n = jobs::delete_pages(pool, m, d, chunk)
+        let n = opts
+            .target
+            .delete_unreferenced(pool, job, chunk)
             .await
             .map_err(sql_err)?;
         store::add_deleted(pool, job.job_id, n)
@@ -349,6 +373,6 @@ async fn remove_stale(
             .map_err(sql_err)?;
         deleted += n;
     }
-    info!(job = %job, deleted, "Removed pages the source no longer has.");
-    Ok(deleted)
+    info!(job = %job, deleted, kept = kept.len(), "Removed pages the source no longer has.");
+    Ok((deleted, kept))
 }

@@ -4,10 +4,12 @@
 //! they are counted, which ids are stored and how stale ones are removed. The SQL of each
 //! side lives in `store::jobs` (own schema) and `store::observer` (civic-observer).
 
+use std::collections::HashSet;
+
 use sqlx::PgPool;
 
 use crate::batch::JobKey;
-use crate::store::{jobs, observer};
+use crate::store::{jobs, observer, refresh};
 
 /// The schema civicload keeps its bookkeeping in when it writes civic-observer's tables.
 pub const BOOKKEEPING_SCHEMA: &str = "civicload";
@@ -111,13 +113,47 @@ impl Target {
         }
     }
 
+    /// Removes those of a job's pages `ids` that nothing of the application references;
+    /// returns how many. In civic-observer's tables a page a notebook entry references
+    /// stays (record it with `note_kept` first). The deletes of a refresh, in chunks.
+    pub async fn delete_unreferenced(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+        ids: &[String],
+    ) -> Result<u64, sqlx::Error> {
+        match self {
+            Target::Civicload => {
+                jobs::delete_pages(pool, job.municipality_id, job.document_type, ids).await
+            }
+            Target::CivicObserver(_) => observer::pages::delete_unreferenced(pool, job, ids).await,
+        }
+    }
+
+    /// The page keys of a job's stored pages but those with an id in `except` (see
+    /// `store::refresh::page_keys_except`).
+    pub async fn page_keys_except(
+        &self,
+        pool: &PgPool,
+        job: &JobKey,
+        except: &HashSet<&str>,
+    ) -> Result<HashSet<u64>, sqlx::Error> {
+        match self {
+            Target::Civicload => {
+                refresh::page_keys_except(pool, job.municipality_id, job.document_type, except)
+                    .await
+            }
+            Target::CivicObserver(_) => observer::pages::page_keys_except(pool, job, except).await,
+        }
+    }
+
     /// The page keys of a job's pages up to `cursor` (see `jobs::page_keys_through`).
     pub async fn page_keys_through(
         &self,
         pool: &PgPool,
         job: &JobKey,
         cursor: &str,
-    ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    ) -> Result<HashSet<u64>, sqlx::Error> {
         match self {
             Target::Civicload => {
                 jobs::page_keys_through(pool, job.municipality_id, job.document_type, cursor).await
@@ -147,4 +183,42 @@ pub struct StaleOutcome {
     pub deleted: u64,
     /// Pages kept because notebook entries reference them: (page id, entries).
     pub kept: Vec<(String, i64)>,
+}
+
+/// Set while `clean_gin_pending_lists` runs in this process.
+pub static GIN_CLEANER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While a G1 load runs: merges the GIN pending lists on a connection of its own every
+/// `every`, until `stop`. The batches (whose `observer_write_pages` raises their own
+/// session's pending-list limit) then append to the list without merging it while they
+/// hold the trigger switch's lock; the merge, the bulk of a GIN insert's cost, runs
+/// beside them. Stops at the first error (a role that does not own the index), logged.
+pub async fn clean_gin_pending_lists(
+    pool: PgPool,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    GIN_CLEANER.store(true, Ordering::Relaxed);
+    run_gin_cleaner(&pool, every, &stop).await;
+    GIN_CLEANER.store(false, Ordering::Relaxed);
+}
+
+async fn run_gin_cleaner(
+    pool: &PgPool,
+    every: std::time::Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    // Not more often: a merge of a longer list costs less per page (its entries are
+    // sorted and written per key once).
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = observer::upkeep::clean_pending_lists(pool).await {
+            tracing::warn!(error = %e, "Could not merge the GIN pending lists beside the load; the batches merge them themselves.");
+            return;
+        }
+    }
 }

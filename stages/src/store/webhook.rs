@@ -42,8 +42,15 @@ pub struct Muni {
 }
 
 /// Upserts the municipality, registers its jobs and queues a refresh of each, in one
-/// transaction. Returns the stored municipality and whether it was new.
-pub async fn upsert_and_queue(pool: &PgPool, m: &MuniUpdate) -> Result<Muni, sqlx::Error> {
+/// transaction. Returns the stored municipality and whether it was new. With
+/// `--target civic-observer` (`observer`: the tables' generation) the application's
+/// `municipalities_muni` is upserted in the same transaction (check the values with
+/// `observer::municipalities::unfit_sites` first).
+pub async fn upsert_and_queue(
+    pool: &PgPool,
+    m: &MuniUpdate,
+    observer: Option<crate::target::Generation>,
+) -> Result<Muni, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let muni: Muni = sql::query_as(
         "INSERT INTO municipalities AS t
@@ -70,6 +77,9 @@ pub async fn upsert_and_queue(pool: &PgPool, m: &MuniUpdate) -> Result<Muni, sql
     .bind(&m.popup_data)
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(generation) = observer {
+        super::observer::municipalities::upsert_from_webhook(&mut tx, generation, muni.id).await?;
+    }
     let types: Vec<&str> = DocumentType::ALL.iter().map(|d| d.as_str()).collect();
     sql::query(
         "INSERT INTO backfill_jobs (municipality_id, document_type)

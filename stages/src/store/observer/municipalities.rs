@@ -132,3 +132,54 @@ pub async fn ensure_known(pool: &PgPool) -> Result<u64, sqlx::Error> {
     .await?;
     Ok(r.rows_affected())
 }
+
+/// civic.band's webhook in civic-observer's `municipalities_muni`, as the application's
+/// own webhook writes it, in the webhook's transaction: the municipality civicload just
+/// upserted (its own `municipalities` row `municipality_id`) is upserted by subdomain (a
+/// UUID for a new row), `modified` only when something changed; in G2 the pages'
+/// denormalised columns follow a changed name or state. Check the values with
+/// `unfit_sites` first (nothing is truncated).
+pub async fn upsert_from_webhook(
+    conn: &mut sqlx::PgConnection,
+    generation: Generation,
+    municipality_id: i64,
+) -> Result<(), sqlx::Error> {
+    let changed: Option<String> = sql::query_scalar(
+        "WITH i AS (
+            SELECT subdomain, coalesce(name, subdomain) AS name, state, country, kind, pages::int AS pages,
+                   last_updated, latitude, longitude, popup_data
+            FROM municipalities WHERE id = $1
+         ), changed AS (
+            UPDATE municipalities_muni o SET name = i.name, state = coalesce(i.state, o.state),
+                country = coalesce(i.country, o.country), kind = coalesce(i.kind, o.kind),
+                pages = coalesce(i.pages, o.pages), last_updated = coalesce(i.last_updated, o.last_updated),
+                latitude = coalesce(i.latitude, o.latitude), longitude = coalesce(i.longitude, o.longitude),
+                popup_data = coalesce(i.popup_data, o.popup_data), modified = now()
+            FROM i
+            WHERE o.subdomain = i.subdomain
+              AND (o.name, o.state, o.country, o.kind, o.pages, o.last_updated, o.latitude, o.longitude, o.popup_data)
+                  IS DISTINCT FROM (i.name, coalesce(i.state, o.state), coalesce(i.country, o.country),
+                   coalesce(i.kind, o.kind), coalesce(i.pages, o.pages), coalesce(i.last_updated, o.last_updated),
+                   coalesce(i.latitude, o.latitude), coalesce(i.longitude, o.longitude),
+                   coalesce(i.popup_data, o.popup_data))
+            RETURNING o.id::text
+         ), added AS (
+            INSERT INTO municipalities_muni (id, created, modified, subdomain, name, state, country, kind, pages,
+                last_updated, latitude, longitude, popup_data)
+            SELECT gen_random_uuid(), now(), now(), i.subdomain, i.name, coalesce(i.state, ''),
+                   coalesce(i.country, 'US'), coalesce(i.kind, ''), coalesce(i.pages, 0), i.last_updated,
+                   i.latitude, i.longitude, i.popup_data
+            FROM i
+            WHERE NOT EXISTS (SELECT 1 FROM municipalities_muni o WHERE o.subdomain = i.subdomain)
+            ON CONFLICT (subdomain) DO NOTHING
+         )
+         SELECT id FROM changed",
+    )
+    .bind(municipality_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let (Generation::G2, Some(id)) = (generation, changed) {
+        refresh_denormalised(conn, &[id]).await?;
+    }
+    Ok(())
+}

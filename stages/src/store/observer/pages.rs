@@ -42,44 +42,26 @@ pub async fn write_batch(
     w.rejected = reject_unfit(tx, schema, &batch.job).await?;
     upsert_documents(tx, schema, &batch.job).await?;
     let pairs = find_reocr(tx, &batch.job).await?;
-    // Up to here the batch only read pages; the trigger switch's lock (which waits for,
-    // and holds off, other writers of pages) is taken before the first write of a page,
-    // and held only for the writes and the commit.
-    let switched = if schema.generation == Generation::G1 && batch.vectors.is_some() {
-        disable_vector_triggers(tx).await?
-    } else {
-        Vec::new()
-    };
-    w.replaced = replace_reocr(tx, &pairs).await? as i64;
-    (w.created, w.updated) = upsert_pages(tx, schema, &batch.job).await?;
-    if !switched.is_empty() {
-        restore_vector_triggers(tx, &switched).await?;
-    }
+    // Up to here the batch only read pages. In G1 with civicload's vectors the
+    // application's trigger is switched off around the page writes (install.sql,
+    // README "civic-observer"): its lock, which waits for and holds off other writers of
+    // pages, is taken inside the one call that writes them, and held to the commit.
+    let switch = schema.generation == Generation::G1 && batch.vectors.is_some();
+    let old: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
+    let new: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+    (w.replaced, w.created, w.updated) = sql::query_as(
+        "SELECT o_replaced, o_created, o_updated FROM observer_write_pages($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&batch.job.subdomain)
+    .bind(batch.job.document_type.as_str())
+    .bind(&old)
+    .bind(&new)
+    .bind(schema.generation == Generation::G1)
+    .bind(switch)
+    .bind(crate::target::GIN_CLEANER.load(std::sync::atomic::Ordering::Relaxed))
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(w)
-}
-
-/// The application's search-vector triggers on pages, switched off for this transaction:
-/// (name, mode) to restore. See install.sql and README ("civic-observer").
-async fn disable_vector_triggers(
-    tx: &mut PgConnection,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sql::query_as("SELECT name, mode FROM observer_disable_vector_triggers()")
-        .fetch_all(tx)
-        .await
-}
-
-async fn restore_vector_triggers(
-    tx: &mut PgConnection,
-    switched: &[(String, String)],
-) -> Result<(), sqlx::Error> {
-    let names: Vec<&str> = switched.iter().map(|s| s.0.as_str()).collect();
-    let modes: Vec<&str> = switched.iter().map(|s| s.1.as_str()).collect();
-    sql::query("SELECT observer_restore_vector_triggers($1, $2)")
-        .bind(&names)
-        .bind(&modes)
-        .execute(tx)
-        .await?;
-    Ok(())
 }
 
 async fn stage(
@@ -230,103 +212,14 @@ pub async fn replace_reocr(
     tx: &mut PgConnection,
     pairs: &[(String, String)],
 ) -> Result<u64, sqlx::Error> {
-    if pairs.is_empty() {
-        return Ok(0);
-    }
     let old: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
     let new: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
-    sql::query(
-        "WITH pairs AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(old_id, new_id)),
-         merged AS (
-            UPDATE notebooks_notebookentry n
-            SET note = CASE WHEN o.note = '' OR o.note = n.note THEN n.note
-                            WHEN n.note = '' THEN o.note
-                            ELSE n.note || E'\\n\\n' || o.note END,
-                modified = now()
-            FROM pairs pr JOIN notebooks_notebookentry o ON o.meeting_page_id = pr.old_id
-            WHERE n.meeting_page_id = pr.new_id AND n.notebook_id = o.notebook_id
-            RETURNING o.id AS old_entry
-         ), dropped AS (
-            DELETE FROM notebooks_notebookentry e USING merged m WHERE e.id = m.old_entry
-         )
-         UPDATE notebooks_notebookentry e SET meeting_page_id = pr.new_id, modified = now()
-         FROM pairs pr
-         WHERE e.meeting_page_id = pr.old_id AND e.id NOT IN (SELECT old_entry FROM merged)",
-    )
-    .bind(&old)
-    .bind(&new)
-    .execute(&mut *tx)
-    .await?;
-    let removed = sql::query("DELETE FROM meetings_meetingpage WHERE id = ANY($1)")
+    let removed: i64 = sql::query_scalar("SELECT observer_replace_reocr($1, $2)")
         .bind(&old)
-        .execute(&mut *tx)
-        .await?;
-    Ok(removed.rows_affected())
-}
-
-/// Upserts the staged pages by id; an unchanged page is not written. Returns (created,
-/// updated).
-async fn upsert_pages(
-    tx: &mut PgConnection,
-    schema: &ObserverSchema,
-    job: &JobKey,
-) -> Result<(i64, i64), sqlx::Error> {
-    let statement = match schema.generation {
-        // The vector is civicload's (stages::tsvector, exactly the application's
-        // expression), or for the few it leaves to the server, that expression itself.
-        Generation::G1 => {
-            "WITH written AS (
-                INSERT INTO meetings_meetingpage AS p
-                    (id, created, modified, document_id, page_number, text, page_image, search_vector)
-                SELECT s.source_id, coalesce(s.keep_created, now()), now(), d.id, s.page_number, s.text,
-                       coalesce(s.page_image, ''),
-                       coalesce(s.search_vector, to_tsvector('simple', unaccent(coalesce(s.text, ''))))
-                FROM civicload_stage s
-                JOIN municipalities_muni m ON m.subdomain = $1
-                JOIN meetings_meetingdocument d ON d.municipality_id = m.id AND d.document_type = $2
-                 AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
-                ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, page_image = EXCLUDED.page_image,
-                    search_vector = EXCLUDED.search_vector, modified = EXCLUDED.modified
-                WHERE (p.text, p.page_image, p.search_vector)
-                      IS DISTINCT FROM (EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.search_vector)
-                RETURNING (xmax = 0) AS created
-             )
-             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written"
-        }
-        Generation::G2 => {
-            "WITH written AS (
-                INSERT INTO meetings_meetingpage AS p
-                    (id, created, modified, document_id, page_number, text, page_image, municipality_id,
-                     municipality_subdomain, municipality_name, state, meeting_name, meeting_date, document_type)
-                SELECT s.source_id, coalesce(s.keep_created, now()), now(), d.id, s.page_number, s.text,
-                       coalesce(s.page_image, ''), m.id, m.subdomain, m.name, m.state, d.meeting_name,
-                       d.meeting_date, d.document_type
-                FROM civicload_stage s
-                JOIN municipalities_muni m ON m.subdomain = $1
-                JOIN meetings_meetingdocument d ON d.municipality_id = m.id AND d.document_type = $2
-                 AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
-                ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, page_image = EXCLUDED.page_image,
-                    municipality_id = EXCLUDED.municipality_id,
-                    municipality_subdomain = EXCLUDED.municipality_subdomain,
-                    municipality_name = EXCLUDED.municipality_name, state = EXCLUDED.state,
-                    meeting_name = EXCLUDED.meeting_name, meeting_date = EXCLUDED.meeting_date,
-                    document_type = EXCLUDED.document_type, modified = EXCLUDED.modified
-                WHERE (p.text, p.page_image, p.municipality_id, p.municipality_subdomain, p.municipality_name,
-                       p.state, p.meeting_name, p.meeting_date, p.document_type)
-                      IS DISTINCT FROM
-                      (EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.municipality_id, EXCLUDED.municipality_subdomain,
-                       EXCLUDED.municipality_name, EXCLUDED.state, EXCLUDED.meeting_name, EXCLUDED.meeting_date,
-                       EXCLUDED.document_type)
-                RETURNING (xmax = 0) AS created
-             )
-             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written"
-        }
-    };
-    sql::query_as(statement)
-        .bind(&job.subdomain)
-        .bind(job.document_type.as_str())
+        .bind(&new)
         .fetch_one(tx)
-        .await
+        .await?;
+    Ok(removed as u64)
 }
 
 const JOB_PAGES: &str = "meetings_meetingpage p
@@ -408,6 +301,18 @@ pub async fn delete_stale(
     ids: &[String],
 ) -> Result<StaleOutcome, sqlx::Error> {
     let kept = note_kept(pool, job, ids).await?;
+    let deleted = delete_unreferenced(pool, job, ids).await?;
+    Ok(StaleOutcome { deleted, kept })
+}
+
+/// Removes those of a job's pages `ids` that no notebook entry references (and documents
+/// left without pages), in one transaction; returns the pages removed. A page an entry
+/// references stays (the caller records it with `note_kept`).
+pub async fn delete_unreferenced(
+    pool: &PgPool,
+    job: &JobKey,
+    ids: &[String],
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let docs: Vec<String> = sql::query_scalar(
         "DELETE FROM meetings_meetingpage p USING meetings_meetingdocument d, municipalities_muni m
@@ -429,10 +334,7 @@ pub async fn delete_stale(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(StaleOutcome {
-        deleted: docs.len() as u64,
-        kept,
-    })
+    Ok(docs.len() as u64)
 }
 
 /// Every page kept for notebooks: (subdomain, document type, page id, entries).
@@ -454,6 +356,24 @@ pub async fn page_keys_through(
     job: &JobKey,
     cursor: &str,
 ) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    page_keys_where(pool, job, |id| id.as_bytes() <= cursor.as_bytes()).await
+}
+
+/// The `transform::page_key`s of a job's pages but those with an id in `except` (see
+/// `store::refresh::page_keys_except`).
+pub async fn page_keys_except(
+    pool: &PgPool,
+    job: &JobKey,
+    except: &std::collections::HashSet<&str>,
+) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
+    page_keys_where(pool, job, |id| !except.contains(id)).await
+}
+
+async fn page_keys_where(
+    pool: &PgPool,
+    job: &JobKey,
+    keep: impl Fn(&str) -> bool,
+) -> Result<std::collections::HashSet<u64>, sqlx::Error> {
     let statement = format!(
         "SELECT p.id::text, d.meeting_name::text, (d.meeting_date - date '1970-01-01'), p.page_number FROM {JOB_PAGES}"
     );
@@ -464,7 +384,7 @@ pub async fn page_keys_through(
         .await?;
     Ok(rows
         .iter()
-        .filter(|r| r.0.as_bytes() <= cursor.as_bytes())
+        .filter(|r| keep(&r.0))
         .map(|(_, meeting, date, page)| crate::transform::page_key(meeting, *date, *page))
         .collect())
 }

@@ -177,3 +177,24 @@ pub async fn explain_search(
     tx.rollback().await?;
     Ok(plan.0)
 }
+
+/// Merges the pending lists of the GIN indexes on `meetings_meetingpage` into their
+/// trees (`gin_clean_pending_list`, what VACUUM does; the index owner's right): returns
+/// the pending pages merged. Run beside a G1 load, so the merging is not done by a batch
+/// while it holds the trigger switch's lock.
+pub async fn clean_pending_lists(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The merge sorts what it reads in maintenance_work_mem: a whole list at once.
+    sql::query("SELECT set_config('maintenance_work_mem', '256MB', true)")
+        .execute(&mut *tx)
+        .await?;
+    let merged = sql::query_scalar(
+        "SELECT coalesce(sum(gin_clean_pending_list(i.indexrelid)), 0)::bigint
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+         WHERE i.indrelid = to_regclass('meetings_meetingpage') AND a.amname = 'gin' AND i.indisvalid",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(merged)
+}
