@@ -7,96 +7,28 @@ use std::sync::Arc;
 use anyhow::Context;
 use sqlx::PgPool;
 use stages::source::SourceClient;
-use stages::store::{self, jobs, leases::Lease, municipalities};
+use stages::store::jobs::{self, JobStatus};
+use stages::store::leases::{owner_id, Lease};
+use stages::store::municipalities;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
-use crate::backfill::{owner_id, Backfill};
+use crate::backfill::Backfill;
 use crate::cli::{
     check_template, BackfillArgs, Cli, Command, MunicipalitiesCommand, StatusArgs, TargetArg,
     VerifyArgs,
 };
-use crate::report;
+use crate::db::{connect, connect_target};
+pub use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE};
+use crate::ui::report::{self, Unfinished};
 use stages::target::{Generation, Target};
-
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_INCOMPLETE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-
-/// Logs go to stderr, as text or one JSON object per line; `RUST_LOG` overrides the
-/// default level.
-pub fn init_logging(format: crate::cli::LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = match format {
-        crate::cli::LogFormat::Text => builder.try_init(),
-        crate::cli::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-/// A failure that should exit with status 2.
-#[derive(Debug)]
-pub(crate) struct UsageError(pub(crate) String);
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}
 
 pub async fn run(cli: Cli) -> u8 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some()
-                || e.chain().any(|c| {
-                    c.downcast_ref::<stages::store::StoreError>()
-                        .is_some_and(|s| {
-                            matches!(
-                                s,
-                                stages::store::StoreError::BadUrl(_)
-                                    | stages::store::StoreError::Schema(
-                                        stages::store::observer::SchemaError::Mismatch(_)
-                                    )
-                            )
-                        })
-                });
-            error!("{e:#}");
-            if usage {
-                EXIT_USAGE
-            } else {
-                EXIT_INCOMPLETE
-            }
-        }
-    }
-}
-
-pub(crate) async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<PgPool> {
-    Ok(connect_target(cli, max_connections).await?.0)
-}
-
-/// Connects to the database of `--target` and says whose tables it holds: for
-/// civic-observer, after checking them (a mismatch is a usage error naming every column).
-pub(crate) async fn connect_target(
-    cli: &Cli,
-    max_connections: u32,
-) -> anyhow::Result<(PgPool, Target)> {
-    let options = store::connect_options(cli.database_url.as_deref())
-        .map_err(|e| UsageError(e.to_string()))?;
-    match cli.target {
-        TargetArg::Civicload => Ok((
-            store::connect(options, max_connections).await?,
-            Target::Civicload,
-        )),
-        TargetArg::CivicObserver => {
-            let (pool, schema) = store::connect_observer(options, max_connections).await?;
-            info!(generation = %schema.generation, "Writing civic-observer's tables.");
-            Ok((pool, Target::CivicObserver(schema)))
+            error!("{}", crate::ui::error::one_line(&e));
+            crate::exit::status_of(&e)
         }
     }
 }
@@ -189,7 +121,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
     // Never into civic-observer's tables: they are in service, and their indexes theirs.
     let load_mode = match target {
-        Target::Civicload => crate::maintain::decide_bulk(&pool, &args).await?,
+        Target::Civicload => crate::maintain::decide_bulk(&pool, args.bulk_request()).await?,
         Target::CivicObserver(_) => crate::maintain::LoadMode {
             bulk: false,
             initial: false,
@@ -201,61 +133,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         bulk: load_mode.is_bulk(),
         ..args
     };
-    // civicload computes search vectors itself once it has read this server's rules (a few
-    // seconds, in the background): see stages/src/tsvector.rs.
-    // A bulk load waits for them (a vector left to the server costs a second write of the
-    // row); other runs start at once and let PostgreSQL compute the first batches' vectors.
-    // civic-observer G2 has no vector columns; into G1 every batch waits for civicload's
-    // vectors, since a batch without them pays the application's trigger per page.
-    let vectors = if args.server_vectors || args.verify_only || generation == Some(Generation::G2) {
-        stages::fetch::SharedVectors::none()
-    } else {
-        let vectors = stages::fetch::SharedVectors::pending(args.bulk || generation.is_some());
-        let shared = vectors.clone();
-        // Planes 0 and 1 first (about a second: every script in common use, and the
-        // emoji); every assigned code point (several seconds of the server's CPU) only once
-        // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
-        // Bounded: batches wait for the rules in a bulk load, so a probe that hangs (its
-        // connection stalled) must not hold them; PostgreSQL computes the vectors then.
-        const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-        let probe_pool = pool.clone();
-        let probe = move |coverage| {
-            let pool = probe_pool.clone();
-            async move {
-                match tokio::time::timeout(
-                    PROBE_LIMIT,
-                    VectorBuilder::from_server_covering(&pool, coverage),
-                )
-                .await
-                {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!(
-                        "reading the rules took over {} s",
-                        PROBE_LIMIT.as_secs()
-                    )),
-                }
-            }
-        };
-        use stages::tsvector::{Coverage, VectorBuilder};
-        tokio::spawn(async move {
-            let common = match probe(Coverage::Common).await {
-                Ok(v) => Arc::new(v),
-                Err(e) => {
-                    warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
-                    shared.resolve(None);
-                    return;
-                }
-            };
-            shared.resolve(Some(common.clone()));
-            common.beyond_coverage().await;
-            info!("A page has a code point beyond U+1FFFF: reading the server's rules for every assigned code point.");
-            match probe(Coverage::Assigned).await {
-                Ok(v) => shared.resolve(Some(Arc::new(v))),
-                Err(e) => warn!("PostgreSQL computes the search vectors of texts with code points beyond U+1FFFF in this run ({e})."),
-            }
-        });
-        vectors
-    };
+    let vectors = read_vector_rules(&pool, &args, generation);
     let skip_fk_checks = args.bulk && fk_checks_skippable(&pool).await;
     let cancel = CancellationToken::new();
     let owner = owner_id();
@@ -280,10 +158,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         target: target.clone(),
         pulses: Default::default(),
     });
-    let ids = backfill
-        .plan()
-        .await
-        .map_err(|e| UsageError(format!("{e:#}")))?;
+    let ids = backfill.plan().await?;
     info!(jobs = ids.len(), owner = %backfill.owner, "Planned the backfill.");
     if target.observer().is_some() {
         stages::store::observer::municipalities::ensure_known(&pool).await?;
@@ -304,7 +179,7 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
 
     // Start to the last job's end; an ANALYZE still running then counts as preparation.
     let load_phase = started.elapsed() - (result.wall - result.loaded);
-    println!("{}", report::summary_table(&result.jobs, result.wall));
+    println!("{}", report::summary(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
     // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed
     // there; here only when the run stops early).
@@ -325,12 +200,84 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
             report::phases(&result.jobs, load_phase, started.elapsed())
         );
     }
-    let rows = jobs::list(&pool, Some(&ids)).await?;
-    let unfinished: Vec<_> = rows
+    end_of_run(&pool, &ids, result.interrupted).await
+}
+
+/// civicload computes search vectors itself once it has read this server's rules (a few
+/// seconds, in the background): see stages/src/tsvector.rs. A bulk load waits for them (a
+/// vector left to the server costs a second write of the row); other runs start at once
+/// and let PostgreSQL compute the first batches' vectors.
+/// civicload computes search vectors itself once it has read this server's rules (a few
+/// seconds, in the background): see stages/src/tsvector.rs. A bulk load waits for them (a
+/// vector left to the server costs a second write of the row); other runs start at once and
+/// let PostgreSQL compute the first batches' vectors. civic-observer's G2 has no vector
+/// columns; into G1 every batch waits for civicload's vectors, since a batch without them
+/// pays the application's trigger per page.
+fn read_vector_rules(
+    pool: &PgPool,
+    args: &BackfillArgs,
+    generation: Option<Generation>,
+) -> stages::fetch::SharedVectors {
+    use stages::tsvector::{Coverage, VectorBuilder};
+    // Bounded: batches wait for the rules in a bulk load, so a probe that hangs (its
+    // connection stalled) must not hold them; PostgreSQL computes the vectors then.
+    const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+    if args.server_vectors || args.verify_only || generation == Some(Generation::G2) {
+        return stages::fetch::SharedVectors::none();
+    }
+    let vectors = stages::fetch::SharedVectors::pending(args.bulk || generation.is_some());
+    let shared = vectors.clone();
+    let probe_pool = pool.clone();
+    let probe = move |coverage| {
+        let pool = probe_pool.clone();
+        async move {
+            match tokio::time::timeout(
+                PROBE_LIMIT,
+                VectorBuilder::from_server_covering(&pool, coverage),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "reading the rules took over {} s",
+                    PROBE_LIMIT.as_secs()
+                )),
+            }
+        }
+    };
+    // Planes 0 and 1 first (about a second: every script in common use, and the
+    // emoji); every assigned code point (several seconds of the server's CPU) only once
+    // a text has a rarer one. Such texts get their vectors from PostgreSQL meanwhile.
+    tokio::spawn(async move {
+        let common = match probe(Coverage::Common).await {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                warn!("PostgreSQL computes the search vectors in this run: civicload cannot reproduce this server's exactly ({e}).");
+                shared.resolve(None);
+                return;
+            }
+        };
+        shared.resolve(Some(common.clone()));
+        common.beyond_coverage().await;
+        info!("A page has a code point beyond U+1FFFF: reading the server's rules for every assigned code point.");
+        match probe(Coverage::Assigned).await {
+            Ok(v) => shared.resolve(Some(Arc::new(v))),
+            Err(e) => warn!("PostgreSQL computes the search vectors of texts with code points beyond U+1FFFF in this run ({e})."),
+        }
+    });
+    vectors
+}
+
+/// The last lines of a backfill and its exit status: what stopped it, or the jobs of this
+/// run (by any worker) that are not completed and verified.
+async fn end_of_run(pool: &PgPool, ids: &[i64], interrupted: bool) -> anyhow::Result<u8> {
+    let rows = jobs::list(pool, Some(ids)).await?;
+    let unfinished: Vec<Unfinished> = rows
         .iter()
-        .filter(|j| j.status != "completed" || j.verified_at.is_none())
+        .filter(|j| !j.completed_and_verified())
+        .map(Unfinished::from)
         .collect();
-    if result.interrupted {
+    if interrupted {
         println!("Stopped: in-flight batches were committed and unfinished jobs are paused. Run the same command again (or add --resume) to continue from their checkpoints.");
         return Ok(EXIT_INCOMPLETE);
     }
@@ -339,22 +286,9 @@ async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         Ok(EXIT_OK)
     } else {
         println!(
-            "{} of {} jobs are not completed and verified:",
-            unfinished.len(),
-            rows.len()
+            "{}",
+            report::unfinished(&unfinished, rows.len(), "completed and verified")
         );
-        for j in &unfinished {
-            println!(
-                "  {}/{}: {}{}",
-                j.subdomain,
-                j.document_type,
-                j.status,
-                j.last_error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            );
-        }
         println!("See `civicload status --incomplete`; rerun the same command to continue them.");
         Ok(EXIT_INCOMPLETE)
     }
@@ -430,9 +364,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
     let client = SourceClient::new(cli.source_config(args.http_timeout, args.max_retries, 1000))?;
     let (pool, target) = connect_target(cli, 4).await?;
     let ids =
-        crate::backfill::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into))
-            .await
-            .map_err(|e| UsageError(format!("{e:#}")))?;
+        crate::plan::plan_jobs(&pool, &args.subdomain, args.document_type.map(Into::into)).await?;
     let opts = crate::verify::VerifyOptions {
         deep: args.deep,
         repair: args.repair,
@@ -451,7 +383,12 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
             }
             Err(e) => {
                 all_verified = false;
-                println!("{}/{}: FAILED: {e:#}", row.subdomain, row.document_type);
+                println!(
+                    "{}/{}: FAILED: {}",
+                    row.subdomain,
+                    row.document_type,
+                    crate::ui::error::one_line(&e)
+                );
             }
         }
     }
@@ -482,8 +419,8 @@ async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let rows: Vec<_> = jobs::list(&pool, None)
         .await?
         .into_iter()
-        .filter(|j| !args.failed || j.status == "failed")
-        .filter(|j| !args.incomplete || j.status != "completed" || j.verified_at.is_none())
+        .filter(|j| !args.failed || j.status == JobStatus::Failed)
+        .filter(|j| !args.incomplete || !j.completed_and_verified())
         .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -15,18 +15,21 @@ use stages::archive::{Archive, ArchiveError, JobFiles, Manifest};
 use stages::load::{Load, LoadConfig, LoadObserver};
 use stages::replay::{FileCheckpoint, Reader};
 use stages::store::jobs::{self, Outcome};
+use stages::store::leases::owner_id;
 use stages::store::{self, municipalities};
 use stages::target::Target;
+use stages::JobKey;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect_target, UsageError, EXIT_INCOMPLETE, EXIT_OK};
-use crate::backfill::{owner_id, release_dead_local_leases};
+use crate::backfill::release_dead_local_leases;
 use crate::cli::{Cli, ReloadArgs, ReplayArgs, ReplayLoadArgs};
-use crate::progress::Progress;
-use crate::report::{self, JobResult};
+use crate::db::connect_target;
+use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::ui::progress::Progress;
+use crate::ui::report::{self, JobResult, Unfinished};
 
 /// Batches in flight between the reader and load of one job.
 const CHANNEL_CAPACITY: usize = 2;
@@ -83,7 +86,7 @@ pub async fn finish_run(
     .await;
     match result {
         Ok(url) => println!("Run manifest: {url}"),
-        Err(e) => warn!("Could not write the run manifest: {e:#}. The job manifests under the archive still list every spooled file; `civicload replay --from` reads those."),
+        Err(e) => warn!("Could not write the run manifest: {}. The job manifests under the archive still list every spooled file; `civicload replay --from` reads those.", crate::ui::error::one_line(&e)),
     }
 }
 
@@ -203,11 +206,12 @@ struct LoadOutcome {
 impl LoadOutcome {
     /// Prints the summary and returns the exit status.
     fn print(&self) -> u8 {
-        println!("{}", report::summary_table(&self.results, self.wall));
-        let bad: Vec<&JobResult> = self
+        println!("{}", report::summary(&self.results, self.wall));
+        let bad: Vec<Unfinished> = self
             .results
             .iter()
-            .filter(|r| r.status != "completed" || !r.verified)
+            .filter(|r| r.status != Outcome::Completed || !r.verified)
+            .map(Unfinished::from)
             .collect();
         if self.interrupted {
             println!("Stopped: files in flight were committed. Run the same command again to load the rest; loaded files are skipped.");
@@ -221,22 +225,9 @@ impl LoadOutcome {
             return EXIT_OK;
         }
         println!(
-            "{} of {} jobs are not loaded and verified:",
-            bad.len(),
-            self.results.len()
+            "{}",
+            report::unfinished(&bad, self.results.len(), "loaded and verified")
         );
-        for r in bad {
-            println!(
-                "  {}/{}: {}{}",
-                r.subdomain,
-                r.document_type,
-                r.status,
-                r.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            );
-        }
         println!("Fix or restore the files named above, then run the same command again: files already loaded are skipped.");
         EXIT_INCOMPLETE
     }
@@ -350,16 +341,14 @@ impl JobContext {
         let mut result = JobResult {
             subdomain: job.subdomain.clone(),
             document_type: job.document_type.clone(),
-            status: "failed".into(),
+            status: Outcome::Failed,
             ..JobResult::default()
         };
-        match self.load(job_id, &job, &mut result).await {
-            Ok(()) => {}
-            Err(e) => {
-                result.status = "failed".into();
-                result.error = Some(format!("{e:#}"));
-                warn!("{}/{}: {e:#}", job.subdomain, job.document_type);
-            }
+        if let Err(e) = self.load(job_id, &job, &mut result).await {
+            let e = crate::ui::error::one_line(&e);
+            warn!("{}/{}: {e}", job.subdomain, job.document_type);
+            result.status = Outcome::Failed;
+            result.error = Some(e);
         }
         result
     }
@@ -371,7 +360,7 @@ impl JobContext {
         result: &mut JobResult,
     ) -> anyhow::Result<()> {
         if self.cancel.is_cancelled() {
-            result.status = "paused".into();
+            result.status = Outcome::Paused;
             return Ok(());
         }
         let started = Instant::now();
@@ -412,12 +401,9 @@ impl JobContext {
             self.pool.clone(),
             LoadConfig {
                 owner: self.owner.clone(),
-                bulk: false,
-                retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
-                skip_fk_checks: false,
                 target: self.target.clone(),
-                watchdog: Default::default(),
+                ..LoadConfig::default()
             },
         )
         .with_checkpoint(Arc::new(FileCheckpoint {
@@ -432,12 +418,7 @@ impl JobContext {
         let mut problems: Vec<String> = read.failures.iter().map(|e| e.to_string()).collect();
         let outcome = match &load_result {
             Ok(load) => {
-                result.fetched = load.totals.fetched;
-                result.created = load.totals.created;
-                result.updated = load.totals.updated;
-                result.unchanged = load.totals.unchanged;
-                result.rejected = load.totals.rejected;
-                result.load_time = load.load_time;
+                result.absorb(load);
                 result.fetch_time = read.read_time;
                 if read.cancelled {
                     Outcome::Paused
@@ -458,55 +439,90 @@ impl JobContext {
         jobs::release(&self.pool, job_id, &self.owner, outcome, error.as_deref()).await?;
         result.seconds = started.elapsed().as_secs_f64();
         result.error = error.clone();
-        result.status = match outcome {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Paused => "paused",
-        }
-        .into();
+        result.status = outcome;
 
         if outcome != Outcome::Paused {
-            let verify_started = Instant::now();
-            let doc = key.document_type;
-            let expected = job.expected_rows() as i64;
-            let held = self.target.count_pages(&self.pool, &key).await?;
-            let actual = held.stored - held.kept
-                + jobs::count_rejects(&self.pool, key.municipality_id, doc).await?;
-            let verified = actual == expected && error.is_none();
-            let failed_reason = if actual < expected {
-                Some(format!(
-                    "{} pages + rejects stored, the archive's manifest lists {expected}: {} missing{}",
-                    actual,
-                    expected - actual,
-                    error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
-                ))
-            } else {
-                error.clone()
-            };
-            jobs::record_verification(
-                &self.pool,
-                job_id,
-                Some((expected, "spool manifest")),
-                actual,
-                verified,
-                failed_reason.as_deref(),
-            )
-            .await?;
-            result.verified = verified;
-            result.verification = if verified {
-                format!("verified: {actual} pages + rejects = the manifest's {expected}")
-            } else if actual > expected {
-                format!("{actual} pages + rejects stored, {} more than the manifest's {expected} (pages loaded from elsewhere, or deleted at the source since)", actual - expected)
-            } else {
-                format!("{actual} pages + rejects stored, the manifest lists {expected}")
-            };
-            if failed_reason.is_some() {
-                result.status = "failed".into();
-            }
-            result.verify_time = verify_started.elapsed();
+            self.verify(job_id, &key, job, error.as_deref(), result)
+                .await?;
         }
         self.progress.job_finished(&key, &result.one_line());
         Ok(())
+    }
+
+    /// Holds the job's pages and rejects against its manifest's count and records the
+    /// verdict (a shortfall fails the job).
+    async fn verify(
+        &self,
+        job_id: i64,
+        key: &JobKey,
+        job: &JobFiles,
+        error: Option<&str>,
+        result: &mut JobResult,
+    ) -> anyhow::Result<()> {
+        let verify_started = Instant::now();
+        let doc = key.document_type;
+        let expected = job.expected_rows() as i64;
+        let held = self.target.count_pages(&self.pool, key).await?;
+        let actual = held.stored - held.kept
+            + jobs::count_rejects(&self.pool, key.municipality_id, doc).await?;
+        let verdict = ManifestVerdict::judge(expected, actual, error);
+        jobs::record_verification(
+            &self.pool,
+            job_id,
+            Some((expected, "spool manifest")),
+            actual,
+            verdict.verified,
+            verdict.failed_reason.as_deref(),
+        )
+        .await?;
+        result.verified = verdict.verified;
+        result.verification = verdict.verification;
+        if verdict.failed_reason.is_some() {
+            result.status = Outcome::Failed;
+        }
+        result.verify_time = verify_started.elapsed();
+
+        Ok(())
+    }
+}
+
+/// A replayed job's pages and rejects held against the count its manifest lists.
+#[derive(Debug, PartialEq, Eq)]
+struct ManifestVerdict {
+    verified: bool,
+    /// Why the job failed: pages missing, or the load's own error.
+    failed_reason: Option<String>,
+    /// The line for the report.
+    verification: String,
+}
+
+impl ManifestVerdict {
+    /// Verified when exactly the manifest's rows are held and the load had no error; failed
+    /// when rows are missing or the load failed. More rows than listed is neither: pages
+    /// loaded from elsewhere, or deleted at the source since.
+    fn judge(expected: i64, actual: i64, error: Option<&str>) -> ManifestVerdict {
+        let verified = actual == expected && error.is_none();
+        let failed_reason = if actual < expected {
+            Some(format!(
+                "{actual} pages + rejects stored, the archive's manifest lists {expected}: {} missing{}",
+                expected - actual,
+                error.map(|e| format!(" ({e})")).unwrap_or_default()
+            ))
+        } else {
+            error.map(str::to_string)
+        };
+        let verification = if verified {
+            format!("verified: {actual} pages + rejects = the manifest's {expected}")
+        } else if actual > expected {
+            format!("{actual} pages + rejects stored, {} more than the manifest's {expected} (pages loaded from elsewhere, or deleted at the source since)", actual - expected)
+        } else {
+            format!("{actual} pages + rejects stored, the manifest lists {expected}")
+        };
+        ManifestVerdict {
+            verified,
+            failed_reason,
+            verification,
+        }
     }
 }
 
@@ -522,5 +538,46 @@ async fn heartbeat(pool: PgPool, owner: String, lease: Duration, stop: Cancellat
             }
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ManifestVerdict;
+
+    #[test]
+    fn exactly_the_manifests_rows_without_an_error_is_verified() {
+        let v = ManifestVerdict::judge(1_200, 1_200, None);
+        assert!(v.verified);
+        assert_eq!(v.failed_reason, None);
+        assert_eq!(
+            v.verification,
+            "verified: 1200 pages + rejects = the manifest's 1200"
+        );
+    }
+
+    #[test]
+    fn missing_rows_fail_the_job_and_name_the_files_error() {
+        let v = ManifestVerdict::judge(1_200, 1_000, Some("a.parquet: checksum mismatch"));
+        assert!(!v.verified);
+        assert_eq!(
+            v.failed_reason.as_deref(),
+            Some("1000 pages + rejects stored, the archive's manifest lists 1200: 200 missing (a.parquet: checksum mismatch)")
+        );
+    }
+
+    #[test]
+    fn all_rows_but_a_load_error_fails_with_that_error() {
+        let v = ManifestVerdict::judge(1_200, 1_200, Some("a.parquet: unreadable"));
+        assert!(!v.verified);
+        assert_eq!(v.failed_reason.as_deref(), Some("a.parquet: unreadable"));
+    }
+
+    #[test]
+    fn more_rows_than_listed_is_unverified_but_not_failed() {
+        let v = ManifestVerdict::judge(1_200, 1_250, None);
+        assert!(!v.verified);
+        assert_eq!(v.failed_reason, None);
+        assert!(v.verification.contains("50 more than the manifest's 1200"));
     }
 }

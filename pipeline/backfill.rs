@@ -7,22 +7,21 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sqlx::PgPool;
 use stages::fetch::{Fetch, Transform};
-use stages::load::{Load, LoadConfig, LoadObserver, LoadReport};
+use stages::load::{Load, LoadConfig, LoadObserver};
 use stages::reconcile::{reconcile, Verdict};
 use stages::source::SourceClient;
 use stages::store::jobs::{self, ClaimOrder, JobRow, Outcome};
-use stages::store::{is_transient_sql, municipalities, retry_transient, DB_RETRY_FOR};
+use stages::store::{is_transient_sql, retry_transient, DB_RETRY_FOR};
 use stages::watchdog::{Pulse, Waiting, Watchdog};
-use stages::{DocumentType, JobKey};
+use stages::JobKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cli::BackfillArgs;
-use crate::progress::Progress;
-use crate::report::JobResult;
-use stages::store::sql::{self, autocommit};
+use crate::ui::progress::Progress;
+use crate::ui::report::JobResult;
 
 /// Jobs of at most this many pages (two source requests) are small: see `ClaimOrder`.
 const SMALL_JOB_PAGES: i64 = 2_000;
@@ -103,7 +102,7 @@ pub struct RunResult {
 impl Backfill {
     /// Registers and lists the requested jobs.
     pub async fn plan(&self) -> anyhow::Result<Vec<i64>> {
-        plan_jobs(
+        crate::plan::plan_jobs(
             &self.pool,
             &self.args.subdomain,
             self.args.document_type.map(Into::into),
@@ -133,7 +132,10 @@ impl Backfill {
         }
 
         let planned = jobs::list(&self.pool, Some(&ids)).await?;
-        let todo = planned.iter().filter(|j| j.status != "completed").count() as u64;
+        let todo = planned
+            .iter()
+            .filter(|j| j.status != jobs::JobStatus::Completed)
+            .count() as u64;
         let expected = jobs::expected_remaining(&self.pool, &ids)
             .await?
             .map(|n| n as u64);
@@ -202,7 +204,7 @@ impl Backfill {
             if results.is_empty() {
                 return Err(e);
             }
-            warn!("A worker stopped early: {e:#}");
+            warn!("A worker stopped early: {}", crate::ui::error::one_line(&e));
         }
         Ok(RunResult {
             jobs: results,
@@ -336,11 +338,11 @@ impl Backfill {
             LoadConfig {
                 owner: self.owner.clone(),
                 bulk: self.args.bulk,
-                retry_for: stages::store::DB_RETRY_FOR,
                 insert_first,
                 skip_fk_checks: self.skip_fk_checks,
                 target: self.target.clone(),
                 watchdog: self.watchdog(),
+                ..LoadConfig::default()
             },
         )
         .with_pulse(pulse.clone());
@@ -470,53 +472,11 @@ impl Backfill {
                 warn!(job = %job, error = %e, "Could not record the job's end; its lease will expire and it can be resumed.")
             }
         }
-        result.status = match outcome {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Paused => "paused",
-        }
-        .into();
+        result.status = outcome;
         result.error = error;
         progress.job_finished(job, &result.one_line());
         result
     }
-}
-
-/// Registers the jobs for these municipalities (`all` = every synced one) and document
-/// types, returning their ids.
-pub async fn plan_jobs(
-    pool: &PgPool,
-    subdomains: &[String],
-    document_type: Option<DocumentType>,
-) -> anyhow::Result<Vec<i64>> {
-    let doc_types: Vec<DocumentType> = match document_type {
-        Some(d) => vec![d],
-        None => DocumentType::ALL.to_vec(),
-    };
-    let mut municipality_ids = Vec::new();
-    if subdomains.iter().any(|s| s == "all") {
-        let all = municipalities::all(pool).await?;
-        if all.is_empty() {
-            anyhow::bail!("`--subdomain all` found no municipalities: load the list first with `civicload municipalities sync --from <sites URL or file>`");
-        }
-        municipality_ids.extend(all.iter().map(|m| m.id));
-    }
-    for sub in subdomains.iter().filter(|s| s.as_str() != "all") {
-        let sub = sub.trim().to_ascii_lowercase();
-        if sub.is_empty() || sub.contains('/') || sub.contains(char::is_whitespace) {
-            anyhow::bail!(
-                "{sub:?} is not a municipality subdomain (expected something like oakland.ca)"
-            );
-        }
-        municipality_ids.push(municipalities::ensure(pool, &sub).await?);
-    }
-    municipality_ids.sort_unstable();
-    municipality_ids.dedup();
-    let wanted: Vec<(i64, DocumentType)> = municipality_ids
-        .iter()
-        .flat_map(|&m| doc_types.iter().map(move |&d| (m, d)))
-        .collect();
-    Ok(jobs::ensure_many(pool, &wanted).await?)
 }
 
 /// The share of a bulk load's expected pages after which `meeting_pages` is analyzed.
@@ -610,40 +570,16 @@ async fn warn_of_stalls(run: Arc<Backfill>, stop: CancellationToken) {
     }
 }
 
-/// A lease owner id: host, process id and a random part.
-pub fn owner_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!(
-        "{host}/{}/{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
-
 /// Clears leases held by processes of this machine that no longer exist (a `kill -9`),
 /// so a resume on the same machine does not wait for the lease to expire.
 pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> anyhow::Result<u64> {
-    let me = owner_id();
-    let host = me.split('/').next().unwrap_or_default().to_string();
     let mut released = 0;
     for row in jobs::list(pool, Some(ids)).await? {
         let Some(owner) = row.lease_owner.as_deref() else {
             continue;
         };
-        let mut parts = owner.split('/');
-        let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if h == host && !alive {
-            let r = sql::query("UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
-                .bind(row.id)
-                .bind(owner)
-                .execute(autocommit(pool))
-                .await?;
-            released += r.rows_affected();
+        if stages::store::leases::is_dead_local_process(owner) {
+            released += jobs::clear_lease(pool, row.id, owner).await?;
         }
     }
     Ok(released)
@@ -675,17 +611,6 @@ where
     let on_retry =
         |attempt, e: &sqlx::Error| warn!(attempt, error = %e, "Database unavailable; retrying.");
     Ok(retry_transient(DB_RETRY_FOR, is_transient_sql, on_retry, f).await?)
-}
-
-impl JobResult {
-    fn absorb(&mut self, load: &LoadReport) {
-        self.fetched = load.totals.fetched;
-        self.created = load.totals.created;
-        self.updated = load.totals.updated;
-        self.unchanged = load.totals.unchanged;
-        self.rejected = load.totals.rejected;
-        self.load_time = load.load_time;
-    }
 }
 
 /// When this process started: jobs completed after it by other processes belong to the

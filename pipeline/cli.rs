@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use stages::source::SourceConfig;
 use stages::{DocumentType, Secret};
 
-pub const DEFAULT_SOURCE_TEMPLATE: &str = "https://{subdomain}.civic.band/meetings/{table}.json";
+use crate::ui::log::LogFormat;
+
+pub const DEFAULT_SOURCE_TEMPLATE: &str = stages::source::DEFAULT_TEMPLATE;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,8 +38,9 @@ pub struct Cli {
     #[arg(long, env = "CIVICLOAD_SPOOL", global = true)]
     pub spool: Option<String>,
 
-    /// Log lines as text, or as one JSON object per line (structured logs).
-    #[arg(long, env = "CIVICLOAD_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log lines on stderr as text (colour only on a terminal, and never with NO_COLOR)
+    /// or as one JSON object per line.
+    #[arg(long, value_enum, env = "CIVICLOAD_LOG_FORMAT", global = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Whose tables every command reads and writes: civicload's own schema, or
     /// civic-observer's Django tables (civicload's bookkeeping then lives in schema `civicload`).
@@ -46,12 +49,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,6 +329,22 @@ pub struct StatusArgs {
     /// Only jobs that are not completed and verified.
     #[arg(long)]
     pub incomplete: bool,
+}
+
+impl BackfillArgs {
+    /// `--verify-only`, `--no-bulk` and `--bulk` as the load-mode decision reads them.
+    pub fn bulk_request(&self) -> crate::maintain::BulkRequest {
+        use crate::maintain::BulkRequest;
+        if self.verify_only {
+            BulkRequest::VerifyOnly
+        } else if self.no_bulk {
+            BulkRequest::Never
+        } else if self.bulk {
+            BulkRequest::Always
+        } else {
+            BulkRequest::Auto
+        }
+    }
 }
 
 impl Cli {

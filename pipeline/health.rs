@@ -552,7 +552,7 @@ pub async fn observer_command(
         }
         _ => unreachable!("only the upkeep commands come here"),
     }
-    Ok(crate::app::EXIT_OK)
+    Ok(crate::exit::EXIT_OK)
 }
 
 /// civic-observer's tables and search indexes, with verdicts.

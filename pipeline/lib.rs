@@ -1,17 +1,19 @@
 //! civicload's orchestration: the command line, job planning and leases, wiring the stages,
-//! progress and reports. SQL and HTTP details live in the `stages` crate.
+//! and (in `ui`) progress, reports and logs. SQL and HTTP details live in the `stages` crate.
 
 pub mod app;
 pub mod archive;
 pub mod backfill;
 pub mod cli;
+pub mod db;
+pub mod exit;
 pub mod health;
 pub mod maintain;
-pub mod progress;
+pub mod plan;
 pub mod refresh;
-pub mod report;
 pub mod search_bench;
 pub mod serve;
 pub mod shutdown;
+pub mod ui;
 pub mod vectorize;
 pub mod verify;

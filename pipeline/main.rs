@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     civicload::backfill::process_started();
     let cli = civicload::cli::Cli::parse();
-    civicload::app::init_logging(cli.log_format);
+    civicload::ui::log::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -28,7 +28,6 @@ use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
-use crate::cli::BackfillArgs;
 use crate::vectorize::{bytes, Vectorize, VectorizeArgs};
 
 /// Below this many pages a backfill loads in bulk mode by itself: the table is (nearly)
@@ -84,14 +83,13 @@ pub struct Step {
     pub detail: String,
 }
 
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:<44} {:>7.1} s  {}",
-            self.step, self.seconds, self.detail
-        )
-    }
+/// Steps as aligned columns (`ui::report::steps`).
+fn render_steps<'a>(steps: impl IntoIterator<Item = &'a Step>) -> String {
+    crate::ui::report::steps(
+        steps
+            .into_iter()
+            .map(|s| (s.step.as_str(), s.seconds, s.detail.as_str())),
+    )
 }
 
 /// A dedicated session for maintenance: its settings must not leak into pooled
@@ -115,7 +113,7 @@ pub async fn maintain(pool: &PgPool, plan: &MaintainPlan) -> anyhow::Result<Vec<
     // CREATE INDEX CONCURRENTLY on one table can deadlock (each waits for the other's
     // snapshot or lock). The later run then finds the work done.
     let t = Instant::now();
-    let owner = crate::backfill::owner_id();
+    let owner = stages::store::leases::owner_id();
     let lease = Lease::acquire(pool, MAINTAIN_LEASE, &owner)
         .await
         .context("waiting for another civicload maintenance run to finish")?;
@@ -270,9 +268,7 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
     };
     let started = Instant::now();
     let steps = maintain(pool, &plan).await?;
-    for s in &steps {
-        println!("{s}");
-    }
+    println!("{}", render_steps(&steps));
     println!(
         "Maintenance done in {:.1} s. `civicload health` shows the result.",
         started.elapsed().as_secs_f64()
@@ -304,6 +300,19 @@ impl LoadMode {
     }
 }
 
+/// What the command line asks of the load mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkRequest {
+    /// `--verify-only`: nothing is written, nothing is decided.
+    VerifyOnly,
+    /// `--no-bulk`.
+    Never,
+    /// `--bulk`.
+    Always,
+    /// Neither: decided from the table (see [`decide_bulk`]).
+    Auto,
+}
+
 /// Decides the load mode. Bulk: never with `--no-bulk` (or `--verify-only`); always with
 /// `--bulk`; otherwise when `meeting_pages` holds fewer than [`BULK_THRESHOLD`] pages (an
 /// initial load), or when the page search index is missing (a bulk load that has not
@@ -312,8 +321,8 @@ impl LoadMode {
 /// Into a nearly empty table the search indexes are dropped in any case: maintained row
 /// by row with fastupdate off they would slow every write ~10x, and rebuilding them over
 /// a few thousand pages costs nothing.
-pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<LoadMode> {
-    if args.verify_only {
+pub async fn decide_bulk(pool: &PgPool, request: BulkRequest) -> anyhow::Result<LoadMode> {
+    if request == BulkRequest::VerifyOnly {
         return Ok(LoadMode {
             bulk: false,
             initial: false,
@@ -328,10 +337,14 @@ pub async fn decide_bulk(pool: &PgPool, args: &BackfillArgs) -> anyhow::Result<L
     let index_missing = search::index_state(pool, SEARCH_INDEXES[0].name)
         .await?
         .is_none_or(|s| !s.valid);
-    let bulk = !args.no_bulk && (args.bulk || initial || index_missing);
-    let why = if args.no_bulk {
+    let bulk = match request {
+        BulkRequest::VerifyOnly | BulkRequest::Never => false,
+        BulkRequest::Always => true,
+        BulkRequest::Auto => initial || index_missing,
+    };
+    let why = if request == BulkRequest::Never {
         "--no-bulk"
-    } else if args.bulk {
+    } else if request == BulkRequest::Always {
         "--bulk"
     } else if initial {
         "meeting_pages is nearly empty"
@@ -393,7 +406,12 @@ async fn finish_load(
         println!("{}", vectorized.describe());
     }
     let table_rows = maintenance::counts(pool).await?.pages_estimated;
-    let plan = after_load_plan(mode, vectorized.pages_updated(), table_rows);
+    let plan = after_load_plan(
+        mode,
+        vectorized.pages_updated(),
+        table_rows,
+        maintenance_work_mem_from_env(),
+    );
     // The references a bulk load did not check row by row, checked at once beside the
     // index build (which uses one core).
     let references = async {
@@ -413,9 +431,7 @@ async fn finish_load(
             "stopped while preparing the database for search: the pages and vectors are in; run `civicload maintain` to finish"
         ),
     };
-    for s in steps.iter().chain(&references) {
-        println!("{s}");
-    }
+    println!("{}", render_steps(steps.iter().chain(&references)));
     let sizes = maintenance::rel_sizes(pool, "meeting_pages").await?;
     println!(
         "Search ready in {:.1} s: meeting_pages heap {}, with TOAST {}, indexes {}, total {}.",
@@ -466,14 +482,15 @@ async fn check_references(pool: &PgPool) -> anyhow::Result<Step> {
 /// yet; CONCURRENTLY otherwise) and VACUUM (ANALYZE) of everything (so does an initial
 /// load in trigger mode); an ordinary run only builds what is missing, concurrently, and
 /// leaves vacuuming to autovacuum unless it had vectors to build.
-fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
+fn after_load_plan(
+    mode: LoadMode,
+    rewritten: u64,
+    table_rows: i64,
+    maintenance_work_mem: String,
+) -> MaintainPlan {
     // Vectorize rewrote most rows: each btree of the table holds a second entry for them.
     // (A table never analyzed estimates no rows: a fresh bulk load, so rebuild.)
     let churned = rewritten > 0 && rewritten >= table_rows.max(0) as u64 / 2;
-    let maintenance_work_mem = std::env::var("CIVICLOAD_MAINTENANCE_WORK_MEM")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string());
     MaintainPlan {
         build: if mode.initial {
             BuildMode::Blocking
@@ -495,6 +512,15 @@ fn after_load_plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainP
         },
         maintenance_work_mem,
     }
+}
+
+/// `maintain --maintenance-work-mem` for the steps after a backfill, which has no such
+/// flag: the same environment variable, or the default.
+fn maintenance_work_mem_from_env() -> String {
+    std::env::var("CIVICLOAD_MAINTENANCE_WORK_MEM")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_MAINTENANCE_WORK_MEM.to_string())
 }
 
 /// `civicload vectorize`.
@@ -523,4 +549,86 @@ pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Resul
         }
     }
     Ok(!report.interrupted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(bulk: bool, initial: bool, pages_analyzed: bool) -> LoadMode {
+        LoadMode {
+            bulk,
+            initial,
+            pages_analyzed,
+        }
+    }
+
+    fn plan(mode: LoadMode, rewritten: u64, table_rows: i64) -> MaintainPlan {
+        after_load_plan(mode, rewritten, table_rows, "64MB".into())
+    }
+
+    #[test]
+    fn an_initial_bulk_load_builds_blocking_rebuilds_churned_btrees_and_vacuums_all() {
+        // Vectorize wrote every page of a table never analyzed (it estimates no rows).
+        let p = plan(mode(true, true, false), 200_000, 0);
+        assert_eq!(p.build, BuildMode::Blocking);
+        assert_eq!(p.reindex, Reindex::PagesBtrees);
+        assert!(p.vacuum && p.analyze_pages);
+        assert_eq!(p.vacuum_toast, Toast::Included);
+        assert_eq!(p.maintenance_work_mem, "64MB");
+    }
+
+    #[test]
+    fn a_bulk_load_whose_vectors_civicload_wrote_skips_the_new_toast_and_the_analyze_done() {
+        let p = plan(mode(true, true, true), 0, 200_000);
+        assert_eq!(p.build, BuildMode::Blocking);
+        assert_eq!(p.reindex, Reindex::None);
+        assert!(p.vacuum);
+        assert!(
+            !p.analyze_pages,
+            "analyzed during the load, nothing rewritten since"
+        );
+        assert_eq!(p.vacuum_toast, Toast::Skipped);
+    }
+
+    #[test]
+    fn a_bulk_load_into_a_served_table_builds_concurrently_and_reindexes_only_when_churned() {
+        let few = plan(mode(true, false, true), 1_000, 1_000_000);
+        assert_eq!(few.build, BuildMode::Concurrently);
+        assert_eq!(
+            few.reindex,
+            Reindex::None,
+            "a few rewritten rows: no rebuild"
+        );
+        assert!(
+            few.analyze_pages,
+            "vectorize rewrote pages after the analyze"
+        );
+        assert_eq!(few.vacuum_toast, Toast::Included);
+        let most = plan(mode(true, false, false), 600_000, 1_000_000);
+        assert_eq!(most.reindex, Reindex::PagesBtrees);
+    }
+
+    #[test]
+    fn an_ordinary_run_only_builds_what_is_missing_and_leaves_vacuum_to_autovacuum() {
+        let p = plan(mode(false, false, false), 0, 1_000_000);
+        assert_eq!(p.build, BuildMode::Concurrently);
+        assert_eq!(p.reindex, Reindex::None);
+        assert!(!p.vacuum);
+        let with_vectors = plan(mode(false, false, false), 10, 1_000_000);
+        assert!(with_vectors.vacuum, "it rewrote rows: vacuum them");
+        assert_eq!(
+            with_vectors.reindex,
+            Reindex::None,
+            "never outside bulk mode"
+        );
+    }
+
+    #[test]
+    fn an_initial_load_in_trigger_mode_builds_blocking_and_vacuums() {
+        let p = plan(mode(false, true, false), 0, 5_000);
+        assert_eq!(p.build, BuildMode::Blocking);
+        assert!(p.vacuum && p.analyze_pages);
+        assert_eq!(p.vacuum_toast, Toast::Included);
+    }
 }

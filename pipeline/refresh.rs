@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::{connect, UsageError, EXIT_INCOMPLETE, EXIT_OK};
+use crate::db::connect;
+use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
 use crate::cli::{check_template, Cli, RefreshArgs};
 
 /// What one refresh of one job ended with.
@@ -201,7 +202,7 @@ pub async fn plan(
             None => info!("No --sites given: --changed-only compares with the municipality list as last synced or updated by webhooks."),
         }
     }
-    let ids = crate::backfill::plan_jobs(pool, subdomains, document_type)
+    let ids = crate::plan::plan_jobs(pool, subdomains, document_type)
         .await
         .map_err(|e| UsageError(format!("{e:#}")))?;
     if !changed_only {
@@ -249,7 +250,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
         );
     }
     let cancel = CancellationToken::new();
-    let owner = crate::backfill::owner_id();
+    let owner = stages::store::leases::owner_id();
     let signals = crate::shutdown::on_signal(
         cancel.clone(),
         "no new refresh batches",

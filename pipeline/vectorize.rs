@@ -13,20 +13,18 @@
 //! been written by the load itself (measured in the report: heap and total sizes before
 //! and after).
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use futures::TryStreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use stages::store::maintenance::{self, RelSizes};
 use stages::store::search::{self, SearchError, VectorTarget};
-use stages::store::sql::{self, autocommit};
 use stages::store::{retry_transient, DB_RETRY_FOR};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
@@ -276,7 +274,9 @@ impl Vectorize {
         // Chunks between VACUUMs, relative to the table so the bloat bound is a fraction.
         // Batches are small enough that a chunk is many of them on every connection: what
         // sits in flight when a chunk ends is what its VACUUM cannot reclaim yet.
-        let table_rows = estimated_rows(pool, target.table()).await?.max(missing) as u64;
+        let table_rows = maintenance::estimated_rows(pool, target.table())
+            .await?
+            .max(missing) as u64;
         let (chunk, batch) = match self.args.vacuum_every_percent {
             0 => (u64::MAX, u64::from(self.args.batch_size)),
             p => {
@@ -433,15 +433,6 @@ async fn update_with_retries(
     Ok(retry_transient(DB_RETRY_FOR, SearchError::is_transient, on_retry, batch).await?)
 }
 
-async fn estimated_rows(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
-    let est: Option<f32> =
-        sql::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
-            .bind(table)
-            .fetch_one(autocommit(pool))
-            .await?;
-    Ok(est.map(|e| e.max(0.0) as i64).unwrap_or(0))
-}
-
 /// A bar on a terminal, a log line every 10 s otherwise.
 struct VectorizeProgress {
     bar: Option<ProgressBar>,
@@ -454,17 +445,17 @@ struct VectorizeProgress {
 
 impl VectorizeProgress {
     fn new(target: VectorTarget, total: u64) -> Arc<Self> {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        let bar = (std::io::stderr().is_terminal() && !ci).then(|| {
-            let bar =
-                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4))
-                    .with_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta} {msg}",
-                    )
-                    .expect("static template")
-                    .progress_chars("=> "),
-                );
+        let bar = crate::ui::term::stderr_is_interactive().then(|| {
+            // In a MultiProgress only so that log lines are drawn above it (`ui::log`).
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+            crate::ui::log::set_bars(Some(multi.clone()));
+            let bar = multi.add(ProgressBar::new(total)).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
             bar.set_prefix(target.noun());
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
@@ -515,6 +506,7 @@ impl VectorizeProgress {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            crate::ui::log::set_bars(None);
         }
     }
 }

@@ -143,7 +143,7 @@ async fn repair_observer(
     } else {
         Outcome::Failed
     };
-    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let error = result.as_ref().err().map(crate::ui::error::one_line);
     jobs::release(pool, row.id, owner, outcome, error.as_deref()).await?;
     result
 }
@@ -163,13 +163,8 @@ async fn repair_held(
         let load = Load::new(
             pool.clone(),
             LoadConfig {
-                owner: String::new(),
-                bulk: false,
-                retry_for: stages::store::DB_RETRY_FOR,
-                insert_first: false,
-                skip_fk_checks: false,
                 target: target.clone(),
-                watchdog: Default::default(),
+                ..LoadConfig::default()
             },
         );
         let mut builder = PageBuilder::new();

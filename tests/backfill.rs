@@ -248,6 +248,79 @@ fn usage_errors_exit_2() {
     assert!(text(&out).contains("{subdomain}"), "{}", text(&out));
 }
 
+/// A database that fails while the jobs are planned is not a usage error: exit 1, with
+/// the database's own message once, and no ANSI colour codes in a log that is not a
+/// terminal. A subdomain that is not one stays a usage error (exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_failure_while_planning_exits_1_and_a_bad_subdomain_2() {
+    let db = TestDb::new("planfail");
+    let template = "http://127.0.0.1:9/{subdomain}/{table}.json";
+    assert!(civicload(&db, Some(template), &["migrate"])
+        .status
+        .success());
+    let bad = civicload(&db, Some(template), &["backfill", "--subdomain", "a b.ca"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("is not a municipality subdomain"),
+        "{}",
+        text(&bad)
+    );
+
+    let mut conn = db.connect().await;
+    sqlx::query("ALTER TABLE backfill_jobs RENAME TO backfill_jobs_gone")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for command in [
+        &["backfill", "--subdomain", "a.ca", "--server-vectors"][..],
+        &["verify", "--subdomain", "a.ca"][..],
+    ] {
+        let out = civicload(&db, Some(template), command);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {all}");
+        assert_eq!(
+            all.matches("relation \"backfill_jobs\" does not exist")
+                .count(),
+            1,
+            "{command:?}: {all}"
+        );
+        assert!(!all.contains('\u{1b}'), "ANSI codes in a pipe: {all}");
+    }
+}
+
+/// `--log-format json`: every line on stderr is one JSON object; the connection error is in
+/// one of them, its cause once.
+#[test]
+fn logs_are_json_objects_with_log_format_json() {
+    let out = civicload_command_at(
+        "postgres://127.0.0.1:1/nothing",
+        None,
+        &["--log-format", "json", "status"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot connect to PostgreSQL"),
+        "{message}"
+    );
+    assert_eq!(
+        message.matches("Connection refused").count(),
+        1,
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sites_table_plans_every_municipality_biggest_first() {
     init();

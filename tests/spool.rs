@@ -8,6 +8,8 @@
 // Tests talk to PostgreSQL directly with sqlx (clippy.toml steers the program to stages::store::sql).
 #![allow(clippy::disallowed_methods)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -62,22 +64,22 @@ fn psql(db: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-/// A database of its own, dropped at the end.
-struct TestDb {
-    name: String,
+/// A database of its own (tests/support: dropped at the end), read through psql.
+struct TestDb(support::TestDb);
+
+impl std::ops::Deref for TestDb {
+    type Target = support::TestDb;
+    fn deref(&self) -> &support::TestDb {
+        &self.0
+    }
 }
 
 impl TestDb {
     fn new(tag: &str) -> Self {
-        let name = format!("spool_{tag}_{}", std::process::id());
-        let _ = psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        );
-        TestDb { name }
+        TestDb(support::TestDb::new(&format!("spool_{tag}")))
     }
     fn url(&self) -> String {
-        format!("postgres:///{}?host={SOCKET}", self.name)
+        self.0.url.clone()
     }
     fn query(&self, sql: &str) -> String {
         psql(&self.name, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -108,15 +110,6 @@ impl TestDb {
         .lines()
         .map(str::to_string)
         .collect()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = psql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
-        );
     }
 }
 

@@ -10,6 +10,8 @@
 // Tests talk to PostgreSQL directly with sqlx (clippy.toml steers the program to stages::store::sql).
 #![allow(clippy::disallowed_methods)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -17,56 +19,23 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use sqlx::PgPool;
 use stages::tsvector::{Tsv, VectorBuilder, VectorError};
+use support::repo_root;
 
-const SOCKET: &str = "/var/run/postgresql";
-
-/// A fresh database with civicload's schema, dropped when the test ends (even on panic).
+/// A fresh database (tests/support: dropped when the test ends, even on panic) with
+/// civicload's schema, or empty, and a pool on it.
 struct TestDb {
-    name: String,
     pool: PgPool,
+    _db: support::TestDb,
 }
 
 impl TestDb {
     async fn new(tag: &str, migrate: bool) -> TestDb {
-        let name = format!("tsv_{tag}_{}", std::process::id());
-        dropdb(&name);
-        let options = sqlx::postgres::PgConnectOptions::new()
-            .host(SOCKET)
-            .database(&name);
-        let pool = if migrate {
-            stages::store::connect(options, 4)
-                .await
-                .expect("create and migrate the test database")
-        } else {
-            let status = Command::new("createdb")
-                .args(["-h", SOCKET, &name])
-                .status()
-                .unwrap();
-            assert!(status.success(), "createdb {name}");
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .connect_with(options)
-                .await
-                .unwrap()
-        };
-        TestDb { name, pool }
+        let db = support::TestDb::new(&format!("tsv_{tag}"));
+        TestDb {
+            pool: db.create(migrate).await,
+            _db: db,
+        }
     }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        dropdb(&self.name);
-    }
-}
-
-fn dropdb(name: &str) {
-    let _ = Command::new("dropdb")
-        .args(["-h", SOCKET, "--if-exists", "--force", name])
-        .status();
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Page texts of a generated corpus (fixtures/generate.py, dumped by fixtures/dump.py),

@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::app::{connect, UsageError, EXIT_OK};
+use crate::db::connect;
+use crate::exit::{UsageError, EXIT_OK};
 use crate::cli::{check_template, Cli, ServeArgs};
 use crate::refresh::{options, run_claimed};
 
@@ -76,7 +77,7 @@ pub async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<u8> {
         workers_alive: AtomicUsize::new(0),
     });
     drop(secret);
-    let owner = crate::backfill::owner_id();
+    let owner = stages::store::leases::owner_id();
     let lease = Duration::from_secs(args.lease_seconds.max(5));
     let cancel = CancellationToken::new();
     let released = queue::release_dead_local(&pool).await?;

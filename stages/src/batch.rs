@@ -7,8 +7,13 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-/// Which civic.band table a job reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Which civic.band table a job reads. Decoded from `document_type` columns by sqlx; bind
+/// [`DocumentType::as_str`], not the enum (see `store::jobs::JobStatus`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, serde::Serialize,
+)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum DocumentType {
     Agenda,
     Minutes,

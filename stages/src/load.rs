@@ -57,6 +57,23 @@ pub struct LoadConfig {
     pub watchdog: Watchdog,
 }
 
+impl Default for LoadConfig {
+    /// No lease owner, trigger mode, every row upserted, foreign keys checked row by row,
+    /// retries for [`crate::store::DB_RETRY_FOR`], the default watchdog: a caller names
+    /// what differs.
+    fn default() -> Self {
+        LoadConfig {
+            owner: String::new(),
+            bulk: false,
+            retry_for: crate::store::DB_RETRY_FOR,
+            insert_first: false,
+            skip_fk_checks: false,
+            target: crate::target::Target::default(),
+            watchdog: Watchdog::default(),
+        }
+    }
+}
+
 /// What one committed batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {

@@ -36,10 +36,13 @@ pub struct SourceConfig {
     pub max_backoff: Duration,
 }
 
+/// civic.band's table JSON: the source unless `--source-url` names another.
+pub const DEFAULT_TEMPLATE: &str = "https://{subdomain}.civic.band/meetings/{table}.json";
+
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
-            template: "https://{subdomain}.civic.band/meetings/{table}.json".into(),
+            template: DEFAULT_TEMPLATE.into(),
             service_secret: None,
             timeout: Duration::from_secs(120),
             max_retries: 8,

@@ -313,6 +313,27 @@ impl TestDb {
         }
     }
 
+    /// Creates the database now, with civicload's schema (`migrate`) or empty, and opens a
+    /// pool on it (most tests let the civicload binary create it on first use instead).
+    pub async fn create(&self, migrate: bool) -> sqlx::PgPool {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .database(&self.name);
+        if migrate {
+            return stages::store::connect(options, 4)
+                .await
+                .expect("create and migrate the test database");
+        }
+        let port = self.port.to_string();
+        run_ok(Command::new("createdb").args(["-h", &self.host, "-p", &port, &self.name]));
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .expect("connect to the new test database")
+    }
+
     pub async fn connect(&self) -> PgConnection {
         PgConnection::connect(&self.url)
             .await

@@ -14,14 +14,48 @@ use sqlx::PgPool;
 use super::sql::{self, autocommit};
 use crate::batch::{DocumentType, JobKey};
 
+/// A job's `status` (the schema's CHECK lists the same five).
+///
+/// Decoded by sqlx; bound as [`JobStatus::as_str`], never as the enum itself: sqlx looks
+/// the OID of a named type up with a prepared statement of its own, which a
+/// transaction-pooling PgBouncer does not keep (see `store::sql`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Paused,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Paused => "paused",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A job row with its municipality's subdomain.
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct JobRow {
     pub id: i64,
     pub municipality_id: i64,
     pub subdomain: String,
-    pub document_type: String,
-    pub status: String,
+    pub document_type: DocumentType,
+    pub status: JobStatus,
     pub last_cursor: Option<String>,
     pub batch_seq: i64,
     pub pass: i32,
@@ -50,9 +84,13 @@ impl JobRow {
             job_id: self.id,
             municipality_id: self.municipality_id,
             subdomain: self.subdomain.clone(),
-            document_type: DocumentType::parse(&self.document_type)
-                .expect("document_type is checked by the schema"),
+            document_type: self.document_type,
         }
+    }
+
+    /// Completed, and verified against the source (or the manifest) since.
+    pub fn completed_and_verified(&self) -> bool {
+        self.status == JobStatus::Completed && self.verified_at.is_some()
     }
 }
 
@@ -259,20 +297,29 @@ pub async fn abandon(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
 }
 
 /// How a worker leaves a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Outcome {
     Completed,
+    /// Also what a run's result says until the run has ended otherwise.
+    #[default]
     Failed,
     Paused,
 }
 
 impl Outcome {
-    fn status(self) -> &'static str {
+    /// The job's `status` after it: the one place an outcome becomes a status.
+    pub fn status(self) -> JobStatus {
         match self {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Paused => "paused",
+            Outcome::Completed => JobStatus::Completed,
+            Outcome::Failed => JobStatus::Failed,
+            Outcome::Paused => JobStatus::Paused,
         }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.status().as_str())
     }
 }
 
@@ -293,11 +340,24 @@ pub async fn release(
     )
     .bind(job_id)
     .bind(owner)
-    .bind(outcome.status())
+    .bind(outcome.status().as_str())
     .bind(error)
     .execute(autocommit(pool))
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Clears a job's lease if `owner` still holds it (a holder found dead); 1 when it did.
+pub async fn clear_lease(pool: &PgPool, job_id: i64, owner: &str) -> Result<u64, sqlx::Error> {
+    let r = sql::query(
+        "UPDATE backfill_jobs SET lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .execute(autocommit(pool))
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Records a verification result on a job.
@@ -469,7 +529,7 @@ pub async fn set_expected(
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Totals {
     pub subdomain: String,
-    pub document_type: String,
+    pub document_type: DocumentType,
     pub pages: i64,
     pub documents: i64,
     pub first_month: Option<chrono::NaiveDate>,
@@ -574,4 +634,29 @@ pub async fn page_keys_through(
     drop(rows);
     tx.commit().await?;
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{JobStatus, Outcome};
+
+    #[test]
+    fn every_status_is_one_the_schema_allows_and_every_outcome_maps_to_its_own() {
+        let schema = include_str!("../../../migrations/0001_schema.sql");
+        let check = schema
+            .lines()
+            .find(|l| l.contains("CHECK (status IN"))
+            .expect("backfill_jobs.status has a CHECK constraint");
+        use JobStatus::*;
+        for status in [Pending, Running, Completed, Failed, Paused] {
+            assert!(
+                check.contains(&format!("'{status}'")),
+                "{status} not in {check}"
+            );
+        }
+        assert_eq!(Outcome::Completed.status(), Completed);
+        assert_eq!(Outcome::Failed.status(), Failed);
+        assert_eq!(Outcome::Paused.status(), Paused);
+        assert_eq!(Outcome::default(), Outcome::Failed);
+    }
 }

@@ -147,12 +147,28 @@ async fn dead_local_holder(pool: &PgPool, name: &str) -> Result<Option<String>, 
     Ok(holder.filter(|h| is_dead_local_process(h)))
 }
 
-/// Whether an owner id (`host/pid/random`, as civicload makes them) names a process of
-/// this machine that no longer exists.
-pub fn is_dead_local_process(owner: &str) -> bool {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// A new owner id for this process's leases (of jobs and of maintenance): host, process
+/// id and a random part, `host/pid/random`, which [`is_dead_local_process`] reads back.
+pub fn owner_id() -> String {
+    let host = hostname().unwrap_or_else(|| "unknown-host".into());
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
         .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+        .filter(|h| !h.is_empty())
+}
+
+/// Whether an owner id ([`owner_id`]) names a process of this machine that no longer
+/// exists.
+pub fn is_dead_local_process(owner: &str) -> bool {
+    let host = hostname().unwrap_or_default();
     let mut parts = owner.split('/');
     match (
         parts.next(),

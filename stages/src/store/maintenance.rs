@@ -477,3 +477,13 @@ fn collect_plan(v: &serde_json::Value, indexes: &mut Vec<String>, nodes: &mut Ve
         _ => {}
     }
 }
+
+/// The planner's estimate of a table's rows (`reltuples`; 0 for a table never analyzed).
+pub async fn estimated_rows(pool: &PgPool, table: &str) -> Result<i64, sqlx::Error> {
+    let est: Option<Option<f32>> =
+        sql::query_scalar("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)")
+            .bind(table)
+            .fetch_optional(autocommit(pool))
+            .await?;
+    Ok(est.flatten().map(|e| e.max(0.0) as i64).unwrap_or(0))
+}

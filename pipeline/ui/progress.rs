@@ -1,8 +1,7 @@
 //! Progress of long work: bars per job and overall on a terminal, plain periodic log lines
-//! otherwise (CI, cron, a pipe).
+//! otherwise (CI, cron, a pipe). `vectorize` draws its own single bar.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stages::load::{BatchOutcome, LoadObserver};
 use stages::JobKey;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 /// Shared progress of one backfill run.
 pub struct Progress {
@@ -63,11 +62,13 @@ impl Progress {
         p
     }
 
-    /// The MultiProgress to draw on, when stderr is an interactive terminal.
+    /// The MultiProgress to draw on, when stderr is an interactive terminal. Log lines are
+    /// written above it until [`Progress::finish`].
     pub fn terminal() -> Option<MultiProgress> {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        (std::io::stderr().is_terminal() && !ci)
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)))
+        let multi = super::term::stderr_is_interactive()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)));
+        super::log::set_bars(multi.clone());
+        multi
     }
 
     pub fn job_started(&self, job: &JobKey, already: u64) {
@@ -108,6 +109,8 @@ impl Progress {
         }
     }
 
+    /// A job's end: a log line, at debug level on a terminal (the bars show the progress,
+    /// and the summary at the end names every job that did not end well).
     pub fn job_finished(&self, job: &JobKey, summary: &str) {
         self.jobs_done.fetch_add(1, Ordering::Relaxed);
         self.set_message();
@@ -116,7 +119,7 @@ impl Progress {
                 bar.finish_and_clear();
                 b.multi.remove(&bar);
             }
-            let _ = b.multi.println(format!("{job}: {summary}"));
+            debug!(job = %job, "Job finished: {summary}");
         } else {
             info!(job = %job, "Job finished: {summary}");
         }
@@ -169,6 +172,7 @@ impl Progress {
         if let Some(b) = &self.bars {
             b.overall.finish_and_clear();
             let _ = b.multi.clear();
+            super::log::set_bars(None);
         }
     }
 }
