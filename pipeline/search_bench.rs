@@ -18,7 +18,7 @@ use stages::store::search_fn::{
 
 use stages::target::Generation;
 
-use crate::app::UsageError;
+use crate::exit::UsageError;
 use crate::cli::DocTypeArg;
 
 /// `--order`.
