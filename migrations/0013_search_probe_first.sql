@@ -18,6 +18,9 @@
 --   1. otherwise one capped pass over the GIN bitmap collects the matches' (id,
 --      municipality, date), up to T: fewer than T are every match, sorted from memory
 --      (by rank: ranked joining back by the partition key); T or more take the walk.
+-- work_mem 64MB (this function's statements only): a GIN bitmap of a common word over a
+-- 1M-page partition set outgrew the default 4MB and went lossy (every row of a lossy heap
+-- page rechecked: 2,587 extra rechecks in one partition at 1M pages).
 -- The routes are still the two of 0009 (all matches / newest-first walk), and
 -- `common_from` still forces either (the tests compare both with a brute force).
 
@@ -111,6 +114,7 @@ CREATE OR REPLACE FUNCTION civicload_search(
     meeting_date date, page_number int, rank real
 ) LANGUAGE plpgsql STABLE
 SET enable_seqscan = off SET enable_indexscan = on SET enable_bitmapscan = on SET jit = off
+SET work_mem = '64MB'
 AS $$
 DECLARE
     tsq tsquery := websearch_to_tsquery('simple', public.unaccent(coalesce(query, '')));
@@ -119,9 +123,11 @@ DECLARE
     pred text;
     threshold bigint;
     walk bool := false;
+    n bigint;
     ids bigint[];
     muni_ids bigint[];
     dates date[];
+    ranks real[];
     rows_sql text;
 BEGIN
     IF order_by IS NULL OR order_by NOT IN ('date', 'rank') THEN
@@ -138,15 +144,34 @@ BEGIN
     IF order_by = 'date' AND common_from IS NULL THEN
         walk := civicload_search_probe(tsq, munis, date_from, date_to, doc_type, wanted, 10 * wanted);
     END IF;
-    -- 1. One capped pass over the GIN bitmap: every match when fewer than the threshold.
-    IF NOT walk AND threshold > 0 THEN
-        PERFORM set_config('enable_indexscan', 'off', true);
-        EXECUTE 'SELECT array_agg(c.id), array_agg(c.municipality_id), array_agg(c.meeting_date)
-                 FROM (SELECT p.id, p.municipality_id, p.meeting_date FROM meeting_pages p WHERE '
-                || pred || ' LIMIT $6) AS c'
-            INTO ids, muni_ids, dates
+    -- 1. The matches from the GIN bitmap, up to the threshold.
+    PERFORM set_config('enable_indexscan', 'off', true);
+    IF NOT walk AND threshold > 0 AND order_by = 'rank' AND strpos(tsq::text, '<') = 0 THEN
+        -- By rank, no phrase: a capped count (no vector read), then, when fewer, every
+        -- match ranked in a second bitmap pass (0009's route: cheaper than collecting
+        -- 20,000 rows for a common term that then takes the walk).
+        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM meeting_pages p WHERE ' || pred
+                || ' LIMIT $6) AS capped'
+            INTO n USING tsq, munis, date_from, date_to, doc_type, least(threshold, 2147483647);
+        walk := n >= threshold;
+        rows_sql := 'SELECT p.id, p.municipality_id, p.meeting_date, ts_rank(p.search_vector, $1) AS rank
+                     FROM meeting_pages p WHERE ' || pred;
+    ELSIF NOT walk AND threshold > 0 THEN
+        -- Newest first (the probe failed), or a phrase by rank: one capped pass collects
+        -- (id, municipality, date, and by rank ts_rank) of every match: a phrase rechecks
+        -- each candidate's vector once, not twice.
+        EXECUTE 'SELECT array_agg(c.id), array_agg(c.municipality_id), array_agg(c.meeting_date),
+                        array_agg(c.rank)
+                 FROM (SELECT p.id, p.municipality_id, p.meeting_date, '
+                || CASE order_by WHEN 'rank' THEN 'ts_rank(p.search_vector, $1)' ELSE 'NULL::real' END
+                || ' AS rank FROM meeting_pages p WHERE ' || pred || ' LIMIT $6) AS c'
+            INTO ids, muni_ids, dates, ranks
             USING tsq, munis, date_from, date_to, doc_type, least(threshold, 2147483647);
         walk := coalesce(cardinality(ids), 0) >= threshold;
+        rows_sql := 'SELECT c.id, c.municipality_id, c.meeting_date, c.rank
+                     FROM unnest($8, $9, $10, $11) AS c(id, municipality_id, meeting_date, rank)';
+        PERFORM set_config('enable_indexscan', 'on', true);
+        PERFORM set_config('enable_bitmapscan', 'off', true);
     ELSE
         walk := true;
     END IF;
@@ -158,20 +183,9 @@ BEGIN
                      FROM meeting_pages p WHERE ' || pred
             || ' ORDER BY p.meeting_date DESC, p.id DESC LIMIT '
             || CASE order_by WHEN 'date' THEN wanted ELSE greatest(rank_window, wanted) END;
-    ELSIF order_by = 'date' THEN
-        -- Every match is in memory: sort it there; no rank needed to choose.
-        rows_sql := 'SELECT c.id, c.municipality_id, c.meeting_date, NULL::real AS rank
-                     FROM unnest($8, $9, $10) AS c(id, municipality_id, meeting_date)';
-    ELSE
-        -- Every match, ranked: each page read once more by its key (partition pruned).
-        PERFORM set_config('enable_indexscan', 'on', true);
-        PERFORM set_config('enable_bitmapscan', 'off', true);
-        rows_sql := 'SELECT p.id, p.municipality_id, p.meeting_date, ts_rank(p.search_vector, $1) AS rank
-                     FROM unnest($8, $9) AS c(id, municipality_id)
-                     JOIN meeting_pages p ON p.id = c.id AND p.municipality_id = c.municipality_id';
     END IF;
-    PERFORM set_config('enable_indexscan', 'on', true);
-    PERFORM set_config('enable_bitmapscan', 'off', true);
+    -- The page of results: the chosen rows sorted, then their columns (joined by the
+    -- partition key: one partition's index probed per row).
     RETURN QUERY EXECUTE
         'SELECT top.id, p.source_id, m.subdomain, d.document_type, d.meeting_name,
                 top.meeting_date, p.page_number, ts_rank(p.search_vector, $1)
@@ -184,5 +198,5 @@ BEGIN
          JOIN municipalities m ON m.id = p.municipality_id
          ORDER BY ' || CASE order_by WHEN 'date' THEN '6 DESC, 1 DESC' ELSE '8 DESC, 6 DESC, 1 DESC' END
         USING tsq, munis, date_from, date_to, doc_type, page_size, greatest(page_offset, 0),
-              ids, muni_ids, dates;
+              ids, muni_ids, dates, ranks;
 END $$;
