@@ -18,8 +18,8 @@ use stages::store::search_fn::{
 
 use stages::target::Generation;
 
-use crate::exit::UsageError;
 use crate::cli::DocTypeArg;
+use crate::exit::UsageError;
 
 /// `--order`.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -151,7 +151,11 @@ pub async fn run_observer(
     }
 }
 
-async fn run_on(pool: &PgPool, args: &SearchBenchArgs, backend: Backend) -> anyhow::Result<BenchReport> {
+async fn run_on(
+    pool: &PgPool,
+    args: &SearchBenchArgs,
+    backend: Backend,
+) -> anyhow::Result<BenchReport> {
     let req = args.request();
     let mut times = Vec::with_capacity(args.runs as usize);
     let mut results = Vec::new();

@@ -393,7 +393,10 @@ async fn search_bench_times_civic_observer_g1_and_explains_g2() {
     let ds = Datasette::start(&corpus);
     let odb = ObserverDb::new("cosearch", Gen::G1);
     let sites = corpus.dir.join("sites.csv");
-    let out = odb.civicload(None, &["municipalities", "sync", "--from", path_str(&sites)]);
+    let out = odb.civicload(
+        None,
+        &["municipalities", "sync", "--from", path_str(&sites)],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let out = odb.civicload(Some(&ds.template), &["backfill", "--subdomain", "all"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -403,22 +406,38 @@ async fn search_bench_times_civic_observer_g1_and_explains_g2() {
         let out = odb.civicload(
             None,
             &[
-                "search-bench", "--query", "budget -parking", "--order", order,
-                "--municipality", &largest, "--from", "2010-01-01", "--runs", "3", "--json",
+                "search-bench",
+                "--query",
+                "budget -parking",
+                "--order",
+                order,
+                "--municipality",
+                &largest,
+                "--from",
+                "2010-01-01",
+                "--runs",
+                "3",
+                "--json",
             ],
         );
         assert!(out.status.success(), "{}", text(&out));
         let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
         assert_eq!(r["runs"], 3);
         assert_eq!(r["route"], "application_query");
-        assert!(r["p50_ms"].as_f64().unwrap() <= r["p95_ms"].as_f64().unwrap(), "{r}");
+        assert!(
+            r["p50_ms"].as_f64().unwrap() <= r["p95_ms"].as_f64().unwrap(),
+            "{r}"
+        );
         let got: Vec<(String, String)> = r["results"]
             .as_array()
             .unwrap()
             .iter()
             .map(|h| {
                 assert_eq!(h["subdomain"], largest.as_str());
-                (h["source_id"].as_str().unwrap().into(), h["meeting_date"].as_str().unwrap().into())
+                (
+                    h["source_id"].as_str().unwrap().into(),
+                    h["meeting_date"].as_str().unwrap().into(),
+                )
             })
             .collect();
         let expected: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

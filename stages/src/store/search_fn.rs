@@ -283,4 +283,3 @@ pub async fn observer_count(
             OBSERVER_ADVICE,
         ))
 }
-
