@@ -6,15 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgPool;
-use stages::fetch::{Fetch, Transform};
-use stages::load::{Load, LoadConfig, LoadObserver};
-use stages::reconcile::{reconcile, Verdict};
+use stages::job_run::{with_db_retries, JobRun};
 use stages::source::SourceClient;
-use stages::store::jobs::{self, ClaimOrder, JobRow, Outcome};
-use stages::store::{is_transient_sql, retry_transient, DB_RETRY_FOR};
+use stages::store::jobs::{self, ClaimOrder, JobRow};
 use stages::watchdog::{Pulse, Waiting, Watchdog};
 use stages::JobKey;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -28,10 +24,6 @@ const SMALL_JOB_PAGES: i64 = 2_000;
 /// Workers for small jobs beside `--concurrency`: a small job is a few round trips of
 /// latency, not work, and holds a few MB at most.
 const SMALL_JOB_WORKERS: usize = 2;
-
-/// Batches in flight between two stages: enough to overlap fetch with load, small enough
-/// that memory stays flat (a batch is ~1000 pages, a few MB).
-const CHANNEL_CAPACITY: usize = 1;
 
 /// Everything a backfill run needs.
 pub struct Backfill {
@@ -261,221 +253,33 @@ impl Backfill {
         }
     }
 
-    /// One job: the three stages, then the job's end state and verification.
+    /// One job: its run in the library, then its line in the report.
     async fn run_job(&self, row: JobRow, progress: &Arc<Progress>) -> JobResult {
         let job = Arc::new(row.key());
         let pulse = self.pulses.insert(&job);
-        let result = self.run_job_stages(row, &job, pulse, progress).await;
+        progress.job_started(&job, row.pages_fetched as u64);
+        let run = self.job_run();
+        let end = run.run(&row, pulse, progress.clone()).await;
         self.pulses.remove(job.job_id);
+        let result = JobResult::from_end(&job, &row, &end);
+        progress.job_finished(&job, &result.one_line());
         result
     }
 
-    async fn run_job_stages(
-        &self,
-        row: JobRow,
-        job: &Arc<JobKey>,
-        pulse: Arc<Pulse>,
-        progress: &Arc<Progress>,
-    ) -> JobResult {
-        let started = Instant::now();
-        progress.job_started(job, row.pages_fetched as u64);
-        // The expected size, for the progress bar and `status` ETA. Most tables are counted
-        // by the fetch stage's first request (`columns_and_count`), the others by the next
-        // cheapest route. Verification recounts at the end (the source may change
-        // meanwhile), except for a table read whole by one request right after its count.
-        let (count_tx, count_rx) =
-            tokio::sync::oneshot::channel::<Option<stages::source::SourceCount>>();
-        let counting = {
-            let (client, pool, job, progress) = (
-                self.client.clone(),
-                self.pool.clone(),
-                job.clone(),
-                progress.clone(),
-            );
-            tokio::spawn(async move {
-                let (counted, first) = match count_rx.await {
-                    // The fetch stage stopped before it asked: its error is reported.
-                    Err(_) => return None,
-                    Ok(Some(c)) => (Some(c.clone()), Some(c)),
-                    Ok(None) => (
-                        client
-                            .cheap_count(&job.subdomain, job.document_type.table(), false)
-                            .await,
-                        None,
-                    ),
-                };
-                if let Some(c) = counted {
-                    progress.job_expected(&job, c.rows);
-                    let _ = jobs::set_expected(&pool, job.job_id, c.rows as i64, c.route).await;
-                }
-                first
-            })
-        };
-        // New rows go straight into meeting_pages: a job with nothing stored yet, or a
-        // resumed pass (the rows after its cursor are not stored, unless an earlier pass
-        // stored them: the first conflict switches the job to upserts).
-        let insert_first = self.target.observer().is_none()
-            && (row.last_cursor.is_some()
-                || jobs::stores_nothing(
-                    &self.pool,
-                    job.municipality_id,
-                    job.document_type.as_str(),
-                )
-                .await
-                .unwrap_or(false));
-        let (raw_tx, raw_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let fetch = Fetch {
+    /// What every job of this run shares.
+    fn job_run(&self) -> JobRun {
+        JobRun {
+            pool: self.pool.clone(),
             client: self.client.clone(),
-            start_after: row.last_cursor.clone(),
-            last_seq: row.batch_seq,
-            count: Some(count_tx),
-            pulse: pulse.clone(),
+            target: self.target.clone(),
+            vectors: self.vectors.clone(),
+            spool: self.spool.clone(),
+            owner: self.owner.clone(),
+            bulk: self.args.bulk,
+            skip_fk_checks: self.skip_fk_checks,
             watchdog: self.watchdog(),
-        };
-        let load = Load::new(
-            self.pool.clone(),
-            LoadConfig {
-                owner: self.owner.clone(),
-                bulk: self.args.bulk,
-                insert_first,
-                skip_fk_checks: self.skip_fk_checks,
-                target: self.target.clone(),
-                watchdog: self.watchdog(),
-                ..LoadConfig::default()
-            },
-        )
-        .with_pulse(pulse.clone());
-        let observer: Arc<dyn LoadObserver> = progress.clone();
-        let fetch_task = tokio::spawn(fetch.run(job.clone(), raw_tx, self.cancel.clone()));
-        // A resumed pass remembers the pages its rows before the checkpoint hold, so a
-        // duplicate of one of them is a reject as in an uninterrupted pass.
-        let seen = match &row.last_cursor {
-            Some(cursor) => with_db_retries(|| {
-                self.target.page_keys_through(&self.pool, job, cursor)
-            })
-            .await
-            .unwrap_or_else(|e| {
-                warn!(job = %job, error = %e, "Could not read the pages before the checkpoint; a duplicate page split by the stop may replace the first one.");
-                Default::default()
-            }),
-            None => Default::default(),
-        };
-        let transform_task = tokio::spawn(
-            Transform {
-                vectors: self.vectors.clone(),
-                seen,
-                pulse: pulse.clone(),
-            }
-            .run(job.clone(), raw_rx, batch_tx),
-        );
-        // With a spool, transform -> spool -> load: a batch reaches load only once its
-        // Parquet file is durable.
-        let (batch_rx, spool_task) = match &self.spool {
-            Some(archive) => {
-                let (spooled_tx, spooled_rx) = mpsc::channel(CHANNEL_CAPACITY);
-                let spool = stages::spool::Spool::new(archive.clone(), job.clone(), row.pass)
-                    .with_pulse(pulse.clone());
-                (
-                    spooled_rx,
-                    Some(tokio::spawn(spool.run(batch_rx, spooled_tx))),
-                )
-            }
-            None => (batch_rx, None),
-        };
-        let load_task = tokio::spawn(load.run(job.clone(), batch_rx, observer));
-
-        let load_result = load_task.await;
-        let transform_time = transform_task.await.unwrap_or_default();
-        let fetch_result = fetch_task.await;
-        let first_count = counting.await.ok().flatten();
-
-        let mut result = JobResult::new(job, &row);
-        result.transform_time = transform_time;
-        let mut read_whole_at_once = false;
-        let (mut outcome, mut error): (Outcome, Option<String>) = match (fetch_result, load_result) {
-            (_, Err(e)) | (Err(e), _) => (Outcome::Failed, Some(format!("internal error: {e}"))),
-            (_, Ok(Err(e))) => (Outcome::Failed, Some(format!("{e}. Fix the database problem, then rerun the same command: the job continues from its last checkpoint."))),
-            (Ok(Err(e)), Ok(Ok(load))) => {
-                result.absorb(&load);
-                (
-                    Outcome::Failed,
-                    Some(format!(
-                        "{job}: {e}. Pages up to the last checkpoint are committed; rerun the same command (or add --resume) to continue from there{}.",
-                        if e.is_transient() { " once the source is reachable" } else { "" }
-                    )),
-                )
-            }
-            (Ok(Ok(fetch)), Ok(Ok(load))) => {
-                result.absorb(&load);
-                result.fetch_time = fetch.fetch_time;
-                read_whole_at_once = fetch.pages == 1 && row.last_cursor.is_none();
-                if fetch.reached_end {
-                    (Outcome::Completed, None)
-                } else {
-                    (Outcome::Paused, None)
-                }
-            }
-        };
-        if let Some(task) = spool_task {
-            let spool_error = match task.await {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("internal error in the spool stage: {e}")),
-            };
-            if let Some(e) = spool_error {
-                outcome = Outcome::Failed;
-                error = Some(e);
-            }
+            cancel: self.cancel.clone(),
         }
-        // Verify while still holding the lease, then release with the verdict: a kill in
-        // between leaves the job running at its final cursor, and a resume re-verifies it.
-        let (mut outcome, mut error) = (outcome, error);
-        if outcome == Outcome::Completed {
-            let verify_started = Instant::now();
-            // A table read whole by the one request after its count: that count is as
-            // fresh as a recount, and saves the source a request per small table.
-            let counted = first_count.filter(|_| read_whole_at_once);
-            match reconcile_with_retries(&self.pool, &self.client, &self.target, job, counted).await
-            {
-                Ok(r) => {
-                    if matches!(r.verdict, Verdict::Short { .. }) {
-                        outcome = Outcome::Failed;
-                        error = Some(r.describe());
-                    }
-                    result.verified = r.verdict == Verdict::Verified;
-                    result.verification = r.describe();
-                }
-                Err(e) => result.verification = format!("verification failed: {e}"),
-            }
-            result.verify_time = verify_started.elapsed();
-        } else if let Some(e) = &error {
-            warn!(job = %job, "Job failed: {e}");
-        }
-        result.seconds = started.elapsed().as_secs_f64();
-        match with_db_retries(|| {
-            jobs::release(
-                &self.pool,
-                job.job_id,
-                &self.owner,
-                outcome,
-                error.as_deref(),
-            )
-        })
-        .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                warn!(job = %job, "The job's lease was lost before it could be released; another worker holds it.")
-            }
-            Err(e) => {
-                warn!(job = %job, error = %e, "Could not record the job's end; its lease will expire and it can be resumed.")
-            }
-        }
-        result.status = outcome;
-        result.error = error;
-        progress.job_finished(job, &result.one_line());
-        result
     }
 }
 
@@ -583,34 +387,6 @@ pub(crate) async fn release_dead_local_leases(pool: &PgPool, ids: &[i64]) -> any
         }
     }
     Ok(released)
-}
-
-/// Reconciles a job, retrying through a lost connection or a restarting server.
-async fn reconcile_with_retries(
-    pool: &PgPool,
-    client: &SourceClient,
-    target: &stages::target::Target,
-    job: &JobKey,
-    counted: Option<stages::source::SourceCount>,
-) -> Result<stages::reconcile::Reconciliation, stages::reconcile::ReconcileError> {
-    retry_transient(
-        DB_RETRY_FOR,
-        |e| matches!(e, stages::reconcile::ReconcileError::Sql(e) if is_transient_sql(e)),
-        |attempt, e| warn!(job = %job, attempt, error = %e, "Database unavailable while verifying; retrying."),
-        || reconcile(pool, client, target, job, counted.clone()),
-    )
-    .await
-}
-
-/// Retries a job-table call through a lost connection or a restarting server.
-async fn with_db_retries<T, F, Fut>(f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let on_retry =
-        |attempt, e: &sqlx::Error| warn!(attempt, error = %e, "Database unavailable; retrying.");
-    Ok(retry_transient(DB_RETRY_FOR, is_transient_sql, on_retry, f).await?)
 }
 
 /// When this process started: jobs completed after it by other processes belong to the

@@ -17,9 +17,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cli::{check_template, Cli, RefreshArgs};
 use crate::db::connect;
 use crate::exit::{UsageError, EXIT_INCOMPLETE, EXIT_OK};
-use crate::cli::{check_template, Cli, RefreshArgs};
 
 /// What one refresh of one job ended with.
 #[derive(Clone, Debug)]

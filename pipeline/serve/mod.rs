@@ -22,9 +22,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::cli::{check_template, Cli, ServeArgs};
 use crate::db::connect;
 use crate::exit::{UsageError, EXIT_OK};
-use crate::cli::{check_template, Cli, ServeArgs};
 use crate::refresh::{options, run_claimed};
 
 /// The environment variable that holds the webhook's shared secret.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
+use stages::job_run::{JobEnd, JobFailure};
 use stages::load::LoadReport;
+use stages::reconcile::Verdict;
 use stages::store::jobs::{JobRow, JobStatus, Outcome};
 use stages::JobKey;
 
@@ -53,6 +55,29 @@ impl JobResult {
     }
 
     /// Takes the load stage's counters and time.
+    /// A job's line from how its run ended.
+    pub fn from_end(job: &JobKey, row: &JobRow, end: &JobEnd) -> Self {
+        let mut r = JobResult::new(job, row);
+        if let Some(load) = &end.load {
+            r.absorb(load);
+        }
+        r.status = end.outcome;
+        r.seconds = end.seconds;
+        r.fetch_time = end.fetch_time;
+        r.transform_time = end.transform_time;
+        r.verify_time = end.verify_time;
+        r.error = end.failure.as_ref().map(with_advice);
+        match &end.verification {
+            Some(Ok(rec)) => {
+                r.verified = rec.verdict == Verdict::Verified;
+                r.verification = rec.describe();
+            }
+            Some(Err(e)) => r.verification = format!("verification failed: {e}"),
+            None => {}
+        }
+        r
+    }
+
     pub fn absorb(&mut self, load: &LoadReport) {
         self.fetched = load.totals.fetched;
         self.created = load.totals.created;
@@ -395,6 +420,18 @@ pub fn totals_table(rows: &[stages::store::jobs::Totals]) -> String {
         Cell::new(""),
     ]);
     t.to_string()
+}
+
+/// A job's failure as its user reads it: what happened, then what to do about it.
+pub fn with_advice(failure: &JobFailure) -> String {
+    match failure {
+        JobFailure::Load(e) => format!("{e}. Fix the database problem, then rerun the same command: the job continues from its last checkpoint."),
+        JobFailure::Fetch { job, error } => format!(
+            "{job}: {error}. Pages up to the last checkpoint are committed; rerun the same command (or add --resume) to continue from there{}.",
+            if error.is_transient() { " once the source is reachable" } else { "" }
+        ),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub struct PageBatch {
     /// Time spent fetching it, for the per-stage breakdown.
     pub fetch_time: Duration,
     /// Search vectors civicload computed for `rows` (None: PostgreSQL computes them).
-    pub vectors: Option<Arc<crate::copy::VectorFields>>,
+    pub vectors: Option<Arc<crate::vectors::VectorFields>>,
 }
 
 /// Column order of every page batch, shared by transform, the COPY encoder and the spool.

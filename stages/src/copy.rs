@@ -10,6 +10,7 @@ use arrow_array::{Array, Date32Array, Int32Array, RecordBatch, StringArray};
 use bytes::{BufMut, BytesMut};
 
 use crate::batch::col;
+use crate::vectors::VectorFields;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// PostgreSQL counts dates from 2000-01-01, Arrow from 1970-01-01.
@@ -35,50 +36,6 @@ pub enum RowKey<'a> {
         municipality_id: i64,
         document_ids: &'a [i64],
     },
-}
-
-/// Search vectors computed by civicload for a batch, already encoded as binary COPY
-/// fields (length prefix included; -1 where civicload left the vector to PostgreSQL).
-#[derive(Clone, Debug, Default)]
-pub struct VectorFields {
-    buf: BytesMut,
-    ends: Vec<usize>,
-    /// How many rows got no vector from civicload.
-    pub missing: usize,
-}
-
-impl VectorFields {
-    /// Encodes each text's vector, or NULL where the builder declines.
-    pub fn build<'a>(
-        builder: &crate::tsvector::VectorBuilder,
-        texts: impl Iterator<Item = &'a str>,
-    ) -> Self {
-        let mut v = VectorFields::default();
-        for text in texts {
-            match builder.vector(text) {
-                Some(tsv) => tsv.encode_copy_field(&mut v.buf),
-                None => {
-                    v.buf.put_i32(-1);
-                    v.missing += 1;
-                }
-            }
-            v.ends.push(v.buf.len());
-        }
-        v
-    }
-
-    fn field(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.buf[start..self.ends[i]]
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
 }
 
 /// Encodes a page batch (see `batch::page_schema`) as one binary COPY stream, with NULL
@@ -165,7 +122,7 @@ impl<'a> CopyRows<'a> {
         .iter()
         .map(|a| a.values().len())
         .sum();
-        let vector_bytes = self.vectors.map(|v| v.buf.len()).unwrap_or(0);
+        let vector_bytes = self.vectors.map(|v| v.encoded_len()).unwrap_or(0);
         payload + vector_bytes + self.len() * 60 + 32
     }
 

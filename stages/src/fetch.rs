@@ -279,7 +279,10 @@ impl Transform {
                     let fields = tokio::task::spawn_blocking(move || {
                         use arrow_array::cast::AsArray;
                         let texts = rows.column(crate::batch::col::TEXT).as_string::<i32>();
-                        crate::copy::VectorFields::build(&vb, texts.iter().map(|t| t.unwrap_or("")))
+                        crate::vectors::VectorFields::build(
+                            &vb,
+                            texts.iter().map(|t| t.unwrap_or("")),
+                        )
                     })
                     .await
                     .ok();

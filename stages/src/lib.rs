@@ -6,6 +6,7 @@ pub mod archive;
 pub mod batch;
 pub mod copy;
 pub mod fetch;
+pub mod job_run;
 pub mod load;
 pub mod reconcile;
 pub mod refresh;
@@ -19,6 +20,7 @@ pub mod target;
 pub mod transform;
 pub mod tsvector;
 pub mod usage;
+pub mod vectors;
 pub mod watchdog;
 
 pub use batch::{DocumentType, JobKey, PageBatch, Reject};

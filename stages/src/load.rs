@@ -12,23 +12,22 @@
 //!   server's work per page, see benches in README). The first unique violation rolls the
 //!   batch back and the job continues on the upsert route, so the result is the same.
 
-use std::collections::HashMap;
+mod checkpoint;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Date32Type;
-
-use futures::future::BoxFuture;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
-use crate::batch::{col, JobKey, PageBatch};
-use crate::copy::{CopyRows, RowKey, PAGES_COLUMNS, STAGING_COLUMNS};
-use crate::store::sql::{self, autocommit};
-use crate::store::{abort_backend, is_transient_sql, retry_transient, BackendAbort};
+pub use checkpoint::{Checkpoint, JobCheckpoint};
+
+use crate::batch::{JobKey, PageBatch};
+use crate::store::{
+    abort_backend, is_transient_sql, pages, rejects, retry_transient, BackendAbort,
+};
 use crate::watchdog::{Pulse, Stage, Step, Waiting, Watchdog};
 
 /// How the load stage writes.
@@ -127,29 +126,9 @@ pub enum LoadError {
 /// Called after each committed batch (progress bars, logs).
 pub trait LoadObserver: Send + Sync {
     fn batch_committed(&self, job: &JobKey, outcome: &BatchOutcome);
-}
 
-/// How a committed batch is recorded, inside the batch's own transaction. By default
-/// (backfill) the job's cursor advances, guarded by the lease and `batch_seq = seq - 1`;
-/// an archive replay records the batch's file instead (`replay::FileCheckpoint`).
-pub trait Checkpoint: Send + Sync {
-    /// Records the batch. Returns false when the guard refuses it: nothing of the batch
-    /// may be committed then.
-    fn record<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        batch: &'a PageBatch,
-        outcome: &'a BatchOutcome,
-        elapsed: Duration,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-
-    /// After a refusal: true when the batch was committed by our own earlier attempt (the
-    /// COMMIT's answer was lost with the connection), false when the job is no longer ours.
-    fn was_committed<'a>(
-        &'a self,
-        pool: &'a PgPool,
-        batch: &'a PageBatch,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
+    /// The source counted the job's rows (`job_run`): for progress and ETAs.
+    fn job_expected(&self, _job: &JobKey, _rows: u64) {}
 }
 
 /// The load stage.
@@ -158,8 +137,8 @@ pub struct Load {
     config: LoadConfig,
     /// Still on the insert route (starts as `config.insert_first`).
     inserting: AtomicBool,
-    /// None: the job-cursor checkpoint of a backfill.
-    checkpoint: Option<Arc<dyn Checkpoint>>,
+    /// How a committed batch is recorded: the job's cursor (a backfill) unless told.
+    checkpoint: Arc<dyn Checkpoint>,
     /// This job's progress, which the watchdog reads.
     pulse: Arc<Pulse>,
 }
@@ -169,8 +148,10 @@ impl Load {
         Load {
             pool,
             inserting: AtomicBool::new(config.insert_first),
+            checkpoint: Arc::new(JobCheckpoint {
+                owner: config.owner.clone(),
+            }),
             config,
-            checkpoint: None,
             pulse: Pulse::new(),
         }
     }
@@ -184,7 +165,7 @@ impl Load {
 
     /// Records batches with `checkpoint` instead of advancing the job's cursor.
     pub fn with_checkpoint(mut self, checkpoint: Arc<dyn Checkpoint>) -> Self {
-        self.checkpoint = Some(checkpoint);
+        self.checkpoint = checkpoint;
         self
     }
 
@@ -333,12 +314,12 @@ impl Load {
             .watched(batch, async {
                 let mut tx = conn.begin().await.map_err(sql_err)?;
                 let outcome = self
-                    .write(&mut tx, batch, Duration::ZERO, false, false)
+                    .write(&mut tx, batch, Route::Upsert)
                     .await
                     .map_err(sql_err)?;
                 self.pulse.step(Stage::Load, Step::Commit);
                 tx.commit().await.map_err(sql_err)?;
-                Ok(outcome.expect("no checkpoint guard without a checkpoint"))
+                Ok(outcome)
             })
             .await;
         self.pulse.idle(Stage::Load);
@@ -369,16 +350,22 @@ impl Load {
         let job = &batch.job;
         let sql_err = sql_error(batch);
         loop {
-            let insert = self.inserting.load(Ordering::Relaxed);
+            let route = match self.inserting.load(Ordering::Relaxed) {
+                true => Route::Insert,
+                false => Route::Upsert,
+            };
             self.pulse.step(Stage::Load, Step::Begin);
             let mut tx = conn.begin().await.map_err(sql_err)?;
-            let outcome = match self.write(&mut tx, batch, elapsed, true, insert).await {
+            let outcome = match self
+                .write_checkpointed(&mut tx, batch, elapsed, route)
+                .await
+            {
                 Ok(Some(o)) => o,
                 Ok(None) => {
                     drop(tx);
                     return self.already_committed(batch).await;
                 }
-                Err(e) if insert && is_unique_violation(&e) => {
+                Err(e) if route == Route::Insert && is_unique_violation(&e) => {
                     // A page of this batch is stored already (a rerun after a kill, a
                     // duplicate page split by a resume): upsert from here on.
                     tx.rollback().await.map_err(sql_err)?;
@@ -398,220 +385,133 @@ impl Load {
     /// The checkpoint guard refused the batch: either our own earlier attempt did commit
     /// (the COMMIT's answer was lost with the connection), or we lost the lease.
     async fn already_committed(&self, batch: &PageBatch) -> Result<BatchOutcome, LoadError> {
-        if let Some(checkpoint) = &self.checkpoint {
-            return match checkpoint.was_committed(&self.pool, batch).await {
-                Ok(true) => Ok(BatchOutcome {
-                    fetched: batch.fetched as u64,
-                    ..BatchOutcome::default()
-                }),
-                Ok(false) => Err(LoadError::LeaseLost {
-                    job: batch.job.to_string(),
-                    seq: batch.seq,
-                }),
-                Err(source) => Err(LoadError::Sql {
-                    job: batch.job.to_string(),
-                    seq: batch.seq,
-                    source,
-                }),
-            };
-        }
-        let row: Option<(i64, Option<String>)> =
-            sql::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
-                .bind(batch.job.job_id)
-                .fetch_optional(autocommit(&self.pool))
-                .await
-                .map_err(|source| LoadError::Sql {
-                    job: batch.job.to_string(),
-                    seq: batch.seq,
-                    source,
-                })?;
-        match row {
-            Some((seq, Some(owner))) if seq == batch.seq && owner == self.config.owner => {
-                Ok(BatchOutcome {
-                    fetched: batch.fetched as u64,
-                    ..BatchOutcome::default()
-                })
-            }
-            _ => Err(LoadError::LeaseLost {
+        match self.checkpoint.was_committed(&self.pool, batch).await {
+            Ok(true) => Ok(BatchOutcome {
+                fetched: batch.fetched as u64,
+                ..BatchOutcome::default()
+            }),
+            Ok(false) => Err(LoadError::LeaseLost {
                 job: batch.job.to_string(),
                 seq: batch.seq,
+            }),
+            Err(source) => Err(LoadError::Sql {
+                job: batch.job.to_string(),
+                seq: batch.seq,
+                source,
             }),
         }
     }
 
-    /// Returns None when the checkpoint guard did not match (nothing must be committed).
-    async fn write(
+    /// Writes the batch, then records it with the checkpoint. Returns None when the
+    /// checkpoint's guard refused it (nothing must be committed).
+    async fn write_checkpointed(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         batch: &PageBatch,
         elapsed: Duration,
-        checkpoint: bool,
-        insert: bool,
+        route: Route,
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
-        let job = &batch.job;
-        let doc_type = job.document_type.as_str();
+        let outcome = self.write(tx, batch, route).await?;
+        self.pulse.step(Stage::Load, Step::Checkpoint);
+        let recorded = self.checkpoint.record(tx, batch, &outcome, elapsed).await?;
+        Ok(recorded.then_some(outcome))
+    }
+
+    /// Writes a batch's pages and rejects (no checkpoint).
+    async fn write(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &PageBatch,
+        route: Route,
+    ) -> Result<BatchOutcome, sqlx::Error> {
         // The vectors in this batch come from civicload (stages::tsvector, identical to
         // civicload_page_vector by its differential test): the trigger keeps them, and
         // computes the few civicload left to the server (NULL) as it writes them, bulk
         // or not: cheaper than leaving them to `vectorize`, which rewrites the row.
-        // The same round trip names the backend, which the watchdog cancels if the batch
-        // stalls.
         let setting = match (batch.vectors.is_some(), self.config.bulk) {
             (true, _) => "civicload.vectors_supplied",
             (false, true) => "civicload.bulk",
             (false, false) => "civicload.unused",
         };
-        let pid: i32 = sql::query_scalar("SELECT pg_backend_pid() FROM set_config($1, 'on', true)")
-            .bind(setting)
-            .fetch_one(&mut **tx)
-            .await?;
+        let pid = pages::begin_batch(tx, setting).await?;
         self.pulse.set_backend(Some(pid));
-        let (mut created, mut updated, mut target_rejected) = (0i64, 0i64, 0i64);
-        let pages = batch.rows.num_rows();
+        let written = self.write_pages(tx, batch, route).await?;
+        if !batch.rejects.is_empty() {
+            self.pulse.step(Stage::Load, Step::Rejects);
+            rejects::insert(tx, &batch.job, &batch.rejects).await?;
+        }
+        Ok(written.outcome(batch))
+    }
+
+    /// Writes a batch's pages where the target keeps them, by `route` in civicload's
+    /// own schema (the insert route falls back to upserts in the same transaction when a
+    /// document is newer than its snapshot).
+    async fn write_pages(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &PageBatch,
+        route: Route,
+    ) -> Result<Written, sqlx::Error> {
         if let Some(schema) = self.config.target.observer() {
             let w =
                 crate::store::observer::pages::write_batch(tx, schema, batch, &self.pulse).await?;
-            (created, updated, target_rejected) = (w.created, w.updated, w.rejected);
+            return Ok(Written {
+                created: w.created,
+                updated: w.updated,
+                rejected: w.rejected,
+            });
         }
-        let own = self.config.target.observer().is_none();
-        let inserted = match own && pages > 0 && insert {
-            true => insert_pages(tx, batch, self.config.skip_fk_checks, &self.pulse).await?,
-            false => None,
-        };
-        if let Some(n) = inserted {
-            created = n;
-        } else if own && pages > 0 {
-            sql::query(
-                "CREATE TEMP TABLE civicload_stage (
-                    source_id text, meeting text, meeting_date date, page_number int,
-                    text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector
-                 ) ON COMMIT DROP",
-            )
-            .execute(&mut **tx)
-            .await?;
-            self.pulse.step(Stage::Load, Step::Copy);
-            let mut copy = tx
-                .copy_in_raw(&format!(
-                    "COPY civicload_stage ({STAGING_COLUMNS}) FROM STDIN (FORMAT binary)"
-                ))
-                .await?;
-            let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting);
-            if let Err(e) = send_rows(&mut copy, &rows, &self.pulse).await {
-                let _ = copy.abort("sending the rows failed").await;
-                return Err(e);
+        if batch.rows.num_rows() == 0 {
+            return Ok(Written::default());
+        }
+        if route == Route::Insert {
+            let inserted =
+                pages::insert_batch(tx, batch, self.config.skip_fk_checks, &self.pulse).await?;
+            if let Some(created) = inserted {
+                return Ok(Written {
+                    created,
+                    ..Written::default()
+                });
             }
-            copy.finish().await?;
-            self.pulse.step(Stage::Load, Step::Upsert);
-
-            sql::query(
-                "INSERT INTO meeting_documents (municipality_id, document_type, meeting_name, meeting_date)
-                 SELECT DISTINCT $1::bigint, $2::text, meeting, meeting_date FROM civicload_stage
-                 ON CONFLICT (municipality_id, document_type, meeting_name, meeting_date) DO NOTHING",
-            )
-            .bind(job.municipality_id)
-            .bind(doc_type)
-            .execute(&mut **tx)
-            .await?;
-
-            (created, updated) = sql::query_as(
-                "WITH written AS (
-                    INSERT INTO meeting_pages AS p
-                        (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector, meeting_date)
-                    SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector, d.meeting_date
-                    FROM civicload_stage s
-                    JOIN meeting_documents d
-                      ON d.municipality_id = $1 AND d.document_type = $2
-                     AND d.meeting_name = s.meeting AND d.meeting_date = s.meeting_date
-                    -- + municipality_id: the partition key (migration 0010); the document
-                    -- determines it, so the same rows conflict as before.
-                    ON CONFLICT (document_id, page_number, municipality_id) DO UPDATE SET
-                        source_id = EXCLUDED.source_id, text = EXCLUDED.text,
-                        page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
-                        votes = EXCLUDED.votes, updated_at = now(),
-                        search_vector = CASE WHEN p.text IS DISTINCT FROM EXCLUDED.text
-                                             THEN EXCLUDED.search_vector ELSE p.search_vector END
-                    WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
-                          IS DISTINCT FROM
-                          (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)
-                    -- Not xmax = 0: a partitioned table (migration 0010) cannot return system
-                    -- columns. A row this statement inserted has created_at = now() (the
-                    -- column default, this transaction's start); an updated one is older.
-                    RETURNING (p.created_at = now()) AS created
-                 )
-                 SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written",
-            )
-            .bind(job.municipality_id)
-            .bind(doc_type)
-            .fetch_one(&mut **tx)
-            .await?;
         }
+        let (created, updated) = pages::upsert_batch(tx, batch, &self.pulse).await?;
+        Ok(Written {
+            created,
+            updated,
+            rejected: 0,
+        })
+    }
+}
 
-        if !batch.rejects.is_empty() {
-            self.pulse.step(Stage::Load, Step::Rejects);
-            let ids: Vec<Option<&str>> = batch
-                .rejects
-                .iter()
-                .map(|r| r.source_id.as_deref())
-                .collect();
-            let raws: Vec<&str> = batch.rejects.iter().map(|r| r.raw.as_str()).collect();
-            let reasons: Vec<&str> = batch.rejects.iter().map(|r| r.reason.as_str()).collect();
-            sql::query(
-                "INSERT INTO page_rejects (municipality_id, document_type, source_id, raw, reason, job_id)
-                 SELECT $1, $2, s, r::jsonb, why, $3 FROM unnest($4::text[], $5::text[], $6::text[]) AS t(s, r, why)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(job.municipality_id)
-            .bind(doc_type)
-            .bind(job.job_id)
-            .bind(&ids)
-            .bind(&raws)
-            .bind(&reasons)
-            .execute(&mut **tx)
-            .await?;
-        }
+/// How a batch's pages are written in civicload's own schema (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// COPY straight into `meeting_pages`: the pages are expected to be new.
+    Insert,
+    /// COPY into a staging table, then upsert.
+    Upsert,
+}
 
-        let unchanged = pages as i64 - created - updated - target_rejected;
-        let rejected = batch.rejects.len() as i64 + target_rejected;
-        let outcome = BatchOutcome {
+/// What a batch's page writes did, before the batch's own rejects are counted.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    created: i64,
+    updated: i64,
+    /// Rows the target's columns cannot hold (civic-observer), now rejects.
+    rejected: i64,
+}
+
+impl Written {
+    /// The batch's outcome: every page not created, updated or rejected is unchanged.
+    fn outcome(self, batch: &PageBatch) -> BatchOutcome {
+        let pages = batch.rows.num_rows() as i64;
+        BatchOutcome {
             fetched: batch.fetched as u64,
-            created: created as u64,
-            updated: updated as u64,
-            unchanged: unchanged as u64,
-            rejected: rejected as u64,
-        };
-        if !checkpoint {
-            return Ok(Some(outcome));
+            created: self.created as u64,
+            updated: self.updated as u64,
+            unchanged: (pages - self.created - self.updated - self.rejected) as u64,
+            rejected: (batch.rejects.len() as i64 + self.rejected) as u64,
         }
-        self.pulse.step(Stage::Load, Step::Checkpoint);
-        if let Some(custom) = &self.checkpoint {
-            let recorded = custom.record(tx, batch, &outcome, elapsed).await?;
-            return Ok(recorded.then_some(outcome));
-        }
-        let moved = sql::query(
-            "UPDATE backfill_jobs SET
-                last_cursor = coalesce($4, last_cursor), batch_seq = $3,
-                pages_fetched = pages_fetched + $5, pages_created = pages_created + $6,
-                pages_updated = pages_updated + $7, pages_unchanged = pages_unchanged + $8,
-                pages_rejected = pages_rejected + $9, elapsed_seconds = elapsed_seconds + $10,
-                heartbeat_at = now(), updated_at = now()
-             WHERE id = $1 AND lease_owner = $2 AND batch_seq = $3 - 1",
-        )
-        .bind(job.job_id)
-        .bind(&self.config.owner)
-        .bind(batch.seq)
-        .bind(batch.cursor_after.as_deref())
-        .bind(batch.fetched as i64)
-        .bind(created)
-        .bind(updated)
-        .bind(unchanged)
-        .bind(rejected)
-        .bind(elapsed.as_secs_f64())
-        .execute(&mut **tx)
-        .await?;
-        if moved.rows_affected() != 1 {
-            return Ok(None);
-        }
-        Ok(Some(outcome))
     }
 }
 
@@ -638,121 +538,4 @@ enum Watched<T> {
 /// SQLSTATE 23505: a unique constraint refused a row.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
-}
-
-/// The insert route: the batch's documents are upserted (returning their ids), then its
-/// pages are COPYed straight into `meeting_pages`. Returns the pages created, or None when
-/// the batch must take the upsert route instead (in the same transaction). A page that is
-/// stored already fails the COPY with a unique violation (the caller upserts instead).
-/// With `skip_fk_checks` the COPY alone runs as a replica session: unique indexes, NOT
-/// NULL and CHECK constraints still hold, the search-vector trigger still fires (ENABLE
-/// ALWAYS, migration 0008), only the foreign-key triggers are skipped.
-async fn insert_pages(
-    tx: &mut Transaction<'_, Postgres>,
-    batch: &PageBatch,
-    skip_fk_checks: bool,
-    pulse: &Pulse,
-) -> Result<Option<i64>, sqlx::Error> {
-    pulse.step(Stage::Load, Step::Documents);
-    let job = &batch.job;
-    let meetings = batch.rows.column(col::MEETING).as_string::<i32>();
-    let dates = batch.rows.column(col::DATE).as_primitive::<Date32Type>();
-    // The batch's distinct (meeting, date) pairs, in first-seen order.
-    let mut ids: HashMap<(&str, i32), Option<i64>> = HashMap::new();
-    let (mut names, mut days) = (Vec::new(), Vec::new());
-    for i in 0..batch.rows.num_rows() {
-        let key = (meetings.value(i), dates.value(i));
-        if ids.insert(key, None).is_none() {
-            names.push(key.0);
-            days.push(key.1);
-        }
-    }
-    // New documents come back from the INSERT; the others from the table (the statement's
-    // snapshot does not see its own inserts, so each document comes back exactly once).
-    let found: Vec<(i64, String, i32)> = sql::query_as(
-        "WITH wanted AS (
-            SELECT m, date '1970-01-01' + d AS day FROM unnest($3::text[], $4::int[]) AS t(m, d)
-         ), added AS (
-            INSERT INTO meeting_documents (municipality_id, document_type, meeting_name, meeting_date)
-            SELECT $1, $2, m, day FROM wanted
-            ON CONFLICT (municipality_id, document_type, meeting_name, meeting_date) DO NOTHING
-            RETURNING id, meeting_name, meeting_date
-         )
-         SELECT id, meeting_name, meeting_date - date '1970-01-01' FROM added
-         UNION ALL
-         SELECT d.id, d.meeting_name, d.meeting_date - date '1970-01-01'
-         FROM meeting_documents d JOIN wanted w
-           ON d.municipality_id = $1 AND d.document_type = $2
-          AND d.meeting_name = w.m AND d.meeting_date = w.day",
-    )
-    .bind(job.municipality_id)
-    .bind(job.document_type.as_str())
-    .bind(&names)
-    .bind(&days)
-    .fetch_all(&mut **tx)
-    .await?;
-    for (id, name, day) in &found {
-        if let Some(slot) = ids.get_mut(&(name.as_str(), *day)) {
-            *slot = Some(*id);
-        }
-    }
-    let mut document_ids = Vec::with_capacity(batch.rows.num_rows());
-    for i in 0..batch.rows.num_rows() {
-        match ids[&(meetings.value(i), dates.value(i))] {
-            Some(id) => document_ids.push(id),
-            // Committed by a transaction newer than this statement's snapshot (a replay
-            // beside the backfill): the upsert's join sees it.
-            None => return Ok(None),
-        }
-    }
-    if skip_fk_checks {
-        sql::query("SET LOCAL session_replication_role = replica")
-            .execute(&mut **tx)
-            .await?;
-    }
-    pulse.step(Stage::Load, Step::Copy);
-    let mut copy = tx
-        .copy_in_raw(&format!(
-            "COPY meeting_pages ({PAGES_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let key = RowKey::Document {
-        municipality_id: job.municipality_id,
-        document_ids: &document_ids,
-    };
-    let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), key);
-    if let Err(e) = send_rows(&mut copy, &rows, pulse).await {
-        let _ = copy.abort("sending the rows failed").await;
-        return Err(e);
-    }
-    let copied = copy.finish().await? as i64;
-    if skip_fk_checks {
-        // The rejects and the checkpoint that follow keep their foreign-key checks.
-        sql::query("SET LOCAL session_replication_role = origin")
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(Some(copied))
-}
-
-/// Sends a COPY stream in chunks of about `COPY_CHUNK` bytes, encoding as it goes.
-/// Each chunk the server accepted is progress for the watchdog.
-pub(crate) async fn send_rows(
-    copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
-    rows: &CopyRows<'_>,
-    pulse: &Pulse,
-) -> Result<(), sqlx::Error> {
-    const COPY_CHUNK: usize = 256 * 1024;
-    let mut out = bytes::BytesMut::with_capacity(COPY_CHUNK + 16 * 1024);
-    rows.header(&mut out);
-    for i in 0..rows.len() {
-        rows.row(i, &mut out);
-        if out.len() >= COPY_CHUNK {
-            copy.send(out.split().freeze()).await?;
-            pulse.beat(Stage::Load);
-        }
-    }
-    rows.trailer(&mut out);
-    copy.send(out.freeze()).await?;
-    Ok(())
 }

@@ -109,7 +109,7 @@ impl VectorError {
     /// A lost connection: worth trying again. Every other error is a property of the server.
     pub fn is_transient(&self) -> bool {
         match self {
-            VectorError::Sql { source, .. } => crate::store::is_transient_sql(source),
+            VectorError::Sql { source, .. } => crate::store::sql::is_transient_sql(source),
             _ => false,
         }
     }

@@ -347,6 +347,68 @@ pub async fn release(
     Ok(r.rows_affected() == 1)
 }
 
+/// A committed batch's counters, added to its job's in the checkpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCounts {
+    pub fetched: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub rejected: i64,
+}
+
+/// The job-cursor checkpoint, in the batch's transaction: moves the job's cursor past
+/// batch `seq` and adds its counters, guarded by the lease and `batch_seq = seq - 1`.
+/// Returns false when the guard refuses (the job is not ours, or the batch is not next).
+pub async fn advance_cursor(
+    conn: &mut sqlx::PgConnection,
+    job_id: i64,
+    owner: &str,
+    seq: i64,
+    cursor_after: Option<&str>,
+    counts: BatchCounts,
+    elapsed: Duration,
+) -> Result<bool, sqlx::Error> {
+    let moved = sql::query(
+        "UPDATE backfill_jobs SET
+            last_cursor = coalesce($4, last_cursor), batch_seq = $3,
+            pages_fetched = pages_fetched + $5, pages_created = pages_created + $6,
+            pages_updated = pages_updated + $7, pages_unchanged = pages_unchanged + $8,
+            pages_rejected = pages_rejected + $9, elapsed_seconds = elapsed_seconds + $10,
+            heartbeat_at = now(), updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND batch_seq = $3 - 1",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .bind(seq)
+    .bind(cursor_after)
+    .bind(counts.fetched)
+    .bind(counts.created)
+    .bind(counts.updated)
+    .bind(counts.unchanged)
+    .bind(counts.rejected)
+    .bind(elapsed.as_secs_f64())
+    .execute(&mut *conn)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// Whether `owner` holds the job with its cursor at batch `seq`: after a refused
+/// checkpoint, true means our own earlier attempt committed the batch.
+pub async fn holds_at(
+    pool: &PgPool,
+    job_id: i64,
+    owner: &str,
+    seq: i64,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64, Option<String>)> =
+        sql::query_as("SELECT batch_seq, lease_owner FROM backfill_jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(autocommit(pool))
+            .await?;
+    Ok(matches!(row, Some((s, Some(o))) if s == seq && o == owner))
+}
+
 /// Clears a job's lease if `owner` still holds it (a holder found dead); 1 when it did.
 pub async fn clear_lease(pool: &PgPool, job_id: i64, owner: &str) -> Result<u64, sqlx::Error> {
     let r = sql::query(

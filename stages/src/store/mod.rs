@@ -8,13 +8,17 @@ pub mod leases;
 pub mod maintenance;
 pub mod municipalities;
 pub mod observer;
+pub mod pages;
 pub mod partitions;
 pub mod refresh;
+pub mod rejects;
 pub mod replay;
 pub mod search;
 pub mod search_fn;
 pub mod sql;
 pub mod webhook;
+
+pub use sql::is_transient_sql;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -55,29 +59,6 @@ impl StoreError {
             StoreError::Sql(e) => is_transient_sql(e),
             _ => false,
         }
-    }
-}
-
-/// Connection-level failures and server shutdowns that a retry may get past.
-pub fn is_transient_sql(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // 08: connection exception; 57P01-03: admin shutdown / crash / cannot connect now;
-            // 40001/40P01: serialization failure / deadlock; 53300: too many connections.
-            code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300"
-                )
-        }
-        _ => false,
     }
 }
 

@@ -102,7 +102,7 @@ async fn stage(
         ))
         .await?;
     let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), RowKey::Meeting);
-    if let Err(e) = crate::load::send_rows(&mut copy, &rows, pulse).await {
+    if let Err(e) = crate::store::pages::send_rows(&mut copy, &rows, pulse).await {
         let _ = copy.abort("sending the rows failed").await;
         return Err(e);
     }

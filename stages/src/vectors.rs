@@ -1,0 +1,53 @@
+//! The search vectors civicload computed for a batch's pages (`tsvector`), encoded once
+//! as binary COPY fields and carried with the batch to the load stage.
+
+use bytes::{BufMut, BytesMut};
+
+/// Search vectors computed by civicload for a batch, already encoded as binary COPY
+/// fields (length prefix included; -1 where civicload left the vector to PostgreSQL).
+#[derive(Clone, Debug, Default)]
+pub struct VectorFields {
+    buf: BytesMut,
+    ends: Vec<usize>,
+    /// How many rows got no vector from civicload.
+    pub missing: usize,
+}
+
+impl VectorFields {
+    /// Encodes each text's vector, or NULL where the builder declines.
+    pub fn build<'a>(
+        builder: &crate::tsvector::VectorBuilder,
+        texts: impl Iterator<Item = &'a str>,
+    ) -> Self {
+        let mut v = VectorFields::default();
+        for text in texts {
+            match builder.vector(text) {
+                Some(tsv) => tsv.encode_copy_field(&mut v.buf),
+                None => {
+                    v.buf.put_i32(-1);
+                    v.missing += 1;
+                }
+            }
+            v.ends.push(v.buf.len());
+        }
+        v
+    }
+
+    pub(crate) fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.buf[start..self.ends[i]]
+    }
+
+    /// The encoded size of every field, in bytes.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
