@@ -578,24 +578,11 @@ pub async fn observer_command(
             }
         }
         Command::SearchBench(args) => {
-            // The application's own search, explained (EXPLAIN ANALYZE): its time and plan.
-            let explain = upkeep::explain_search(pool, generation, &args.query).await?;
-            let top = &explain[0];
-            let report = serde_json::json!({
-                "query": args.query,
-                "generation": generation,
-                "execution_ms": top["Execution Time"],
-                "planning_ms": top["Planning Time"],
-                "rows": top["Plan"]["Actual Rows"],
-                "plan": explain,
-            });
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "civic-observer's search for {:?} ({generation}): {} ms, {} rows",
-                    args.query, report["execution_ms"], report["rows"]
-                );
+            // The application's own search, timed like civicload's (pipeline/search_bench.rs).
+            let report = crate::search_bench::run_observer(pool, generation, args).await?;
+            match args.json {
+                true => println!("{}", serde_json::to_string(&report)?),
+                false => println!("{}", crate::search_bench::render(&report, args.show)),
             }
         }
         _ => unreachable!("only the upkeep commands come here"),

@@ -1,7 +1,10 @@
 //! `civicload search-bench --query Q`: times the application's search (`civicload_search`,
 //! migration 0009) as the application calls it, `--runs` times, and reports p50 / p95 /
 //! max latency, the rows of the last run, the capped match count and the plan the
-//! function chose (all matches then a sort, or the newest-first walk).
+//! function chose (all matches then a sort, or the newest-first walk). With
+//! `--target civic-observer` it times the application's own G1 query over its tables
+//! (read-only) and prints the same report; G2's search is a BM25 index its operators
+//! build, which civicload does not time (exit 2).
 
 use std::time::Instant;
 
@@ -13,7 +16,10 @@ use stages::store::search_fn::{
     self, SearchFilters, SearchOrder, SearchRequest, SearchResult, SearchRoute,
 };
 
+use stages::target::Generation;
+
 use crate::cli::DocTypeArg;
+use crate::exit::UsageError;
 
 /// `--order`.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -115,19 +121,63 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// `civicload search-bench`.
+/// Whose search is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// civicload's own schema: `civicload_search`.
+    Civicload,
+    /// civic-observer G1: the application's query over its tables.
+    ObserverG1,
+}
+
+/// `civicload search-bench` against civicload's own schema.
 pub async fn run(pool: &PgPool, args: &SearchBenchArgs) -> anyhow::Result<BenchReport> {
+    run_on(pool, args, Backend::Civicload).await
+}
+
+/// `civicload search-bench --target civic-observer`: G1's search timed like civicload's;
+/// G2 is a usage error (exit 2) saying why.
+pub async fn run_observer(
+    pool: &PgPool,
+    generation: Generation,
+    args: &SearchBenchArgs,
+) -> anyhow::Result<BenchReport> {
+    match generation {
+        Generation::G1 => run_on(pool, args, Backend::ObserverG1).await,
+        Generation::G2 => Err(UsageError(
+            "search-bench --target civic-observer: this database is civic-observer G2, whose search is a BM25 index (ParadeDB pg_search) that the application's operators build by hand outside its migrations; civicload neither builds nor times it. Time G1's search (a database with the search_vector columns) or civicload's own schema (without --target)".into(),
+        )
+        .into()),
+    }
+}
+
+async fn run_on(
+    pool: &PgPool,
+    args: &SearchBenchArgs,
+    backend: Backend,
+) -> anyhow::Result<BenchReport> {
     let req = args.request();
     let mut times = Vec::with_capacity(args.runs as usize);
     let mut results = Vec::new();
     for _ in 0..args.runs {
         let t = Instant::now();
-        results = search_fn::search(pool, &req).await?;
+        results = match backend {
+            Backend::Civicload => search_fn::search(pool, &req).await?,
+            Backend::ObserverG1 => search_fn::observer_search(pool, &req).await?,
+        };
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
-    let matches = search_fn::count(pool, &req, args.count_cap).await?;
-    let route = search_fn::route(pool, &req).await?;
+    let (matches, route) = match backend {
+        Backend::Civicload => (
+            search_fn::count(pool, &req, args.count_cap).await?,
+            search_fn::route(pool, &req).await?,
+        ),
+        Backend::ObserverG1 => (
+            search_fn::observer_count(pool, &req, args.count_cap).await?,
+            SearchRoute::ApplicationQuery,
+        ),
+    };
     Ok(BenchReport {
         query: args.query.clone(),
         order: req.order,
@@ -156,6 +206,7 @@ pub fn render(r: &BenchReport, show: usize) -> String {
     let route = match r.route {
         SearchRoute::AllMatches => "every match from the GIN index, then a top-N sort",
         SearchRoute::NewestFirstWalk => "newest-first walk of the date index",
+        SearchRoute::ApplicationQuery => "civic-observer's own G1 query, as the planner plans it",
     };
     let matches = match r.matches >= r.count_cap {
         true => format!("{}+", r.count_cap),

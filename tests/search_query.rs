@@ -5,7 +5,9 @@
 //! sorting every match by the document's meeting date, on both of the function's routes
 //! (all matches then a sort; the newest-first walk). By rank: exact ts_rank order when it
 //! ranks every match, and the documented window (the newest matches) when it does not.
-//! `search-bench --json` reports the contract's fields with the same rows.
+//! `search-bench --json` reports the contract's fields with the same rows, for civicload's
+//! schema and, with `--target civic-observer`, for the application's own G1 query over its
+//! tables (G2's BM25 search is the operators' index: exit 2, saying so).
 // Tests talk to PostgreSQL directly with sqlx (clippy.toml steers the program to stages::store::sql).
 #![allow(clippy::disallowed_methods)]
 
@@ -13,6 +15,7 @@ mod support;
 
 use serde_json::Value;
 use sqlx::PgConnection;
+use support::observer::{Gen, ObserverDb};
 use support::*;
 
 /// A search: query text and filters, as SQL literals for civicload_search's named
@@ -378,4 +381,92 @@ async fn search_bench_json_reports_latency_and_the_true_rows() {
             "{needle:?} missing from:\n{report}"
         );
     }
+}
+
+/// `search-bench --target civic-observer --json` on G1: the application's query, its rows
+/// (source ids = the application's page ids, with their meeting dates) equal to a brute
+/// force over its tables, newest first and by rank; on G2, exit 2 naming the BM25 index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_bench_times_civic_observer_g1_and_explains_g2() {
+    init();
+    let corpus = Corpus::cached(2_000, 3, 43, 0);
+    let ds = Datasette::start(&corpus);
+    let odb = ObserverDb::new("cosearch", Gen::G1);
+    let sites = corpus.dir.join("sites.csv");
+    let out = odb.civicload(
+        None,
+        &["municipalities", "sync", "--from", path_str(&sites)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = odb.civicload(Some(&ds.template), &["backfill", "--subdomain", "all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let largest = corpus.largest();
+    let mut conn = odb.connect().await;
+    for (order, key) in [("date", ""), ("rank", "ts_rank(p.search_vector, q) DESC, ")] {
+        let out = odb.civicload(
+            None,
+            &[
+                "search-bench",
+                "--query",
+                "budget -parking",
+                "--order",
+                order,
+                "--municipality",
+                &largest,
+                "--from",
+                "2010-01-01",
+                "--runs",
+                "3",
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(r["runs"], 3);
+        assert_eq!(r["route"], "application_query");
+        assert!(
+            r["p50_ms"].as_f64().unwrap() <= r["p95_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+        let got: Vec<(String, String)> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                assert_eq!(h["subdomain"], largest.as_str());
+                (
+                    h["source_id"].as_str().unwrap().into(),
+                    h["meeting_date"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT p.id::text, d.meeting_date::text
+             FROM meetings_meetingpage p JOIN meetings_meetingdocument d ON d.id = p.document_id
+             JOIN municipalities_muni m ON m.id = d.municipality_id,
+             websearch_to_tsquery('simple', 'budget -parking') AS q
+             WHERE p.search_vector @@ q AND m.subdomain = $1 AND d.meeting_date >= '2010-01-01'
+             ORDER BY {key}d.meeting_date DESC, p.id DESC LIMIT 100"
+        )))
+        .bind(&largest)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(expected.len(), 100, "the case fills a page");
+        assert_eq!(got, expected, "by {order}");
+        let capped = odb
+            .scalar_i64(&format!(
+                "SELECT least(count(*), 10000) FROM meetings_meetingpage p
+                 JOIN meetings_meetingdocument d ON d.id = p.document_id
+                 JOIN municipalities_muni m ON m.id = d.municipality_id
+                 WHERE p.search_vector @@ websearch_to_tsquery('simple', 'budget -parking')
+                   AND m.subdomain = '{largest}' AND d.meeting_date >= '2010-01-01'"
+            ))
+            .await;
+        assert_eq!(r["matches"].as_i64().unwrap(), capped);
+    }
+    let g2 = ObserverDb::new("cosearch2", Gen::G2);
+    let out = g2.civicload(None, &["search-bench", "--query", "budget", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("BM25 index"), "{}", text(&out));
 }

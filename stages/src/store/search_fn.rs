@@ -80,7 +80,8 @@ impl SearchRequest {
 /// One result row.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct SearchResult {
-    pub id: i64,
+    /// civicload's page id; None in civic-observer's tables, whose page id is `source_id`.
+    pub id: Option<i64>,
     pub source_id: String,
     pub subdomain: String,
     pub document_type: String,
@@ -98,6 +99,8 @@ pub enum SearchRoute {
     AllMatches,
     /// At least the threshold: the newest-first btree walk, stopping at enough matches.
     NewestFirstWalk,
+    /// civic-observer G1: the application's own query, as the planner plans it.
+    ApplicationQuery,
 }
 
 /// Runs the search: one page of results.
@@ -140,22 +143,30 @@ pub async fn count(pool: &PgPool, req: &SearchRequest, cap: i64) -> Result<i64, 
         ))
 }
 
-/// The plan `civicload_search` chooses for this request, from the actual matches.
+/// The plan `civicload_search` chooses for this request (`civicload_search_route`, the
+/// same steps: the newest-first probe, then the capped count of actual matches).
 pub async fn route(pool: &PgPool, req: &SearchRequest) -> Result<SearchRoute, SearchError> {
-    let wanted = req.page_offset.max(0) + req.page_size.max(0);
-    let threshold: i64 = sql::query_scalar("SELECT civicload_search_threshold($1, $2)")
-        .bind(req.order.as_str())
-        .bind(wanted)
-        .fetch_one(autocommit(pool))
-        .await
-        .map_err(SearchError::sql(
-            "reading the search threshold",
-            "civicload_search_threshold",
-            ADVICE,
-        ))?;
-    Ok(match count(pool, req, threshold).await? < threshold {
-        true => SearchRoute::AllMatches,
-        false => SearchRoute::NewestFirstWalk,
+    let route: String =
+        sql::query_scalar("SELECT civicload_search_route($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(&req.query)
+            .bind(req.order.as_str())
+            .bind(&req.filters.municipality)
+            .bind(&req.filters.state)
+            .bind(req.filters.from)
+            .bind(req.filters.to)
+            .bind(req.document_type())
+            .bind(req.page_size)
+            .bind(req.page_offset)
+            .fetch_one(autocommit(pool))
+            .await
+            .map_err(SearchError::sql(
+                "choosing the search route",
+                "civicload_search_route",
+                ADVICE,
+            ))?;
+    Ok(match route.as_str() {
+        "newest_first_walk" => SearchRoute::NewestFirstWalk,
+        _ => SearchRoute::AllMatches,
     })
 }
 
@@ -177,4 +188,98 @@ pub async fn fill_missing_meeting_dates(pool: &PgPool) -> Result<u64, SearchErro
         "Rerun `civicload maintain`: it fills the dates that are still missing.",
     ))?;
     Ok(done.rows_affected())
+}
+
+// civic-observer G1 (CIVIC_OBSERVER.md, "How the application searches"): the application's
+// own query over its own tables, read-only (nothing is installed in its schema), so
+// `search-bench --target civic-observer` times what the application's users wait for:
+// `search_vector @@ websearch_to_tsquery('simple', q)` joined to documents and
+// municipalities, newest first (ties: page id, descending) or by ts_rank. Only the filters
+// given are written, so each shape is planned for itself; every parameter is bound
+// ($1 query, $2 subdomain, $3 state, $4 from, $5 to, $6 document type, $7 limit or cap,
+// $8 offset).
+
+const OBSERVER_FROM: &str = "FROM meetings_meetingpage p
+     JOIN meetings_meetingdocument d ON d.id = p.document_id
+     JOIN municipalities_muni m ON m.id = d.municipality_id";
+const OBSERVER_ADVICE: &str = "Check the query and filters, and that --database-url names \
+                               civic-observer's database (G1, with its search_vector columns).";
+
+/// Binds $1-$6 (see above); a filter not given is bound as NULL and not referenced.
+macro_rules! observer_bind {
+    ($q:expr, $req:expr) => {
+        $q.bind(&$req.query)
+            .bind(&$req.filters.municipality)
+            .bind(&$req.filters.state)
+            .bind($req.filters.from)
+            .bind($req.filters.to)
+            .bind($req.document_type())
+    };
+}
+
+fn observer_where(f: &SearchFilters) -> String {
+    let mut w = String::from("p.search_vector @@ websearch_to_tsquery('simple', $1)");
+    let clauses = [
+        (f.municipality.is_some(), " AND m.subdomain = $2"),
+        (f.state.is_some(), " AND upper(m.state) = upper($3)"),
+        (f.from.is_some(), " AND d.meeting_date >= $4"),
+        (f.to.is_some(), " AND d.meeting_date <= $5"),
+        (f.document_type.is_some(), " AND d.document_type = $6"),
+    ];
+    for (given, clause) in clauses {
+        if given {
+            w.push_str(clause);
+        }
+    }
+    w
+}
+
+/// The application's search over civic-observer G1's tables: one page of results.
+pub async fn observer_search(
+    pool: &PgPool,
+    req: &SearchRequest,
+) -> Result<Vec<SearchResult>, SearchError> {
+    let order = match req.order {
+        SearchOrder::Date => "d.meeting_date DESC, p.id DESC",
+        SearchOrder::Rank => "rank DESC, d.meeting_date DESC, p.id DESC",
+    };
+    let statement = format!(
+        "SELECT NULL::bigint AS id, p.id::text AS source_id, m.subdomain::text AS subdomain,
+                d.document_type::text AS document_type, d.meeting_name::text AS meeting_name,
+                d.meeting_date, p.page_number,
+                ts_rank(p.search_vector, websearch_to_tsquery('simple', $1)) AS rank
+         {OBSERVER_FROM} WHERE {} ORDER BY {order} LIMIT $7 OFFSET $8",
+        observer_where(&req.filters)
+    );
+    observer_bind!(sql::query_as(&statement), req)
+        .bind(i64::from(req.page_size))
+        .bind(i64::from(req.page_offset.max(0)))
+        .fetch_all(autocommit(pool))
+        .await
+        .map_err(SearchError::sql(
+            "searching",
+            "meetings_meetingpage",
+            OBSERVER_ADVICE,
+        ))
+}
+
+/// The pages of civic-observer G1 matching the request, counted up to `cap`.
+pub async fn observer_count(
+    pool: &PgPool,
+    req: &SearchRequest,
+    cap: i64,
+) -> Result<i64, SearchError> {
+    let statement = format!(
+        "SELECT count(*) FROM (SELECT 1 {OBSERVER_FROM} WHERE {} LIMIT $7) AS capped",
+        observer_where(&req.filters)
+    );
+    observer_bind!(sql::query_scalar(&statement), req)
+        .bind(cap)
+        .fetch_one(autocommit(pool))
+        .await
+        .map_err(SearchError::sql(
+            "counting matches",
+            "meetings_meetingpage",
+            OBSERVER_ADVICE,
+        ))
 }
