@@ -79,9 +79,9 @@ pub enum Command {
     /// VACUUM (ANALYZE), build missing search indexes, refresh meeting_page_stats.
     Maintain(crate::maintain::MaintainArgs),
     /// Database health report (vacuum, dead tuples, indexes, sizes, cache) with verdicts.
-    Health(crate::health::HealthArgs),
+    Health(HealthArgs),
     /// Time the application's search (civicload_search): p50/p95/max, rows, plan chosen.
-    SearchBench(crate::search_bench::SearchBenchArgs),
+    SearchBench(SearchBenchArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -390,4 +390,61 @@ pub fn check_template(template: &str) -> Result<(), String> {
             "--source-url {template:?} is not a URL template: {e}"
         )),
     }
+}
+
+/// `civicload health` flags.
+#[derive(Debug, Args, Clone)]
+pub struct HealthArgs {
+    /// Machine-readable output: an array of checks.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--order`.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum OrderArg {
+    /// Meeting date, newest first.
+    #[default]
+    Date,
+    /// ts_rank, highest first.
+    Rank,
+}
+
+/// `civicload search-bench` flags.
+#[derive(Debug, Args, Clone)]
+pub struct SearchBenchArgs {
+    /// The search, in web-search syntax (`budget "city council" -parking or bicycle`).
+    #[arg(long)]
+    pub query: String,
+    #[arg(long, value_enum, default_value_t = OrderArg::Date)]
+    pub order: OrderArg,
+    /// Only this municipality (subdomain).
+    #[arg(long)]
+    pub municipality: Option<String>,
+    /// Only municipalities of this state (e.g. CA).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Meetings on or after this date (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Meetings on or before this date (YYYY-MM-DD).
+    #[arg(long)]
+    pub to: Option<chrono::NaiveDate>,
+    #[arg(long, value_enum)]
+    pub document_type: Option<DocTypeArg>,
+    /// Timed runs (the report gives p50, p95 and max).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub runs: u32,
+    /// Results per page.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub page_size: i32,
+    /// Matches are counted up to this many (the application shows "10,000+").
+    #[arg(long, default_value_t = 10_000)]
+    pub count_cap: i64,
+    /// Print the top N results (text output).
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,7 +4,6 @@
 //! line says so instead of warning.
 
 use chrono::{DateTime, Utc};
-use clap::Args;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::Table;
 use serde::Serialize;
@@ -14,15 +13,9 @@ use stages::store::observer::upkeep::{IndexFact, TableFact};
 use stages::store::search::{self, VectorTarget, SEARCH_INDEXES};
 use stages::target::Generation;
 
-use crate::vectorize::bytes;
+use crate::cli::HealthArgs;
 
-/// `civicload health` flags.
-#[derive(Debug, Args, Clone)]
-pub struct HealthArgs {
-    /// Machine-readable output: an array of checks.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::vectorize::bytes;
 
 /// A check's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

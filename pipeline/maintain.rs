@@ -13,7 +13,7 @@
 //! - Between those moments ordinary writes keep them current: the row trigger computes the
 //!   vector and the index is updated with it (fastupdate = off: no pending list).
 //!   `vectorize` switches a present index to fastupdate = on for its mass update and back
-//!   (see `stages::store::search::relax_fastupdate`).
+//!   (see `stages::store::search_index::relax_fastupdate`).
 
 use std::time::{Duration, Instant};
 
@@ -227,7 +227,7 @@ async fn ensure_search_indexes(
     steps: &mut Vec<Step>,
 ) -> anyhow::Result<()> {
     for index in &SEARCH_INDEXES {
-        let build = search::ensure_search_index(
+        let build = stages::store::search_index::ensure_search_index(
             pool,
             conn,
             index,

@@ -8,8 +8,6 @@
 
 use std::time::Instant;
 
-use chrono::NaiveDate;
-use clap::{Args, ValueEnum};
 use serde::Serialize;
 use sqlx::PgPool;
 use stages::store::search_fn::{
@@ -18,57 +16,8 @@ use stages::store::search_fn::{
 
 use stages::target::Generation;
 
-use crate::cli::DocTypeArg;
+use crate::cli::{OrderArg, SearchBenchArgs};
 use crate::exit::UsageError;
-
-/// `--order`.
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum OrderArg {
-    /// Meeting date, newest first.
-    #[default]
-    Date,
-    /// ts_rank, highest first.
-    Rank,
-}
-
-/// `civicload search-bench` flags.
-#[derive(Debug, Args, Clone)]
-pub struct SearchBenchArgs {
-    /// The search, in web-search syntax (`budget "city council" -parking or bicycle`).
-    #[arg(long)]
-    pub query: String,
-    #[arg(long, value_enum, default_value_t = OrderArg::Date)]
-    pub order: OrderArg,
-    /// Only this municipality (subdomain).
-    #[arg(long)]
-    pub municipality: Option<String>,
-    /// Only municipalities of this state (e.g. CA).
-    #[arg(long)]
-    pub state: Option<String>,
-    /// Meetings on or after this date (YYYY-MM-DD).
-    #[arg(long)]
-    pub from: Option<NaiveDate>,
-    /// Meetings on or before this date (YYYY-MM-DD).
-    #[arg(long)]
-    pub to: Option<NaiveDate>,
-    #[arg(long, value_enum)]
-    pub document_type: Option<DocTypeArg>,
-    /// Timed runs (the report gives p50, p95 and max).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub runs: u32,
-    /// Results per page.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=10_000))]
-    pub page_size: i32,
-    /// Matches are counted up to this many (the application shows "10,000+").
-    #[arg(long, default_value_t = 10_000)]
-    pub count_cap: i64,
-    /// Print the top N results (text output).
-    #[arg(long, default_value_t = 5)]
-    pub show: usize,
-    /// One JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
 
 impl SearchBenchArgs {
     fn request(&self) -> SearchRequest {

@@ -293,15 +293,16 @@ impl Vectorize {
         // A mass update with the search index present: let it collect entries in its
         // pending list meanwhile (see `relax_fastupdate`), and switch back at the end, even
         // after an error. Killed in between, `maintain` switches it back.
-        let relaxed =
-            missing >= RELAX_INDEX_FROM && search::relax_fastupdate(pool, target.index()).await?;
+        let relaxed = missing >= RELAX_INDEX_FROM
+            && stages::store::search_index::relax_fastupdate(pool, target.index()).await?;
         let progress = VectorizeProgress::new(target, missing as u64);
         let result = self
             .passes(pool, target, walk, &progress, &mut report)
             .await;
         progress.finish();
         if relaxed {
-            let restored = search::restore_fastupdate_off(pool, target.index()).await;
+            let restored =
+                stages::store::search_index::restore_fastupdate_off(pool, target.index()).await;
             result?;
             restored?;
         } else {

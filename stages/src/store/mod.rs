@@ -15,6 +15,7 @@ pub mod rejects;
 pub mod replay;
 pub mod search;
 pub mod search_fn;
+pub mod search_index;
 pub mod sql;
 pub mod text_search;
 pub mod webhook;
@@ -184,7 +185,7 @@ pub async fn connect_observer(
     options: PgConnectOptions,
     max_connections: u32,
 ) -> Result<(PgPool, observer::ObserverSchema), StoreError> {
-    let schema = crate::target::BOOKKEEPING_SCHEMA;
+    let schema = observer::types::BOOKKEEPING_SCHEMA;
     let options = options.options([("search_path", format!("{schema},public"))]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)

@@ -6,12 +6,11 @@
 //! `civicload_name_vector`, migrations/0001), so the row triggers, `vectorize` and the
 //! tests can never disagree about what a vector is.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use super::leases::Lease;
 use super::sql::{self, autocommit};
 
 /// A failure of a search-readiness step, naming the table or index and what to do.
@@ -51,7 +50,8 @@ impl SearchError {
 
 const RERUN_VECTORIZE: &str =
     "Nothing is lost: rerun `civicload vectorize` to continue where it stopped.";
-const RERUN_MAINTAIN: &str = "Rerun `civicload maintain`: it rebuilds what is missing or invalid.";
+pub(crate) const RERUN_MAINTAIN: &str =
+    "Rerun `civicload maintain`: it rebuilds what is missing or invalid.";
 
 /// Which vectors `vectorize` builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,12 +242,12 @@ pub struct SearchIndex {
     /// Table and column it indexes.
     pub table: &'static str,
     pub column: &'static str,
-    create: &'static str,
-    create_concurrently: &'static str,
-    drop: &'static str,
-    drop_concurrently: &'static str,
-    fastupdate_on: &'static str,
-    fastupdate_off: &'static str,
+    pub(crate) create: &'static str,
+    pub(crate) create_concurrently: &'static str,
+    pub(crate) drop: &'static str,
+    pub(crate) drop_concurrently: &'static str,
+    pub(crate) fastupdate_on: &'static str,
+    pub(crate) fastupdate_off: &'static str,
 }
 
 /// The search indexes. `fastupdate = off`: no pending list, so a search never pays for
@@ -420,191 +420,6 @@ pub async fn maintenance_session(
             sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => bad_size(e),
             _ => SearchError::sql("opening a maintenance session", "server", RERUN_MAINTAIN)(e),
         })
-}
-
-/// The lease that serializes builds of one search index.
-fn index_lease(index: &SearchIndex) -> String {
-    format!("index {}", index.name)
-}
-
-/// Builds the index if it is missing (or invalid), under a lease so two civicload
-/// processes finishing at once do not build it twice.
-pub async fn ensure_search_index(
-    pool: &PgPool,
-    conn: &mut PgConnection,
-    index: &SearchIndex,
-    mode: BuildMode,
-    owner: &str,
-    maintenance_work_mem: &str,
-) -> Result<IndexBuild, SearchError> {
-    let started = Instant::now();
-    let advice = RERUN_MAINTAIN;
-    let err = |step| SearchError::sql(step, index.name, advice);
-    let lease = Lease::acquire(pool, &index_lease(index), owner)
-        .await
-        .map_err(err("waiting for the index build lease"))?;
-    let result = async {
-        let mut replaced_invalid = false;
-        let existing = index_state(pool, index.name).await?;
-        if let Some(state) = &existing {
-            if state.valid {
-                let restored = restore_fastupdate_off(pool, index).await?;
-                return Ok(IndexBuild {
-                    name: index.name,
-                    built: false,
-                    replaced_invalid: false,
-                    restored_fastupdate_off: restored,
-                    took: started.elapsed(),
-                    bytes: state.bytes,
-                });
-            }
-            // An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index that
-            // IF NOT EXISTS would take for done. (A partitioned one is invalid until every
-            // partition's index is attached: the build below completes it.)
-            if state.partitioned {
-                super::partitions::build_partitioned_index(
-                    pool, &pool.connect_options(), index.name, index.column, mode,
-                    maintenance_work_mem, build_workers(),
-                )
-                .await?;
-                return Ok(IndexBuild {
-                    name: index.name,
-                    built: true,
-                    replaced_invalid: true,
-                    restored_fastupdate_off: false,
-                    took: started.elapsed(),
-                    bytes: index_state(pool, index.name).await?.map(|s| s.bytes).unwrap_or(0),
-                });
-            }
-            let drop = match mode {
-                BuildMode::Blocking => index.drop,
-                BuildMode::Concurrently => index.drop_concurrently,
-            };
-            sqlx::raw_sql(drop)
-                .execute(&mut *conn)
-                .await
-                .map_err(err("dropping an invalid index"))?;
-            replaced_invalid = true;
-        }
-        let partitioned = index.table == "meeting_pages"
-            && !super::partitions::page_partitions(pool).await?.is_empty();
-        match mode {
-            // meeting_pages' partitions: their indexes on every core (migration 0010).
-            _ if partitioned => {
-                super::partitions::build_partitioned_index(
-                    pool, &pool.connect_options(), index.name, index.column, mode,
-                    maintenance_work_mem, build_workers(),
-                )
-                .await?;
-            }
-            // In a transaction of its own, with its memory set there: that holds through
-            // a pooler too.
-            BuildMode::Blocking => {
-                let mut tx = conn.begin().await.map_err(err("building the index"))?;
-                sql::query(
-                    "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
-                )
-                .bind(maintenance_work_mem)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("setting maintenance_work_mem"))?;
-                sqlx::raw_sql(index.create)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err("building the index"))?;
-                tx.commit().await.map_err(err("building the index"))?;
-            }
-            // Cannot run in a transaction: alone, on the session's settings.
-            BuildMode::Concurrently => {
-                sqlx::raw_sql(index.create_concurrently)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err("building the index"))?;
-            }
-        }
-        let bytes = index_state(pool, index.name)
-            .await?
-            .map(|s| s.bytes)
-            .unwrap_or(0);
-        Ok(IndexBuild {
-            name: index.name,
-            built: true,
-            replaced_invalid,
-            restored_fastupdate_off: false,
-            took: started.elapsed(),
-            bytes,
-        })
-    }
-    .await;
-    let released = lease.release().await;
-    let build = result?;
-    released.map_err(err("releasing the index build lease"))?;
-    Ok(build)
-}
-
-/// How many partition indexes are built at once: one per core the machine reports.
-fn build_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-}
-
-/// Switches a present, valid search index to fastupdate = on for a mass update of
-/// vectors; returns whether it now has it on (switched here, or left on by a vectorize
-/// that was killed), so the caller switches it back at the end.
-///
-/// With fastupdate off every updated row inserts each of its few hundred lexemes into
-/// the index on the spot: vectorize runs ~10x slower with the index present (measured:
-/// 189 vs 2023 pages/s). With it on, rows go to the pending list, which VACUUM and
-/// [`restore_fastupdate_off`] merge in sorted bulk. Meanwhile searches also read the
-/// pending list (at most gin_pending_list_limit, 4 MB by default), so it is brief.
-pub async fn relax_fastupdate(pool: &PgPool, index: &SearchIndex) -> Result<bool, SearchError> {
-    match index_state(pool, index.name).await? {
-        Some(s) if s.valid && s.partitioned => {
-            super::partitions::set_fastupdate(pool, index.name, true).await?;
-            Ok(true)
-        }
-        Some(s) if s.valid && s.fastupdate_off() => {
-            sqlx::raw_sql(index.fastupdate_on)
-                .execute(autocommit(pool))
-                .await
-                .map_err(SearchError::sql(
-                    "switching fastupdate on",
-                    index.name,
-                    RERUN_MAINTAIN,
-                ))?;
-            Ok(true)
-        }
-        Some(s) => Ok(s.valid),
-        None => Ok(false),
-    }
-}
-
-/// Sets a search index back to fastupdate = off and merges its pending list, if it has
-/// fastupdate on; returns whether it had.
-pub async fn restore_fastupdate_off(
-    pool: &PgPool,
-    index: &SearchIndex,
-) -> Result<bool, SearchError> {
-    let err = |step| SearchError::sql(step, index.name, RERUN_MAINTAIN);
-    match index_state(pool, index.name).await? {
-        Some(s) if s.partitioned => {
-            Ok(super::partitions::set_fastupdate(pool, index.name, false).await? > 0)
-        }
-        Some(s) if !s.fastupdate_off() => {
-            sqlx::raw_sql(index.fastupdate_off)
-                .execute(autocommit(pool))
-                .await
-                .map_err(err("switching fastupdate off"))?;
-            sql::query("SELECT gin_clean_pending_list(to_regclass($1))")
-                .bind(index.name)
-                .execute(autocommit(pool))
-                .await
-                .map_err(err("merging the pending list"))?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
 }
 
 /// Drops the search indexes, so a bulk load into an (almost) empty table does not update

@@ -5,6 +5,7 @@
 
 pub mod municipalities;
 pub mod pages;
+pub mod types;
 pub mod upkeep;
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 
 use super::sql::{self, autocommit};
-use crate::target::Generation;
+use crate::store::observer::types::Generation;
 
 /// What the start-up check found: the generation and the column limits rejects follow.
 #[derive(Clone, Debug, PartialEq, Eq)]

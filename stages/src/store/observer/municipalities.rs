@@ -5,8 +5,8 @@
 use sqlx::PgPool;
 
 use crate::store::municipalities::Site;
+use crate::store::observer::types::Generation;
 use crate::store::sql::{self, autocommit};
-use crate::target::Generation;
 
 /// Reads one field of a site.
 type Field = fn(&Site) -> Option<&str>;

@@ -12,8 +12,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use super::ObserverSchema;
 use crate::batch::{JobKey, PageBatch};
 use crate::copy::{CopyRows, RowKey, STAGING_COLUMNS};
+use crate::store::observer::types::{Generation, StaleOutcome, StoredCount};
 use crate::store::sql::{self, autocommit};
-use crate::target::{Generation, StaleOutcome, StoredCount};
 use crate::watchdog::Pulse;
 
 /// What writing one batch into civic-observer's tables did.
@@ -58,7 +58,7 @@ pub async fn write_batch(
     .bind(&new)
     .bind(schema.generation == Generation::G1)
     .bind(switch)
-    .bind(crate::target::GIN_CLEANER.load(std::sync::atomic::Ordering::Relaxed))
+    .bind(crate::store::observer::types::GIN_CLEANER.load(std::sync::atomic::Ordering::Relaxed))
     .fetch_one(&mut **tx)
     .await?;
     Ok(w)

@@ -5,8 +5,8 @@
 
 use sqlx::PgPool;
 
+use crate::store::observer::types::Generation;
 use crate::store::sql::{self, autocommit};
-use crate::target::Generation;
 
 /// An index on one of the application's tables.
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]

@@ -1,0 +1,197 @@
+//! Building the search indexes (`SEARCH_INDEXES`): on a partitioned `meeting_pages`, each
+//! partition's index on a connection of its own (`partitions`), then attached; and their
+//! `fastupdate` switched around a load. Apart from `search`, which describes the indexes
+//! and runs searches, so that neither module needs the other's caller.
+
+use std::time::Instant;
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::leases::Lease;
+use super::search::{index_state, BuildMode, IndexBuild, SearchError, SearchIndex, RERUN_MAINTAIN};
+use super::sql::{self, autocommit};
+
+/// The lease that serializes builds of one search index.
+fn index_lease(index: &SearchIndex) -> String {
+    format!("index {}", index.name)
+}
+
+/// Builds the index if it is missing (or invalid), under a lease so two civicload
+/// processes finishing at once do not build it twice.
+pub async fn ensure_search_index(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    index: &SearchIndex,
+    mode: BuildMode,
+    owner: &str,
+    maintenance_work_mem: &str,
+) -> Result<IndexBuild, SearchError> {
+    let started = Instant::now();
+    let advice = RERUN_MAINTAIN;
+    let err = |step| SearchError::sql(step, index.name, advice);
+    let lease = Lease::acquire(pool, &index_lease(index), owner)
+        .await
+        .map_err(err("waiting for the index build lease"))?;
+    let result = async {
+        let mut replaced_invalid = false;
+        let existing = index_state(pool, index.name).await?;
+        if let Some(state) = &existing {
+            if state.valid {
+                let restored = restore_fastupdate_off(pool, index).await?;
+                return Ok(IndexBuild {
+                    name: index.name,
+                    built: false,
+                    replaced_invalid: false,
+                    restored_fastupdate_off: restored,
+                    took: started.elapsed(),
+                    bytes: state.bytes,
+                });
+            }
+            // An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index that
+            // IF NOT EXISTS would take for done. (A partitioned one is invalid until every
+            // partition's index is attached: the build below completes it.)
+            if state.partitioned {
+                super::partitions::build_partitioned_index(
+                    pool, &pool.connect_options(), index.name, index.column, mode,
+                    maintenance_work_mem, build_workers(),
+                )
+                .await?;
+                return Ok(IndexBuild {
+                    name: index.name,
+                    built: true,
+                    replaced_invalid: true,
+                    restored_fastupdate_off: false,
+                    took: started.elapsed(),
+                    bytes: index_state(pool, index.name).await?.map(|s| s.bytes).unwrap_or(0),
+                });
+            }
+            let drop = match mode {
+                BuildMode::Blocking => index.drop,
+                BuildMode::Concurrently => index.drop_concurrently,
+            };
+            sqlx::raw_sql(drop)
+                .execute(&mut *conn)
+                .await
+                .map_err(err("dropping an invalid index"))?;
+            replaced_invalid = true;
+        }
+        let partitioned = index.table == "meeting_pages"
+            && !super::partitions::page_partitions(pool).await?.is_empty();
+        match mode {
+            // meeting_pages' partitions: their indexes on every core (migration 0010).
+            _ if partitioned => {
+                super::partitions::build_partitioned_index(
+                    pool, &pool.connect_options(), index.name, index.column, mode,
+                    maintenance_work_mem, build_workers(),
+                )
+                .await?;
+            }
+            // In a transaction of its own, with its memory set there: that holds through
+            // a pooler too.
+            BuildMode::Blocking => {
+                let mut tx = conn.begin().await.map_err(err("building the index"))?;
+                sql::query(
+                    "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
+                )
+                .bind(maintenance_work_mem)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("setting maintenance_work_mem"))?;
+                sqlx::raw_sql(index.create)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err("building the index"))?;
+                tx.commit().await.map_err(err("building the index"))?;
+            }
+            // Cannot run in a transaction: alone, on the session's settings.
+            BuildMode::Concurrently => {
+                sqlx::raw_sql(index.create_concurrently)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err("building the index"))?;
+            }
+        }
+        let bytes = index_state(pool, index.name)
+            .await?
+            .map(|s| s.bytes)
+            .unwrap_or(0);
+        Ok(IndexBuild {
+            name: index.name,
+            built: true,
+            replaced_invalid,
+            restored_fastupdate_off: false,
+            took: started.elapsed(),
+            bytes,
+        })
+    }
+    .await;
+    let released = lease.release().await;
+    let build = result?;
+    released.map_err(err("releasing the index build lease"))?;
+    Ok(build)
+}
+
+/// How many partition indexes are built at once: one per core the machine reports.
+fn build_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Switches a present, valid search index to fastupdate = on for a mass update of
+/// vectors; returns whether it now has it on (switched here, or left on by a vectorize
+/// that was killed), so the caller switches it back at the end.
+///
+/// With fastupdate off every updated row inserts each of its few hundred lexemes into
+/// the index on the spot: vectorize runs ~10x slower with the index present (measured:
+/// 189 vs 2023 pages/s). With it on, rows go to the pending list, which VACUUM and
+/// [`restore_fastupdate_off`] merge in sorted bulk. Meanwhile searches also read the
+/// pending list (at most gin_pending_list_limit, 4 MB by default), so it is brief.
+pub async fn relax_fastupdate(pool: &PgPool, index: &SearchIndex) -> Result<bool, SearchError> {
+    match index_state(pool, index.name).await? {
+        Some(s) if s.valid && s.partitioned => {
+            super::partitions::set_fastupdate(pool, index.name, true).await?;
+            Ok(true)
+        }
+        Some(s) if s.valid && s.fastupdate_off() => {
+            sqlx::raw_sql(index.fastupdate_on)
+                .execute(autocommit(pool))
+                .await
+                .map_err(SearchError::sql(
+                    "switching fastupdate on",
+                    index.name,
+                    RERUN_MAINTAIN,
+                ))?;
+            Ok(true)
+        }
+        Some(s) => Ok(s.valid),
+        None => Ok(false),
+    }
+}
+
+/// Sets a search index back to fastupdate = off and merges its pending list, if it has
+/// fastupdate on; returns whether it had.
+pub async fn restore_fastupdate_off(
+    pool: &PgPool,
+    index: &SearchIndex,
+) -> Result<bool, SearchError> {
+    let err = |step| SearchError::sql(step, index.name, RERUN_MAINTAIN);
+    match index_state(pool, index.name).await? {
+        Some(s) if s.partitioned => {
+            Ok(super::partitions::set_fastupdate(pool, index.name, false).await? > 0)
+        }
+        Some(s) if !s.fastupdate_off() => {
+            sqlx::raw_sql(index.fastupdate_off)
+                .execute(autocommit(pool))
+                .await
+                .map_err(err("switching fastupdate off"))?;
+            sql::query("SELECT gin_clean_pending_list(to_regclass($1))")
+                .bind(index.name)
+                .execute(autocommit(pool))
+                .await
+                .map_err(err("merging the pending list"))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
