@@ -233,6 +233,34 @@ impl LoadOutcome {
     }
 }
 
+/// Registers the archive's jobs (first, so a dead replay's leases on this machine can be
+/// released) and releases those leases.
+async fn register_jobs(
+    pool: &PgPool,
+    target: &Target,
+    jobs: Vec<JobFiles>,
+) -> anyhow::Result<Vec<(i64, JobFiles)>> {
+    let mut planned = Vec::new();
+    for job in jobs {
+        let doc = job.doc_type()?;
+        let municipality_id = municipalities::ensure(pool, &job.subdomain).await?;
+        let job_id = jobs::ensure(pool, municipality_id, doc).await?;
+        planned.push((job_id, job));
+    }
+    if target.observer().is_some() {
+        store::observer::municipalities::ensure_known(pool).await?;
+    }
+    let ids: Vec<i64> = planned.iter().map(|(id, _)| *id).collect();
+    let released = release_dead_local_leases(pool, &ids).await?;
+    if released > 0 {
+        info!(
+            jobs = released,
+            "Took over jobs whose replay on this machine is gone."
+        );
+    }
+    Ok(planned)
+}
+
 /// Loads the given jobs' files, `concurrency` jobs at a time.
 async fn load_jobs(
     pool: &PgPool,
@@ -254,26 +282,7 @@ async fn load_jobs(
         }),
     );
 
-    // Register the jobs first so a dead replay's leases on this machine can be released.
-    let mut planned = Vec::new();
-    for job in jobs {
-        let doc = job.doc_type()?;
-        let municipality_id = municipalities::ensure(pool, &job.subdomain).await?;
-        let job_id = jobs::ensure(pool, municipality_id, doc).await?;
-        planned.push((job_id, job));
-    }
-    if target.observer().is_some() {
-        store::observer::municipalities::ensure_known(pool).await?;
-    }
-    let ids: Vec<i64> = planned.iter().map(|(id, _)| *id).collect();
-    let released = release_dead_local_leases(pool, &ids).await?;
-    if released > 0 {
-        info!(
-            jobs = released,
-            "Took over jobs whose replay on this machine is gone."
-        );
-    }
-
+    let planned = register_jobs(pool, target, jobs).await?;
     let expected: u64 = planned
         .iter()
         .map(|(_, j)| j.files.iter().map(|f| f.pages).sum::<u64>())

@@ -105,24 +105,7 @@ impl Backfill {
     /// Runs every planned job to an end (completed, failed or paused).
     pub async fn run(self: Arc<Self>, ids: Vec<i64>) -> anyhow::Result<RunResult> {
         let started = Instant::now();
-        if !self.args.resume {
-            let reset =
-                jobs::start_fresh_pass_for_completed(&self.pool, &ids, process_started()).await?;
-            if reset > 0 {
-                info!(jobs = reset, "Starting a fresh pass for jobs completed earlier (unchanged pages are left untouched).");
-            }
-        }
-        let released = release_dead_local_leases(&self.pool, &ids).await?;
-        if released > 0 {
-            info!(
-                jobs = released,
-                "Took over jobs whose worker on this machine is gone."
-            );
-        }
-        for (sub, doc, owner, since) in jobs::held_by_others(&self.pool, &ids, &self.owner).await? {
-            warn!("{sub}/{doc} is being loaded by {owner} (last heartbeat {since}); this run will wait for it or take it over if that worker stops renewing its lease.");
-        }
-
+        self.take_over(&ids).await?;
         let planned = jobs::list(&self.pool, Some(&ids)).await?;
         let todo = planned
             .iter()
@@ -154,33 +137,7 @@ impl Backfill {
             )));
         }
 
-        let mut workers = JoinSet::new();
-        let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
-        // `--concurrency` workers take the biggest jobs first; two more take the small
-        // ones, smallest first, meanwhile (see `ClaimOrder`).
-        let small = ClaimOrder::SmallestFirst {
-            at_most: SMALL_JOB_PAGES,
-        };
-        let orders = std::iter::repeat_n(ClaimOrder::BiggestFirst, self.args.concurrency.into())
-            .chain(std::iter::repeat_n(small, SMALL_JOB_WORKERS));
-        for order in orders {
-            let me = self.clone();
-            let ids = ids.clone();
-            let attempted = attempted.clone();
-            let progress = progress.clone();
-            workers.spawn(async move { me.worker(ids, attempted, progress, order).await });
-        }
-        let mut results = Vec::new();
-        let mut first_error = None;
-        while let Some(joined) = workers.join_next().await {
-            match joined.context("a backfill worker panicked")? {
-                Ok(mut r) => results.append(&mut r),
-                Err(e) => {
-                    // A worker that cannot reach the job table stops; the others go on.
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
+        let (results, first_error) = self.run_workers(&ids, &progress).await?;
         let loaded = started.elapsed();
         stop_logging.cancel();
         let _ = heartbeat.await;
@@ -205,6 +162,69 @@ impl Backfill {
             loaded,
             pages_analyzed: analyzed.load(std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// Before the first claim: a fresh pass for jobs completed earlier (unless resuming),
+    /// leases of dead local workers cleared, and jobs held by live others named.
+    async fn take_over(&self, ids: &[i64]) -> anyhow::Result<()> {
+        let ids = ids.to_vec();
+        if !self.args.resume {
+            let reset =
+                jobs::start_fresh_pass_for_completed(&self.pool, &ids, process_started()).await?;
+            if reset > 0 {
+                info!(jobs = reset, "Starting a fresh pass for jobs completed earlier (unchanged pages are left untouched).");
+            }
+        }
+        let released = release_dead_local_leases(&self.pool, &ids).await?;
+        if released > 0 {
+            info!(
+                jobs = released,
+                "Took over jobs whose worker on this machine is gone."
+            );
+        }
+        for (sub, doc, owner, since) in jobs::held_by_others(&self.pool, &ids, &self.owner).await? {
+            warn!("{sub}/{doc} is being loaded by {owner} (last heartbeat {since}); this run will wait for it or take it over if that worker stops renewing its lease.");
+        }
+
+        Ok(())
+    }
+
+    /// `--concurrency` workers take the biggest jobs first; two more take the small ones,
+    /// smallest first, meanwhile (see `ClaimOrder`). Returns every job's result and the
+    /// first worker error, if any.
+    async fn run_workers(
+        self: &Arc<Self>,
+        ids: &[i64],
+        progress: &Arc<Progress>,
+    ) -> anyhow::Result<(Vec<JobResult>, Option<anyhow::Error>)> {
+        let mut workers = JoinSet::new();
+        let attempted = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+        // `--concurrency` workers take the biggest jobs first; two more take the small
+        // ones, smallest first, meanwhile (see `ClaimOrder`).
+        let small = ClaimOrder::SmallestFirst {
+            at_most: SMALL_JOB_PAGES,
+        };
+        let orders = std::iter::repeat_n(ClaimOrder::BiggestFirst, self.args.concurrency.into())
+            .chain(std::iter::repeat_n(small, SMALL_JOB_WORKERS));
+        for order in orders {
+            let me = self.clone();
+            let ids = ids.to_vec();
+            let attempted = attempted.clone();
+            let progress = progress.clone();
+            workers.spawn(async move { me.worker(ids, attempted, progress, order).await });
+        }
+        let mut results = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = workers.join_next().await {
+            match joined.context("a backfill worker panicked")? {
+                Ok(mut r) => results.append(&mut r),
+                Err(e) => {
+                    // A worker that cannot reach the job table stops; the others go on.
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Ok((results, first_error))
     }
 
     fn lease(&self) -> Duration {

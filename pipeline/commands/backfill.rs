@@ -29,16 +29,7 @@ pub async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     // connection for its batch transaction; leave room for claims, heartbeats, verification
     // and the ANALYZE near the end of a bulk load.
     let (pool, target) = connect_target(cli, u32::from(args.concurrency) + 5).await?;
-    // Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
-    // Never into civic-observer's tables: they are in service, and their indexes theirs.
-    let load_mode = match target {
-        Target::Civicload => crate::maintain::decide_bulk(&pool, args.bulk_request()).await?,
-        Target::CivicObserver(_) => crate::maintain::LoadMode {
-            bulk: false,
-            initial: false,
-            pages_analyzed: false,
-        },
-    };
+    let load_mode = load_mode(&pool, &target, &args).await?;
     let generation = target.observer().map(|o| o.generation);
     let args = BackfillArgs {
         bulk: load_mode.is_bulk(),
@@ -82,16 +73,7 @@ pub async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
     let run_started = chrono::Utc::now();
     let owner = backfill.owner.clone();
     let source = backfill.client.clone();
-    // G1: the GIN pending list is merged beside the batches (stages/src/target.rs).
-    let cleaner = CancellationToken::new();
-    if generation == Some(Generation::G1) && !args.verify_only {
-        let every = std::time::Duration::from_secs(2);
-        tokio::spawn(stages::target::clean_gin_pending_lists(
-            pool.clone(),
-            every,
-            cleaner.clone(),
-        ));
-    }
+    let cleaner = start_gin_cleaner(&pool, generation);
     let result = backfill.run(ids.clone()).await;
     cleaner.cancel();
     let result = result?;
@@ -100,16 +82,60 @@ pub async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
         crate::archive::finish_run(archive, &pool, &ids, &owner, run_started).await;
     }
 
+    report_and_prepare(&pool, &target, load_mode, &result, started, &owner).await?;
+    end_of_run(&pool, &ids, result.interrupted).await
+}
+
+/// Bulk mode (issue 6), decided once before any job writes: see pipeline/maintain.rs.
+/// Never into civic-observer's tables: they are in service, and their indexes theirs.
+async fn load_mode(
+    pool: &PgPool,
+    target: &Target,
+    args: &BackfillArgs,
+) -> anyhow::Result<crate::maintain::LoadMode> {
+    Ok(match target {
+        Target::Civicload => crate::maintain::decide_bulk(pool, args.bulk_request()).await?,
+        Target::CivicObserver(_) => crate::maintain::LoadMode {
+            bulk: false,
+            initial: false,
+            pages_analyzed: false,
+        },
+    })
+}
+
+/// G1: the GIN pending list is merged beside the batches (stages/src/target.rs) until the
+/// returned token is cancelled.
+fn start_gin_cleaner(pool: &PgPool, generation: Option<Generation>) -> CancellationToken {
+    let cleaner = CancellationToken::new();
+    if generation == Some(Generation::G1) {
+        let every = std::time::Duration::from_secs(2);
+        tokio::spawn(stages::target::clean_gin_pending_lists(
+            pool.clone(),
+            every,
+            cleaner.clone(),
+        ));
+    }
+    cleaner
+}
+
+/// The run's summary, then search readiness (issue 6): vectors, indexes, statistics, the
+/// stats view (refreshed there; here only when the run stops early).
+async fn report_and_prepare(
+    pool: &PgPool,
+    target: &Target,
+    load_mode: crate::maintain::LoadMode,
+    result: &crate::backfill::RunResult,
+    started: std::time::Instant,
+    owner: &str,
+) -> anyhow::Result<()> {
     // Start to the last job's end; an ANALYZE still running then counts as preparation.
     let load_phase = started.elapsed() - (result.wall - result.loaded);
     println!("{}", report::summary(&result.jobs, result.wall));
     println!("{}", report::stage_breakdown(&result.jobs));
-    // Search readiness (issue 6): vectors, indexes, statistics, stats view (refreshed
-    // there; here only when the run stops early).
     if target.observer().is_some() {
         // civic-observer's indexes are the application's: nothing to build after a load.
     } else if result.interrupted {
-        if let Err(e) = jobs::refresh_stats(&pool).await {
+        if let Err(e) = jobs::refresh_stats(pool).await {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
         }
     } else {
@@ -117,13 +143,13 @@ pub async fn backfill(cli: &Cli, args: BackfillArgs) -> anyhow::Result<u8> {
             pages_analyzed: result.pages_analyzed,
             ..load_mode
         };
-        prepare_for_search(&pool, load_mode, &owner).await?;
+        prepare_for_search(pool, load_mode, owner).await?;
         println!(
             "{}",
             report::phases(&result.jobs, load_phase, started.elapsed())
         );
     }
-    end_of_run(&pool, &ids, result.interrupted).await
+    Ok(())
 }
 
 /// civicload computes search vectors itself once it has read this server's rules (a few

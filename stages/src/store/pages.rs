@@ -115,6 +115,47 @@ pub async fn insert_batch(
 ) -> Result<Option<i64>, sqlx::Error> {
     pulse.step(Stage::Load, Step::Documents);
     let job = &batch.job;
+    let Some(document_ids) = document_ids(conn, batch).await? else {
+        return Ok(None);
+    };
+    if skip_fk_checks {
+        sql::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *conn)
+            .await?;
+    }
+    pulse.step(Stage::Load, Step::Copy);
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY meeting_pages ({PAGES_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let key = RowKey::Document {
+        municipality_id: job.municipality_id,
+        document_ids: &document_ids,
+    };
+    let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), key);
+    if let Err(e) = send_rows(&mut copy, &rows, pulse).await {
+        let _ = copy.abort("sending the rows failed").await;
+        return Err(e);
+    }
+    let copied = copy.finish().await? as i64;
+    if skip_fk_checks {
+        // The rejects and the checkpoint that follow keep their foreign-key checks.
+        sql::query("SET LOCAL session_replication_role = origin")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(copied))
+}
+
+/// The insert route's documents: the batch's distinct meetings upserted, and each row's
+/// document id. None when a document is newer than the statement's snapshot (the batch
+/// then takes the upsert route).
+async fn document_ids(
+    conn: &mut PgConnection,
+    batch: &PageBatch,
+) -> Result<Option<Vec<i64>>, sqlx::Error> {
+    let job = &batch.job;
     let meetings = batch.rows.column(col::MEETING).as_string::<i32>();
     let dates = batch.rows.column(col::DATE).as_primitive::<Date32Type>();
     // The batch's distinct (meeting, date) pairs, in first-seen order.
@@ -165,34 +206,7 @@ pub async fn insert_batch(
             None => return Ok(None),
         }
     }
-    if skip_fk_checks {
-        sql::query("SET LOCAL session_replication_role = replica")
-            .execute(&mut *conn)
-            .await?;
-    }
-    pulse.step(Stage::Load, Step::Copy);
-    let mut copy = conn
-        .copy_in_raw(&format!(
-            "COPY meeting_pages ({PAGES_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let key = RowKey::Document {
-        municipality_id: job.municipality_id,
-        document_ids: &document_ids,
-    };
-    let rows = CopyRows::new(&batch.rows, batch.vectors.as_deref(), key);
-    if let Err(e) = send_rows(&mut copy, &rows, pulse).await {
-        let _ = copy.abort("sending the rows failed").await;
-        return Err(e);
-    }
-    let copied = copy.finish().await? as i64;
-    if skip_fk_checks {
-        // The rejects and the checkpoint that follow keep their foreign-key checks.
-        sql::query("SET LOCAL session_replication_role = origin")
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(Some(copied))
+    Ok(Some(document_ids))
 }
 
 /// Sends a COPY stream in chunks of about `COPY_CHUNK` bytes, encoding as it goes.

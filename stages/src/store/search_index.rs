@@ -52,8 +52,13 @@ pub async fn ensure_search_index(
             // partition's index is attached: the build below completes it.)
             if state.partitioned {
                 super::partitions::build_partitioned_index(
-                    pool, &pool.connect_options(), index.name, index.column, mode,
-                    maintenance_work_mem, build_workers(),
+                    pool,
+                    &pool.connect_options(),
+                    index.name,
+                    index.column,
+                    mode,
+                    maintenance_work_mem,
+                    build_workers(),
                 )
                 .await?;
                 return Ok(IndexBuild {
@@ -62,7 +67,10 @@ pub async fn ensure_search_index(
                     replaced_invalid: true,
                     restored_fastupdate_off: false,
                     took: started.elapsed(),
-                    bytes: index_state(pool, index.name).await?.map(|s| s.bytes).unwrap_or(0),
+                    bytes: index_state(pool, index.name)
+                        .await?
+                        .map(|s| s.bytes)
+                        .unwrap_or(0),
                 });
             }
             let drop = match mode {
@@ -75,42 +83,7 @@ pub async fn ensure_search_index(
                 .map_err(err("dropping an invalid index"))?;
             replaced_invalid = true;
         }
-        let partitioned = index.table == "meeting_pages"
-            && !super::partitions::page_partitions(pool).await?.is_empty();
-        match mode {
-            // meeting_pages' partitions: their indexes on every core (migration 0010).
-            _ if partitioned => {
-                super::partitions::build_partitioned_index(
-                    pool, &pool.connect_options(), index.name, index.column, mode,
-                    maintenance_work_mem, build_workers(),
-                )
-                .await?;
-            }
-            // In a transaction of its own, with its memory set there: that holds through
-            // a pooler too.
-            BuildMode::Blocking => {
-                let mut tx = conn.begin().await.map_err(err("building the index"))?;
-                sql::query(
-                    "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
-                )
-                .bind(maintenance_work_mem)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("setting maintenance_work_mem"))?;
-                sqlx::raw_sql(index.create)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err("building the index"))?;
-                tx.commit().await.map_err(err("building the index"))?;
-            }
-            // Cannot run in a transaction: alone, on the session's settings.
-            BuildMode::Concurrently => {
-                sqlx::raw_sql(index.create_concurrently)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err("building the index"))?;
-            }
-        }
+        build_index(pool, conn, index, mode, maintenance_work_mem).await?;
         let bytes = index_state(pool, index.name)
             .await?
             .map(|s| s.bytes)
@@ -129,6 +102,60 @@ pub async fn ensure_search_index(
     let build = result?;
     released.map_err(err("releasing the index build lease"))?;
     Ok(build)
+}
+
+/// Builds a missing index: on meeting_pages' partitions, each partition's on its own
+/// connection (migration 0010); otherwise in one statement.
+async fn build_index(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    index: &SearchIndex,
+    mode: BuildMode,
+    maintenance_work_mem: &str,
+) -> Result<(), SearchError> {
+    let err = |step| SearchError::sql(step, index.name, RERUN_MAINTAIN);
+    let partitioned = index.table == "meeting_pages"
+        && !super::partitions::page_partitions(pool).await?.is_empty();
+    match mode {
+        // meeting_pages' partitions: their indexes on every core (migration 0010).
+        _ if partitioned => {
+            super::partitions::build_partitioned_index(
+                pool,
+                &pool.connect_options(),
+                index.name,
+                index.column,
+                mode,
+                maintenance_work_mem,
+                build_workers(),
+            )
+            .await?;
+        }
+        // In a transaction of its own, with its memory set there: that holds through
+        // a pooler too.
+        BuildMode::Blocking => {
+            let mut tx = conn.begin().await.map_err(err("building the index"))?;
+            sql::query(
+                "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
+            )
+            .bind(maintenance_work_mem)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("setting maintenance_work_mem"))?;
+            sqlx::raw_sql(index.create)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("building the index"))?;
+            tx.commit().await.map_err(err("building the index"))?;
+        }
+        // Cannot run in a transaction: alone, on the session's settings.
+        BuildMode::Concurrently => {
+            sqlx::raw_sql(index.create_concurrently)
+                .execute(&mut *conn)
+                .await
+                .map_err(err("building the index"))?;
+        }
+    }
+    Ok(())
 }
 
 /// How many partition indexes are built at once: one per core the machine reports.
