@@ -51,16 +51,7 @@ pub async fn ensure_search_index(
             // IF NOT EXISTS would take for done. (A partitioned one is invalid until every
             // partition's index is attached: the build below completes it.)
             if state.partitioned {
-                super::partitions::build_partitioned_index(
-                    pool,
-                    &pool.connect_options(),
-                    index.name,
-                    index.column,
-                    mode,
-                    maintenance_work_mem,
-                    build_workers(),
-                )
-                .await?;
+                build_on_partitions(pool, index, mode, maintenance_work_mem).await?;
                 return Ok(IndexBuild {
                     name: index.name,
                     built: true,
@@ -119,16 +110,7 @@ async fn build_index(
     match mode {
         // meeting_pages' partitions: their indexes on every core (migration 0010).
         _ if partitioned => {
-            super::partitions::build_partitioned_index(
-                pool,
-                &pool.connect_options(),
-                index.name,
-                index.column,
-                mode,
-                maintenance_work_mem,
-                build_workers(),
-            )
-            .await?;
+            build_on_partitions(pool, index, mode, maintenance_work_mem).await?;
         }
         // In a transaction of its own, with its memory set there: that holds through
         // a pooler too.
@@ -156,6 +138,26 @@ async fn build_index(
         }
     }
     Ok(())
+}
+
+/// meeting_pages' partitions: each partition's index on its own connection, as many at
+/// once as the machine has cores, then attached (migration 0010).
+async fn build_on_partitions(
+    pool: &PgPool,
+    index: &SearchIndex,
+    mode: BuildMode,
+    maintenance_work_mem: &str,
+) -> Result<(), SearchError> {
+    super::partitions::build_partitioned_index(
+        pool,
+        &pool.connect_options(),
+        index.name,
+        index.column,
+        mode,
+        maintenance_work_mem,
+        build_workers(),
+    )
+    .await
 }
 
 /// How many partition indexes are built at once: one per core the machine reports.
