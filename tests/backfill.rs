@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::process::Command;
 
 use sqlx::Connection;
 
@@ -156,22 +155,7 @@ async fn a_reocrd_page_is_updated_in_place_and_new_pages_arrive() {
     let identity_before = db.scalar_i64(&rows_of(max_id)).await;
 
     let victim = corpus.largest();
-    let out = Command::new("python3")
-        .arg(repo_root().join("fixtures/mutate.py"))
-        .arg(&corpus.dir)
-        .args([
-            "--subdomain",
-            &victim,
-            "--reocr",
-            "7",
-            "--add",
-            "12",
-            "--seed",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    corpus.mutate(&victim, 7, 0, 12, 3);
 
     let out = civicload(
         &db,

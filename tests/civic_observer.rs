@@ -276,15 +276,7 @@ fn mutate_adding(
     delete: u32,
     add: u32,
 ) -> serde_json::Value {
-    let out = Command::new("python3")
-        .arg(repo_root().join("fixtures/mutate.py"))
-        .arg(&corpus.dir)
-        .args(["--subdomain", sub, "--reocr", &reocr.to_string()])
-        .args(["--delete", &delete.to_string(), "--add", &add.to_string()])
-        .args(["--seed", "5"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    corpus.mutate(sub, reocr, delete, add, 5);
     corpus.summary()["mutations"]
         .as_array()
         .unwrap()

@@ -8,28 +8,10 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use support::proxy::{FaultPlan, FaultProxy};
 use support::*;
-
-fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32, add: u32, seed: u32) {
-    let out = Command::new("python3")
-        .arg(repo_root().join("fixtures/mutate.py"))
-        .arg(&corpus.dir)
-        .args(["--subdomain", sub])
-        .args([
-            "--reocr",
-            &reocr.to_string(),
-            "--delete",
-            &delete.to_string(),
-        ])
-        .args(["--add", &add.to_string(), "--seed", &seed.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-}
 
 /// Requests to read a table of `n` rows by keyset `arrayfirst` pages of 1,000: the full
 /// pages, then the short one (and one more after a page of a multiple of 100 rows, which
@@ -128,8 +110,8 @@ async fn refresh_ends_exact_and_fetches_only_the_changed_pages() {
             .unwrap()
             .clone(),
     );
-    mutate(&corpus, &a, 5, 4, 6, 3);
-    mutate(&corpus, &b, 3, 0, 0, 4);
+    corpus.mutate(&a, 5, 4, 6, 3);
+    corpus.mutate(&b, 3, 0, 0, 4);
     let out = civicload(
         &db,
         Some(&template),
@@ -186,7 +168,7 @@ async fn deletions_beyond_the_safe_share_need_force() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let held = db.pages().await.len();
-    mutate(&corpus, &sub, 0, (held / 10) as u32, 0, 5);
+    corpus.mutate(&sub, 0, (held / 10) as u32, 0, 5);
     let out = civicload(
         &db,
         Some(&server.template),
@@ -233,7 +215,7 @@ async fn changed_only_skips_untouched_municipalities() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let victim = corpus.largest();
-    mutate(&corpus, &victim, 2, 1, 3, 6);
+    corpus.mutate(&victim, 2, 1, 3, 6);
     let out = civicload(
         &db,
         Some(&server.template),
@@ -283,7 +265,7 @@ async fn a_refresh_killed_at_any_instant_resumes_to_the_exact_source() {
         &["backfill", "--subdomain", &sub],
     );
     assert!(out.status.success(), "{}", text(&out));
-    mutate(&corpus, &sub, 250, 20, 300, 11);
+    corpus.mutate(&sub, 250, 20, 300, 11);
     // Slow answers, so that the kills land inside the refresh: between requests, during a
     // batch's commit, during the deletes.
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();

@@ -130,23 +130,6 @@ async fn webhook(base: &str, sub: &str, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn mutate(corpus: &Corpus, sub: &str, reocr: u32, delete: u32, add: u32, seed: u32) {
-    let out = Command::new("python3")
-        .arg(repo_root().join("fixtures/mutate.py"))
-        .arg(&corpus.dir)
-        .args(["--subdomain", sub])
-        .args([
-            "--reocr",
-            &reocr.to_string(),
-            "--delete",
-            &delete.to_string(),
-        ])
-        .args(["--add", &add.to_string(), "--seed", &seed.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-}
-
 /// Waits until no refresh is queued or running for these municipalities.
 async fn wait_refreshed(db: &TestDb, subs: &[String], within: Duration) {
     let mut conn = db.connect().await;
@@ -185,7 +168,7 @@ async fn a_webhook_makes_the_municipality_exact_and_bad_ones_change_nothing() {
     let db = TestDb::new("webhook");
     backfill(&db, &corpus, &server.template);
     let victim = corpus.largest();
-    mutate(&corpus, &victim, 3, 2, 5, 2);
+    corpus.mutate(&victim, 3, 2, 5, 2);
 
     // Without the secret, serve refuses to start.
     let out = civicload_command(
@@ -343,7 +326,7 @@ async fn a_burst_for_twenty_municipalities_loses_none_and_never_runs_a_job_twice
         let held = corpus.summary()["municipalities"][s]["pages"]
             .as_i64()
             .unwrap();
-        mutate(&corpus, s, u32::from(held > 10), 0, 2, i as u32);
+        corpus.mutate(s, u32::from(held > 10), 0, 2, i as u32);
     }
     // Two processes share the queue.
     let a = Serve::start(&db, &server.template, &["--concurrency", "3"]);
@@ -405,7 +388,7 @@ async fn a_kill_right_after_the_answer_loses_nothing() {
     let db = TestDb::new("kill");
     backfill(&db, &corpus, &server.template);
     let victim = corpus.largest();
-    mutate(&corpus, &victim, 2, 1, 4, 8);
+    corpus.mutate(&victim, 2, 1, 4, 8);
     // The first process reads the source through a slow proxy: it cannot finish the
     // refresh before it is killed.
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
@@ -441,7 +424,7 @@ async fn the_schedule_refreshes_only_what_changed() {
     assert!(out.status.success(), "{}", text(&out));
     backfill(&db, &corpus, &server.template);
     let victim = corpus.largest();
-    mutate(&corpus, &victim, 1, 1, 5, 12);
+    corpus.mutate(&victim, 1, 1, 5, 12);
     let _serve = Serve::start(
         &db,
         &server.template,

@@ -107,24 +107,7 @@ async fn verify_deep_finds_every_difference_and_repair_restores_the_exact_source
     assert!(out.status.success(), "{}", text(&out));
 
     let victim = corpus.largest();
-    let out = Command::new("python3")
-        .arg(repo_root().join("fixtures/mutate.py"))
-        .arg(&corpus.dir)
-        .args([
-            "--subdomain",
-            &victim,
-            "--reocr",
-            "5",
-            "--delete",
-            "4",
-            "--add",
-            "6",
-            "--seed",
-            "9",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    corpus.mutate(&victim, 5, 4, 6, 9);
     // Three pages lost locally too.
     let mut conn = db.connect().await;
     let lost = sqlx::query("DELETE FROM meeting_pages WHERE id IN (SELECT p.id FROM meeting_pages p JOIN municipalities m ON m.id = p.municipality_id WHERE m.subdomain = $1 ORDER BY p.id DESC LIMIT 3)")

@@ -31,6 +31,20 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// Changes one municipality upstream with fixtures/mutate.py: `reocr` pages get a new
+    /// id, `delete` vanish and `add` new ones appear (chosen by `seed`).
+    pub fn mutate(&self, sub: &str, reocr: u32, delete: u32, add: u32, seed: u32) {
+        let out = std::process::Command::new("python3")
+            .arg(repo_root().join("fixtures/mutate.py"))
+            .arg(&self.dir)
+            .args(["--subdomain", sub, "--reocr", &reocr.to_string()])
+            .args(["--delete", &delete.to_string(), "--add", &add.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
     /// The cached corpus for these parameters; generated once (atomically) if absent.
     pub fn cached(pages: u64, municipalities: u64, seed: u64, bad_rows: u64) -> Corpus {
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("corpora");
