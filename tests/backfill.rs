@@ -7,7 +7,6 @@
 
 mod support;
 
-
 use sqlx::Connection;
 
 use support::*;
