@@ -142,7 +142,7 @@ async fn maintain_locked(
     let mut steps = Vec::new();
     drop_leftovers(pool, conn, &mut steps).await?;
     reindex(pool, conn, plan.reindex, &mut steps).await?;
-    fill_meeting_dates(pool, &mut steps).await?;
+    fill_page_columns(pool, &mut steps).await?;
     ensure_search_indexes(pool, conn, plan, owner, &mut steps).await?;
     resume_pages_autovacuum(pool, &mut steps).await?;
     if plan.vacuum {
@@ -204,8 +204,9 @@ async fn reindex(
 }
 
 /// Copies meeting dates onto the pages a bulk COPY wrote without theirs (newest-first
-/// search needs it); a step if any.
-async fn fill_meeting_dates(pool: &PgPool, steps: &mut Vec<Step>) -> anyhow::Result<()> {
+/// search needs it), and computes the phrase keys of pages that have none (phrase search
+/// uses them only once every page has its keys); a step each if any.
+async fn fill_page_columns(pool: &PgPool, steps: &mut Vec<Step>) -> anyhow::Result<()> {
     let t = Instant::now();
     let dated = stages::store::search_fn::fill_missing_meeting_dates(pool).await?;
     if dated > 0 {
@@ -213,6 +214,15 @@ async fn fill_meeting_dates(pool: &PgPool, steps: &mut Vec<Step>) -> anyhow::Res
             step: "meeting dates copied onto pages".into(),
             seconds: t.elapsed().as_secs_f64(),
             detail: format!("{dated} pages"),
+        });
+    }
+    let t = Instant::now();
+    let keyed = stages::store::search_fn::fill_missing_phrase_keys(pool).await?;
+    if keyed > 0 {
+        steps.push(Step {
+            step: "phrase keys computed by the server".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: format!("{keyed} pages"),
         });
     }
     Ok(())

@@ -208,6 +208,34 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         0
     );
 
+    // Every page's phrase keys are the server's own for its vector, and the phrase index
+    // is built; a phrase query is narrowed by it, an OR query is not.
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM meeting_pages
+             WHERE phrase_keys IS DISTINCT FROM civicload_phrase_keys(search_vector)"
+        )
+        .await,
+        0
+    );
+    let filters: Vec<String> = sqlx::query_scalar(
+        "SELECT civicload_phrase_filter(websearch_to_tsquery('simple', q))
+         FROM unnest(ARRAY['\"fiscal year\"', '\"fiscal year\" or bicycle']) AS q",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(filters[0].contains("phrase_keys @>"), "{filters:?}");
+    assert_eq!(filters[1], "");
+    assert!(
+        db.scalar_i64(
+            "SELECT count(*) FROM pg_index WHERE indisvalid
+             AND indexrelid = to_regclass('meeting_pages_phrase_keys_gin')"
+        )
+        .await
+            == 1
+    );
+
     let largest = corpus.largest();
     let state: String = sqlx::query_scalar("SELECT state FROM municipalities WHERE subdomain = $1")
         .bind(&largest)
@@ -224,6 +252,13 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         Case::q("parking or bicycle"),
         Case::q("xyzzyplugh"),
         Case::q("Zürich"),
+        // Phrases narrowed by their pairs' keys (migration 0014), and shapes where the
+        // pairs are not necessary (OR, a negated phrase) or only some are.
+        Case::q("\"fiscal year budget\""),
+        Case::q("\"fiscal year\" -parking"),
+        Case::q("\"fiscal year\" or bicycle"),
+        Case::q("-\"fiscal year\" budget"),
+        Case::q("\"fiscal year\" \"city council\""),
     ];
     let mut filtered = Vec::new();
     for base in ["budget", "\"fiscal year\"", &rare] {

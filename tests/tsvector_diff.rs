@@ -1,7 +1,8 @@
 //! Differential test of civicload's Rust search vectors against PostgreSQL itself: for
 //! every text where `VectorBuilder::vector` answers, the vector it encodes for binary COPY
 //! must equal the server's `civicload_page_vector(text)` (compared as tsvector and as
-//! `::text`), over a generated civic.band corpus, hand-written corner cases, random
+//! `::text`), and so must its phrase keys (`civicload_phrase_keys`, migration 0014), over
+//! a generated civic.band corpus, hand-written corner cases, random
 //! compositions of tricky fragments and a sweep over the code points. The share of texts
 //! it leaves to the server is reported (and bounded on the corpus).
 //!
@@ -532,6 +533,21 @@ async fn compare(db: &TestDb, builder: &VectorBuilder, label: &str, texts: &[Str
             truncate(&texts[n as usize]),
             truncate(&ours),
             truncate(&server)
+        );
+    }
+    // The phrase keys (migration 0014) from our vector, against the server's from its own.
+    let server_keys: Vec<(i32, Vec<i32>)> = sqlx::query_as(
+        "SELECT n, civicload_phrase_keys(civicload_page_vector(t)) FROM tsv_check ORDER BY n",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    for (n, server) in server_keys {
+        let ours = ours[n as usize].as_ref().unwrap().phrase_keys();
+        assert!(
+            ours == server,
+            "{label}: phrase keys differ for {:?}\n  civicload: {ours:?}\n  server:    {server:?}",
+            truncate(&texts[n as usize]),
         );
     }
     Outcome {

@@ -18,12 +18,12 @@ const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 
 /// The staging columns, in the order the encoder writes them for `RowKey::Meeting`.
 pub const STAGING_COLUMNS: &str =
-    "source_id, meeting, meeting_date, page_number, text, page_image, entities, votes, search_vector";
+    "source_id, meeting, meeting_date, page_number, text, page_image, entities, votes, search_vector, phrase_keys";
 
 /// The `meeting_pages` columns, in the order the encoder writes them for `RowKey::Document`.
 /// `meeting_date` (the document's, copied for newest-first search, migration 0009) comes
-/// last, so the fields shared with the staging stream keep their places.
-pub const PAGES_COLUMNS: &str = "source_id, document_id, municipality_id, page_number, text, page_image, entities, votes, search_vector, meeting_date";
+/// after the vector, then the vector's phrase keys (migration 0014).
+pub const PAGES_COLUMNS: &str = "source_id, document_id, municipality_id, page_number, text, page_image, entities, votes, search_vector, meeting_date, phrase_keys";
 
 /// How each row names its meeting: the second and third fields of a COPY row.
 #[derive(Clone, Copy, Debug)]
@@ -134,7 +134,7 @@ impl<'a> CopyRows<'a> {
 
     pub fn row(&self, i: usize, out: &mut BytesMut) {
         let document_key = matches!(self.key, RowKey::Document { .. });
-        out.put_i16(if document_key { 10 } else { 9 });
+        out.put_i16(if document_key { 11 } else { 10 });
         put_text(out, Some(self.ids.value(i)));
         match self.key {
             RowKey::Meeting => {
@@ -166,6 +166,10 @@ impl<'a> CopyRows<'a> {
         if document_key {
             out.put_i32(4);
             out.put_i32(self.dates.value(i) - PG_EPOCH_OFFSET_DAYS);
+        }
+        match self.vectors {
+            Some(v) => out.put_slice(v.keys_field(i)),
+            None => out.put_i32(-1),
         }
     }
 

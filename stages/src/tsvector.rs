@@ -63,6 +63,8 @@
 //! takes a few seconds, once.
 
 mod parser;
+mod phrase;
+pub(crate) use phrase::encode_keys_field;
 mod probe;
 
 use std::borrow::Cow;

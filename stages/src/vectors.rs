@@ -1,5 +1,6 @@
-//! The search vectors civicload computed for a batch's pages (`tsvector`), encoded once
-//! as binary COPY fields and carried with the batch to the load stage.
+//! The search vectors civicload computed for a batch's pages (`tsvector`) and their phrase
+//! keys (`int4[]`, migration 0014), encoded once as binary COPY fields and carried with the
+//! batch to the load stage.
 
 use bytes::{BufMut, BytesMut};
 
@@ -9,6 +10,9 @@ use bytes::{BufMut, BytesMut};
 pub struct VectorFields {
     buf: BytesMut,
     ends: Vec<usize>,
+    /// The phrase keys of each vector (NULL where the vector is), back to back.
+    keys: BytesMut,
+    key_ends: Vec<usize>,
     /// How many rows got no vector from civicload.
     pub missing: usize,
 }
@@ -22,13 +26,18 @@ impl VectorFields {
         let mut v = VectorFields::default();
         for text in texts {
             match builder.vector(text) {
-                Some(tsv) => tsv.encode_copy_field(&mut v.buf),
+                Some(tsv) => {
+                    tsv.encode_copy_field(&mut v.buf);
+                    crate::tsvector::encode_keys_field(&tsv.phrase_keys(), &mut v.keys);
+                }
                 None => {
                     v.buf.put_i32(-1);
+                    v.keys.put_i32(-1);
                     v.missing += 1;
                 }
             }
             v.ends.push(v.buf.len());
+            v.key_ends.push(v.keys.len());
         }
         v
     }
@@ -38,9 +47,15 @@ impl VectorFields {
         &self.buf[start..self.ends[i]]
     }
 
+    /// Row `i`'s phrase keys, as a binary COPY field.
+    pub(crate) fn keys_field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.key_ends[i - 1] };
+        &self.keys[start..self.key_ends[i]]
+    }
+
     /// The encoded size of every field, in bytes.
     pub(crate) fn encoded_len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.keys.len()
     }
 
     pub fn len(&self) -> usize {

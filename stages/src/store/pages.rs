@@ -37,7 +37,8 @@ pub async fn upsert_batch(
     sql::query(
         "CREATE TEMP TABLE civicload_stage (
             source_id text, meeting text, meeting_date date, page_number int,
-            text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector
+            text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector,
+            phrase_keys int4[]
          ) ON COMMIT DROP",
     )
     .execute(&mut *conn)
@@ -69,8 +70,8 @@ pub async fn upsert_batch(
     let (created, updated): (i64, i64) = sql::query_as(
         "WITH written AS (
             INSERT INTO meeting_pages AS p
-                (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector, meeting_date)
-            SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector, d.meeting_date
+                (document_id, municipality_id, source_id, page_number, text, page_image, entities, votes, search_vector, meeting_date, phrase_keys)
+            SELECT d.id, $1, s.source_id, s.page_number, s.text, s.page_image, s.entities, s.votes, s.search_vector, d.meeting_date, s.phrase_keys
             FROM civicload_stage s
             JOIN meeting_documents d
               ON d.municipality_id = $1 AND d.document_type = $2
@@ -82,7 +83,9 @@ pub async fn upsert_batch(
                 page_image = EXCLUDED.page_image, entities = EXCLUDED.entities,
                 votes = EXCLUDED.votes, updated_at = now(),
                 search_vector = CASE WHEN p.text IS DISTINCT FROM EXCLUDED.text
-                                     THEN EXCLUDED.search_vector ELSE p.search_vector END
+                                     THEN EXCLUDED.search_vector ELSE p.search_vector END,
+                phrase_keys = CASE WHEN p.text IS DISTINCT FROM EXCLUDED.text
+                                   THEN EXCLUDED.phrase_keys ELSE p.phrase_keys END
             WHERE (p.source_id, p.text, p.page_image, p.entities, p.votes)
                   IS DISTINCT FROM
                   (EXCLUDED.source_id, EXCLUDED.text, EXCLUDED.page_image, EXCLUDED.entities, EXCLUDED.votes)

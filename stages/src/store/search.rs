@@ -67,7 +67,7 @@ impl VectorTarget {
     pub fn index(self) -> &'static SearchIndex {
         match self {
             VectorTarget::Pages => &SEARCH_INDEXES[0],
-            VectorTarget::MeetingNames => &SEARCH_INDEXES[1],
+            VectorTarget::MeetingNames => &SEARCH_INDEXES[2],
         }
     }
 
@@ -253,7 +253,7 @@ pub struct SearchIndex {
 /// The search indexes. `fastupdate = off`: no pending list, so a search never pays for
 /// merging one and results never lag behind writes (seed 000); each write updates the
 /// index itself, which is why the bulk load builds them only at its end.
-pub const SEARCH_INDEXES: [SearchIndex; 2] = [
+pub const SEARCH_INDEXES: [SearchIndex; 3] = [
     SearchIndex {
         name: "meeting_pages_search_vector_gin",
         table: "meeting_pages",
@@ -266,6 +266,20 @@ pub const SEARCH_INDEXES: [SearchIndex; 2] = [
         drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_pages_search_vector_gin",
         fastupdate_on: "ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = on)",
         fastupdate_off: "ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = off)",
+    },
+    // The pages' phrase keys (migration 0014): which pages hold a phrase's adjacent pairs.
+    SearchIndex {
+        name: "meeting_pages_phrase_keys_gin",
+        table: "meeting_pages",
+        column: "phrase_keys",
+        create: "CREATE INDEX IF NOT EXISTS meeting_pages_phrase_keys_gin
+                 ON meeting_pages USING gin (phrase_keys) WITH (fastupdate = off)",
+        create_concurrently: "CREATE INDEX CONCURRENTLY IF NOT EXISTS meeting_pages_phrase_keys_gin
+                 ON meeting_pages USING gin (phrase_keys) WITH (fastupdate = off)",
+        drop: "DROP INDEX IF EXISTS meeting_pages_phrase_keys_gin",
+        drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_pages_phrase_keys_gin",
+        fastupdate_on: "ALTER INDEX meeting_pages_phrase_keys_gin SET (fastupdate = on)",
+        fastupdate_off: "ALTER INDEX meeting_pages_phrase_keys_gin SET (fastupdate = off)",
     },
     SearchIndex {
         name: "meeting_documents_name_vector_gin",

@@ -190,6 +190,34 @@ pub async fn fill_missing_meeting_dates(pool: &PgPool) -> Result<u64, SearchErro
     Ok(done.rows_affected())
 }
 
+/// Computes the phrase keys (migration 0014) of pages that have a vector but no keys: rows
+/// a bulk load left to the server, or a database migrated with pages in it. In batches of
+/// 20,000 pages through the partial index of the pages concerned, each its own
+/// transaction, so an interrupted run keeps what it did; returns how many it filled.
+pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError> {
+    let mut filled = 0;
+    loop {
+        let done = sql::query(
+            "WITH batch AS (
+                 SELECT id, municipality_id FROM meeting_pages
+                 WHERE phrase_keys IS NULL AND search_vector IS NOT NULL LIMIT 20000)
+             UPDATE meeting_pages p SET phrase_keys = civicload_phrase_keys(p.search_vector)
+             FROM batch b WHERE p.id = b.id AND p.municipality_id = b.municipality_id",
+        )
+        .execute(autocommit(pool))
+        .await
+        .map_err(SearchError::sql(
+            "computing the pages' phrase keys",
+            "meeting_pages",
+            "Rerun `civicload maintain`: it computes the keys that are still missing.",
+        ))?;
+        if done.rows_affected() == 0 {
+            return Ok(filled);
+        }
+        filled += done.rows_affected();
+    }
+}
+
 // civic-observer G1 (CIVIC_OBSERVER.md, "How the application searches"): the application's
 // own query over its own tables, read-only (nothing is installed in its schema), so
 // `search-bench --target civic-observer` times what the application's users wait for:

@@ -73,7 +73,7 @@ async fn stage(
         "CREATE TEMP TABLE civicload_stage (
             source_id text, meeting text, meeting_date date, page_number int,
             text text, page_image text, entities jsonb, votes jsonb, search_vector tsvector,
-            keep_created timestamptz
+            phrase_keys int4[], keep_created timestamptz
          ) ON COMMIT DROP",
     )
     .execute(&mut **tx)
