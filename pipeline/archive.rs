@@ -17,7 +17,8 @@ use stages::replay::{FileCheckpoint, Reader};
 use stages::store::jobs::{self, Outcome};
 use stages::store::leases::owner_id;
 use stages::store::{self, municipalities};
-use stages::target::Target;
+use stages::target::{Generation, Target};
+use stages::tsvector::{Coverage, VectorBuilder};
 use stages::JobKey;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -261,6 +262,30 @@ async fn register_jobs(
     Ok(planned)
 }
 
+/// The builder of the search vectors a replay computes itself, as the backfill does
+/// (stages/src/tsvector.rs): none for civic-observer's G2, which has no vector columns, or
+/// when civicload cannot reproduce this server's vectors (PostgreSQL computes them then).
+async fn replay_vectors(pool: &PgPool, target: &Target) -> Option<Arc<VectorBuilder>> {
+    if target
+        .observer()
+        .is_some_and(|o| o.generation == Generation::G2)
+    {
+        return None;
+    }
+    let probe = VectorBuilder::from_server_covering(pool, Coverage::Common);
+    match tokio::time::timeout(Duration::from_secs(60), probe).await {
+        Ok(Ok(builder)) => Some(Arc::new(builder)),
+        Ok(Err(e)) => {
+            warn!("PostgreSQL computes the search vectors in this replay: civicload cannot reproduce this server's exactly ({e}).");
+            None
+        }
+        Err(_) => {
+            warn!("PostgreSQL computes the search vectors in this replay: reading its rules took over 60 s.");
+            None
+        }
+    }
+}
+
 /// Loads the given jobs' files, `concurrency` jobs at a time.
 async fn load_jobs(
     pool: &PgPool,
@@ -283,6 +308,7 @@ async fn load_jobs(
     );
 
     let planned = register_jobs(pool, target, jobs).await?;
+    let vectors = replay_vectors(pool, target).await;
     let expected: u64 = planned
         .iter()
         .map(|(_, j)| j.files.iter().map(|f| f.pages).sum::<u64>())
@@ -306,6 +332,7 @@ async fn load_jobs(
             owner: owner.clone(),
             lease,
             read_ahead: usize::from(args.read_ahead),
+            vectors: vectors.clone(),
             cancel: cancel.clone(),
             progress: progress.clone(),
         };
@@ -340,6 +367,7 @@ struct JobContext {
     owner: String,
     lease: Duration,
     read_ahead: usize,
+    vectors: Option<Arc<VectorBuilder>>,
     cancel: CancellationToken,
     progress: Arc<Progress>,
 }
@@ -395,6 +423,7 @@ impl JobContext {
             archive: self.archive.clone(),
             files: pending.clone(),
             read_ahead: self.read_ahead,
+            vectors: self.vectors.clone(),
         };
         // A replay into a database that holds nothing of this job COPYs straight into
         // meeting_pages (the first conflict switches it to upserts).

@@ -391,6 +391,15 @@ fn a_file_archive_replays_and_reloads_to_exactly_the_source_pages() {
     assert_eq!(replayed.digest(), live.digest());
     assert_eq!(replayed.page_set(), live.page_set());
     assert_eq!(replayed.rejects(), live.rejects());
+    // The replay computed every vector and its phrase keys itself, as the server would.
+    assert_eq!(
+        replayed.query(
+            "SELECT count(*) FROM meeting_pages
+             WHERE search_vector IS DISTINCT FROM civicload_page_vector(text)
+                OR phrase_keys IS DISTINCT FROM civicload_phrase_keys(search_vector)"
+        ),
+        "0"
+    );
     assert_eq!(
         replayed.query("SELECT count(*) FROM backfill_jobs WHERE status = 'completed' AND verified_at IS NOT NULL"),
         live.query("SELECT count(*) FROM backfill_jobs"),

@@ -274,20 +274,7 @@ impl Transform {
             }
             let t = builder.finish();
             let vectors = match self.vectors.current().await {
-                Some(vb) => {
-                    let (vb, rows) = (vb.clone(), t.rows.clone());
-                    let fields = tokio::task::spawn_blocking(move || {
-                        use arrow_array::cast::AsArray;
-                        let texts = rows.column(crate::batch::col::TEXT).as_string::<i32>();
-                        crate::vectors::VectorFields::build(
-                            &vb,
-                            texts.iter().map(|t| t.unwrap_or("")),
-                        )
-                    })
-                    .await
-                    .ok();
-                    fields.map(Arc::new)
-                }
+                Some(vb) => crate::vectors::VectorFields::for_rows(vb, t.rows.clone()).await,
                 None => None,
             };
             busy += started.elapsed();

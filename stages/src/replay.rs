@@ -70,6 +70,9 @@ pub struct Reader {
     /// Files fetched and decoded ahead of the load: the memory bound of a replay is
     /// (read_ahead + channel capacity + 1) batches per job.
     pub read_ahead: usize,
+    /// Computes each batch's search vectors and phrase keys as the backfill's transform
+    /// does (None: PostgreSQL's trigger computes them, a PL/pgSQL call per page).
+    pub vectors: Option<Arc<crate::tsvector::VectorBuilder>>,
 }
 
 impl Reader {
@@ -109,7 +112,12 @@ impl Reader {
             };
             report.read_time += took;
             match result {
-                Ok(batch) => {
+                Ok(mut batch) => {
+                    if let Some(vb) = &self.vectors {
+                        batch.vectors =
+                            crate::vectors::VectorFields::for_rows(vb.clone(), batch.rows.clone())
+                                .await;
+                    }
                     report.files += 1;
                     report.bytes += bytes;
                     if output.send(batch).await.is_err() {

@@ -42,6 +42,22 @@ impl VectorFields {
         v
     }
 
+    /// The fields of a page batch's texts, computed off the async runtime (a few ms of
+    /// CPU per thousand pages); None if that task failed (PostgreSQL computes them then).
+    pub async fn for_rows(
+        builder: std::sync::Arc<crate::tsvector::VectorBuilder>,
+        rows: arrow_array::RecordBatch,
+    ) -> Option<std::sync::Arc<Self>> {
+        tokio::task::spawn_blocking(move || {
+            use arrow_array::cast::AsArray;
+            let texts = rows.column(crate::batch::col::TEXT).as_string::<i32>();
+            VectorFields::build(&builder, texts.iter().map(|t| t.unwrap_or("")))
+        })
+        .await
+        .ok()
+        .map(std::sync::Arc::new)
+    }
+
     pub(crate) fn field(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.buf[start..self.ends[i]]
