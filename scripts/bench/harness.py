@@ -311,7 +311,7 @@ class Bench:
         if rc != 0:
             notes.append(f"exit {rc} (see {out})")
         if summary:
-            notes.append(f"TOTAL fetched={summary.get('fetched')} created={summary.get('created')} rejected={summary.get('rejected')} {summary.get('status', '')}")
+            notes.append(f"TOTAL fetched={summary.get('fetched')} created={summary.get('created')} rejected={summary.get('rejected')} {summary.get('status', summary.get(''))}")
         if phases:
             notes.append("phases: " + " ".join(f"{n}={s:.1f}s" for n, s in phases))
         if stages:
@@ -357,7 +357,7 @@ class Bench:
         if rc != 0:
             notes.append(f"exit {rc} (see {out})")
         if summary:
-            notes.append(f"TOTAL fetched={summary.get('fetched')} created={summary.get('created')} rejected={summary.get('rejected')} {summary.get('status', '')}")
+            notes.append(f"TOTAL fetched={summary.get('fetched')} created={summary.get('created')} rejected={summary.get('rejected')} {summary.get('status', summary.get(''))}")
         size = self.db_size_mb(db)
         self.finish_db(db)
         return {"wall": wall, "rss": rss, "rc": rc, "pages": pages, "db_mb": size, "summary": summary, "notes": notes}
@@ -526,7 +526,7 @@ def parse_summary(text):
         cells = split_cells(line)
         if not cells:
             continue
-        if cells[0] == "job" and "fetched" in cells:
+        if "fetched" in cells and "created" in cells:
             header = cells
         elif cells[0].startswith("TOTAL"):
             total = cells

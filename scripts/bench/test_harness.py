@@ -35,6 +35,21 @@ class ParseSummary(unittest.TestCase):
         self.assertEqual(total["rejected"], "10")
         self.assertEqual(total["seconds"], "67.9")
 
+    def test_total_row_of_the_screen_sized_summary(self):
+        # The end-of-run summary since issue 17: the totals in a table of their own.
+        text = (
+            "╭──────────────────────────────────────────┬─────────┬─────────┬─────────┬───────────┬──────────┬─────────┬─────────╮\n"
+            "│                                          ┆ fetched ┆ created ┆ updated ┆ unchanged ┆ rejected ┆ seconds ┆ pages/s │\n"
+            "╞══════════════════════════════════════════╪═════════╪═════════╪═════════╪═══════════╪══════════╪═════════╪═════════╡\n"
+            "│ TOTAL (400 jobs: 400 verified, 0 failed) ┆  200000 ┆  199990 ┆       0 ┆         0 ┆       10 ┆    67.9 ┆    2946 │\n"
+            "╰──────────────────────────────────────────┴─────────┴─────────┴─────────┴───────────┴──────────┴─────────┴─────────╯\n"
+        )
+        total = harness.parse_summary(text)
+        self.assertEqual(total[""], "TOTAL (400 jobs: 400 verified, 0 failed)")
+        self.assertEqual(total["fetched"], "200000")
+        self.assertEqual(total["created"], "199990")
+        self.assertEqual(total["rejected"], "10")
+
     def test_no_table(self):
         self.assertEqual(harness.parse_summary("error: cannot connect\n"), {})
 
