@@ -161,6 +161,16 @@ fn bench(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
+        // Phrase keys (migration 0014) on top of the vector, as the transform computes them.
+        group.bench_function("vector+phrase_keys", |b| {
+            b.iter(|| {
+                for t in set.iter() {
+                    if let Some(v) = builder.vector(black_box(t)) {
+                        black_box(v.phrase_keys());
+                    }
+                }
+            })
+        });
         group.throughput(Throughput::Bytes(bytes as u64));
         group.bench_function("vector (bytes)", |b| {
             b.iter(|| {

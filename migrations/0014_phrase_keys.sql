@@ -19,6 +19,10 @@
 
 ALTER TABLE meeting_pages ADD COLUMN phrase_keys int4[];
 ALTER TABLE meeting_pages ALTER COLUMN phrase_keys SET STORAGE MAIN;
+-- No statistics: ANALYZE samples up to 300k rows for the vectors' target of 1000, and an
+-- array column's element statistics over that sample (~270 keys a page) took most of the
+-- ANALYZE at the end of a 200k-page load; no plan needs them (the function decides).
+ALTER TABLE meeting_pages ALTER COLUMN phrase_keys SET STATISTICS 0;
 CREATE INDEX meeting_pages_phrase_keys_missing ON meeting_pages (id)
     WHERE phrase_keys IS NULL AND search_vector IS NOT NULL;
 

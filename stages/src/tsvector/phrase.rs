@@ -25,28 +25,34 @@ impl Tsv {
     /// positions, hashed, sorted and distinct. Equal to the server's
     /// `civicload_phrase_keys(search_vector)`.
     pub fn phrase_keys(&self) -> Vec<i32> {
-        let mut at: Vec<(u16, u32)> = Vec::with_capacity(self.positions.len());
-        for (i, (_, positions)) in self.iter().enumerate() {
-            at.extend(positions.iter().map(|&p| (p, i as u32)));
+        // Every (position, lexeme) packed in one u64, sorted: position-major, so the
+        // lexemes at p + 1 follow those at p.
+        let mut at: Vec<u64> = Vec::with_capacity(self.positions.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            let p = e.pos_start as usize;
+            at.extend(
+                self.positions[p..p + e.npos as usize]
+                    .iter()
+                    .map(|&pos| (u64::from(pos) << 32) | i as u64),
+            );
         }
         at.sort_unstable();
-        let lexemes: Vec<&str> = self.iter().map(|(l, _)| l).collect();
+        let lexeme = |packed: u64| {
+            let e = &self.entries[(packed & 0xFFFF_FFFF) as usize];
+            &self.lexemes[e.start as usize..e.start as usize + e.len as usize]
+        };
         let mut keys = Vec::with_capacity(at.len());
         let mut buf = Vec::with_capacity(64);
-        // `next` is the first entry at a position after `at[i]`'s.
+        // `next`: the first entry at a position after the current one's.
         let mut next = 0;
         for i in 0..at.len() {
-            let (pos, lexeme) = at[i];
-            while next < at.len() && at[next].0 <= pos {
+            let pos = at[i] >> 32;
+            while next < at.len() && at[next] >> 32 <= pos {
                 next += 1;
             }
             let mut j = next;
-            while j < at.len() && at[j].0 == pos + 1 {
-                keys.push(pair_key(
-                    &mut buf,
-                    lexemes[lexeme as usize],
-                    lexemes[at[j].1 as usize],
-                ));
+            while j < at.len() && at[j] >> 32 == pos + 1 {
+                keys.push(pair_key(&mut buf, lexeme(at[i]), lexeme(at[j])));
                 j += 1;
             }
         }
@@ -57,11 +63,11 @@ impl Tsv {
 }
 
 /// `hashtext(a || ' ' || b) & 65535`, with `buf` as scratch space.
-fn pair_key(buf: &mut Vec<u8>, a: &str, b: &str) -> i32 {
+fn pair_key(buf: &mut Vec<u8>, a: &[u8], b: &[u8]) -> i32 {
     buf.clear();
-    buf.extend_from_slice(a.as_bytes());
+    buf.extend_from_slice(a);
     buf.push(b' ');
-    buf.extend_from_slice(b.as_bytes());
+    buf.extend_from_slice(b);
     (hash_bytes(buf) & KEY_MASK) as i32
 }
 
