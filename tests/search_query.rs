@@ -297,6 +297,33 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         .unwrap();
         assert_eq!(counted, n.min(50), "{case:?}");
     }
+    // By rank, a term the statistics put well above the exact-ranking limit takes the
+    // window of the newest matches without counting them (migration 0015): the same rows
+    // as ranking the 1,000 newest matches, and the route search-bench reports says so.
+    let all = classes[0].brute_force_matches();
+    let expected = ids(
+        &mut conn,
+        &format!(
+            "SELECT id FROM (SELECT * FROM ({all}) AS b ORDER BY meeting_date DESC, id DESC LIMIT 1000) AS w
+             ORDER BY rank DESC, meeting_date DESC, id DESC LIMIT 100"
+        ),
+    )
+    .await;
+    let got = searched(
+        &mut conn,
+        &classes[0],
+        ", order_by => 'rank', rank_exact_up_to => 200",
+    )
+    .await;
+    assert_eq!(got, expected, "by rank, beyond the limit by the statistics");
+    let route: String = sqlx::query_scalar(
+        "SELECT civicload_search_route('budget', order_by => 'rank', rank_exact_up_to => 200)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(route, "newest_first_walk");
+
     // The classes are what they claim: a full page for the common ones, a few for the
     // rare one, none for the nonsense word.
     assert_eq!(sizes[0], 100);

@@ -1,0 +1,193 @@
+-- Search decisions from the planner's statistics where they are clear (issue 16).
+--
+-- At 1M pages two searches still paid for a step whose answer the statistics already
+-- gave (the vectors and dates carry statistics targets of 1000: the planner's estimate of
+-- a term's matches was within ~15% of the count on every class at 200k pages):
+--   - by rank, a common term (or one within a year) counted its matches up to 20,001, a
+--     heap visit per match (1.1-1.3 s p95 within one year), only to learn there were more
+--     than can be ranked exactly. Now, when the estimate is at least 1.2 x that limit,
+--     the search takes the window of the newest matches without counting;
+--   - newest first, a rare term or a word that matches nothing first walked up to 1,000
+--     newest pages looking for 100 matches (the probe). Now, when the estimate is under
+--     2,000 matches, it goes straight to collecting every match (at most a few thousand).
+-- Both are shortcuts to the route the exact steps would mostly take; when the estimate is
+-- wrong, the result stays exact by date (the capped pass walks newest first if it finds
+-- more than expected) and by rank the 20,000 limit is applied on the estimate's word.
+-- Phrases keep the exact count (the planner takes a phrase for an AND of its words).
+
+-- The planner's estimate of the rows `pred` matches, for the same values (EXPLAIN is not
+-- allowed in a non-volatile function, hence VOLATILE; it reads nothing but statistics).
+CREATE FUNCTION civicload_search_estimate(
+    pred text, tsq tsquery, munis bigint[], date_from date, date_to date, doc_type text
+) RETURNS float8 LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    plan json;
+BEGIN
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM meeting_pages p WHERE ' || pred
+        INTO plan USING tsq, munis, date_from, date_to, doc_type;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
+END $$;
+
+-- Below this estimate newest first skips the probe.
+CREATE FUNCTION civicload_search_rare_below() RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 2000;
+
+-- At or above this estimate, by rank, the matches are taken to exceed `threshold`.
+CREATE FUNCTION civicload_search_surely_above(threshold bigint) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 1.2 * threshold;
+
+CREATE OR REPLACE FUNCTION civicload_search_route(
+    query text,
+    order_by text DEFAULT 'date',
+    municipality text DEFAULT NULL,
+    state text DEFAULT NULL,
+    date_from date DEFAULT NULL,
+    date_to date DEFAULT NULL,
+    doc_type text DEFAULT NULL,
+    page_size int DEFAULT 100,
+    page_offset int DEFAULT 0,
+    rank_exact_up_to int DEFAULT 20000
+) RETURNS text LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    tsq tsquery := websearch_to_tsquery('simple', public.unaccent(coalesce(query, '')));
+    munis bigint[] := civicload_search_municipalities(municipality, state);
+    wanted int := greatest(page_offset, 0) + greatest(page_size, 0);
+    threshold bigint := civicload_search_threshold(order_by, wanted, rank_exact_up_to);
+    pred text;
+    estimate float8;
+BEGIN
+    IF numnode(tsq) = 0 OR munis = '{}' OR page_size <= 0 THEN
+        RETURN 'all_matches';
+    END IF;
+    pred := civicload_search_where(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
+                                   date_to IS NOT NULL, doc_type IS NOT NULL)
+        || civicload_phrase_filter(tsq);
+    estimate := civicload_search_estimate(pred, tsq, munis, date_from, date_to, doc_type);
+    IF order_by = 'date' AND estimate >= civicload_search_rare_below()
+       AND civicload_search_probe(tsq, munis, date_from, date_to, doc_type, wanted, 10 * wanted) THEN
+        RETURN 'newest_first_walk';
+    END IF;
+    IF order_by = 'rank' AND strpos(tsq::text, '<') = 0
+       AND estimate >= civicload_search_surely_above(threshold) THEN
+        RETURN 'newest_first_walk';
+    END IF;
+    RETURN CASE WHEN civicload_search_count(query, municipality, state, date_from, date_to,
+                                            doc_type, least(threshold, 2147483647)::int) < threshold
+                THEN 'all_matches' ELSE 'newest_first_walk' END;
+END $$;
+
+CREATE OR REPLACE FUNCTION civicload_search(
+    query text,
+    order_by text DEFAULT 'date',
+    municipality text DEFAULT NULL,
+    state text DEFAULT NULL,
+    date_from date DEFAULT NULL,
+    date_to date DEFAULT NULL,
+    doc_type text DEFAULT NULL,
+    page_size int DEFAULT 100,
+    page_offset int DEFAULT 0,
+    rank_exact_up_to int DEFAULT 20000,
+    rank_window int DEFAULT 1000,
+    common_from bigint DEFAULT NULL
+) RETURNS TABLE (
+    id bigint, source_id text, subdomain text, document_type text, meeting_name text,
+    meeting_date date, page_number int, rank real
+) LANGUAGE plpgsql STABLE
+SET enable_seqscan = off SET enable_indexscan = on SET enable_bitmapscan = on SET jit = off
+SET work_mem = '64MB'
+AS $$
+DECLARE
+    tsq tsquery := websearch_to_tsquery('simple', public.unaccent(coalesce(query, '')));
+    munis bigint[] := civicload_search_municipalities(municipality, state);
+    wanted int := greatest(page_offset, 0) + greatest(page_size, 0);
+    pred text;
+    threshold bigint;
+    walk bool := false;
+    estimate float8;
+    n bigint;
+    ids bigint[];
+    muni_ids bigint[];
+    dates date[];
+    ranks real[];
+    rows_sql text;
+BEGIN
+    IF order_by IS NULL OR order_by NOT IN ('date', 'rank') THEN
+        RAISE EXCEPTION 'civicload_search: order_by must be ''date'' or ''rank'', not %', order_by
+            USING ERRCODE = '22023';
+    END IF;
+    IF numnode(tsq) = 0 OR munis = '{}' OR page_size <= 0 THEN
+        RETURN;
+    END IF;
+    pred := civicload_search_where(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
+                                   date_to IS NOT NULL, doc_type IS NOT NULL)
+        || civicload_phrase_filter(tsq);
+    threshold := coalesce(common_from, civicload_search_threshold(order_by, wanted, rank_exact_up_to));
+    -- 0. Newest first: the probe (an index walk of at most 10 x wanted pages).
+    IF common_from IS NULL THEN
+        estimate := civicload_search_estimate(pred, tsq, munis, date_from, date_to, doc_type);
+    END IF;
+    IF order_by = 'date' AND common_from IS NULL AND estimate >= civicload_search_rare_below() THEN
+        walk := civicload_search_probe(tsq, munis, date_from, date_to, doc_type, wanted, 10 * wanted);
+    END IF;
+    -- 1. The matches from the GIN bitmap, up to the threshold.
+    PERFORM set_config('enable_indexscan', 'off', true);
+    IF NOT walk AND threshold > 0 AND order_by = 'rank' AND strpos(tsq::text, '<') = 0 THEN
+        -- By rank, no phrase: a capped count (no vector read), then, when fewer, every
+        -- match ranked in a second bitmap pass (0009's route: cheaper than collecting
+        -- 20,000 rows for a common term that then takes the walk).
+        IF estimate >= civicload_search_surely_above(threshold) THEN
+            walk := true;
+        ELSE
+            EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM meeting_pages p WHERE ' || pred
+                    || ' LIMIT $6) AS capped'
+                INTO n USING tsq, munis, date_from, date_to, doc_type, least(threshold, 2147483647);
+            walk := n >= threshold;
+        END IF;
+        rows_sql := 'SELECT p.id, p.municipality_id, p.meeting_date, ts_rank(p.search_vector, $1) AS rank
+                     FROM meeting_pages p WHERE ' || pred;
+    ELSIF NOT walk AND threshold > 0 THEN
+        -- Newest first (the probe failed), or a phrase by rank: one capped pass collects
+        -- (id, municipality, date, and by rank ts_rank) of every match: a phrase rechecks
+        -- each candidate's vector once, not twice.
+        EXECUTE 'SELECT array_agg(c.id), array_agg(c.municipality_id), array_agg(c.meeting_date),
+                        array_agg(c.rank)
+                 FROM (SELECT p.id, p.municipality_id, p.meeting_date, '
+                || CASE order_by WHEN 'rank' THEN 'ts_rank(p.search_vector, $1)' ELSE 'NULL::real' END
+                || ' AS rank FROM meeting_pages p WHERE ' || pred || ' LIMIT $6) AS c'
+            INTO ids, muni_ids, dates, ranks
+            USING tsq, munis, date_from, date_to, doc_type, least(threshold, 2147483647);
+        walk := coalesce(cardinality(ids), 0) >= threshold;
+        rows_sql := 'SELECT c.id, c.municipality_id, c.meeting_date, c.rank
+                     FROM unnest($8, $9, $10, $11) AS c(id, municipality_id, meeting_date, rank)';
+        PERFORM set_config('enable_indexscan', 'on', true);
+        PERFORM set_config('enable_bitmapscan', 'off', true);
+    ELSE
+        walk := true;
+    END IF;
+    IF walk THEN
+        -- The newest matches, walking the date btree (no bitmap: it would read every match).
+        PERFORM set_config('enable_indexscan', 'on', true);
+        PERFORM set_config('enable_bitmapscan', 'off', true);
+        rows_sql := 'SELECT p.id, p.municipality_id, p.meeting_date, ts_rank(p.search_vector, $1) AS rank
+                     FROM meeting_pages p WHERE ' || pred
+            || ' ORDER BY p.meeting_date DESC, p.id DESC LIMIT '
+            || CASE order_by WHEN 'date' THEN wanted ELSE greatest(rank_window, wanted) END;
+    END IF;
+    -- The page of results: the chosen rows sorted, then their columns (joined by the
+    -- partition key: one partition's index probed per row).
+    RETURN QUERY EXECUTE
+        'SELECT top.id, p.source_id, m.subdomain, d.document_type, d.meeting_name,
+                top.meeting_date, p.page_number, ts_rank(p.search_vector, $1)
+         FROM (SELECT c.id, c.municipality_id, c.meeting_date FROM (' || rows_sql || ') AS c
+               ORDER BY ' || CASE order_by WHEN 'date' THEN 'c.meeting_date DESC, c.id DESC'
+                   ELSE 'c.rank DESC, c.meeting_date DESC, c.id DESC' END
+        || '   LIMIT $6 OFFSET $7) AS top
+         JOIN meeting_pages p ON p.id = top.id AND p.municipality_id = top.municipality_id
+         JOIN meeting_documents d ON d.id = p.document_id
+         JOIN municipalities m ON m.id = p.municipality_id
+         ORDER BY ' || CASE order_by WHEN 'date' THEN '6 DESC, 1 DESC' ELSE '8 DESC, 6 DESC, 1 DESC' END
+        USING tsq, munis, date_from, date_to, doc_type, page_size, greatest(page_offset, 0),
+              ids, muni_ids, dates, ranks;
+END $$;
