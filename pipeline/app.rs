@@ -42,7 +42,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 Target::Civicload => stages::store::digest(&pool).await?,
                 Target::CivicObserver(_) => stages::store::observer::digest(&pool).await?,
             };
-            println!("{} pages, digest {}", d.pages, d.digest);
+            crate::outln!("{} pages, digest {}", d.pages, d.digest);
             Ok(EXIT_OK)
         }
         // Search readiness (issue 6): pipeline/vectorize.rs, maintain.rs, health.rs,
@@ -78,9 +78,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let pool = connect(&cli, 2).await?;
             let report = crate::search_bench::run(&pool, args).await?;
             if args.json {
-                println!("{}", serde_json::to_string(&report)?);
+                crate::outln!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", crate::search_bench::render(&report, args.show));
+                crate::outln!("{}", crate::search_bench::render(&report, args.show));
             }
             Ok(EXIT_OK)
         }

@@ -86,7 +86,7 @@ pub async fn finish_run(
     }
     .await;
     match result {
-        Ok(url) => println!("Run manifest: {url}"),
+        Ok(url) => crate::outln!("Run manifest: {url}"),
         Err(e) => warn!("Could not write the run manifest: {}. The job manifests under the archive still list every spooled file; `civicload replay --from` reads those.", crate::ui::error::one_line(&e)),
     }
 }
@@ -181,7 +181,7 @@ pub async fn reload(cli: &Cli, args: &ReloadArgs) -> anyhow::Result<u8> {
         Target::Civicload => store::digest(&pool).await?,
         Target::CivicObserver(_) => store::observer::digest(&pool).await?,
     };
-    println!("{} pages, digest {}", d.pages, d.digest);
+    crate::outln!("{} pages, digest {}", d.pages, d.digest);
     Ok(code)
 }
 
@@ -207,7 +207,7 @@ struct LoadOutcome {
 impl LoadOutcome {
     /// Prints the summary and returns the exit status.
     fn print(&self) -> u8 {
-        println!("{}", report::summary(&self.results, self.wall));
+        crate::outln!("{}", report::summary(&self.results, self.wall));
         let bad: Vec<Unfinished> = self
             .results
             .iter()
@@ -215,21 +215,21 @@ impl LoadOutcome {
             .map(Unfinished::from)
             .collect();
         if self.interrupted {
-            println!("Stopped: files in flight were committed. Run the same command again to load the rest; loaded files are skipped.");
+            crate::outln!("Stopped: files in flight were committed. Run the same command again to load the rest; loaded files are skipped.");
             return EXIT_INCOMPLETE;
         }
         if bad.is_empty() {
-            println!(
+            crate::outln!(
                 "All {} jobs loaded and verified against the manifests.",
                 self.results.len()
             );
             return EXIT_OK;
         }
-        println!(
+        crate::outln!(
             "{}",
             report::unfinished(&bad, self.results.len(), "loaded and verified")
         );
-        println!("Fix or restore the files named above, then run the same command again: files already loaded are skipped.");
+        crate::outln!("Fix or restore the files named above, then run the same command again: files already loaded are skipped.");
         EXIT_INCOMPLETE
     }
 }

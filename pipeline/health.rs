@@ -532,9 +532,9 @@ pub fn render(checks: &[Check]) -> String {
 pub async fn run(pool: &PgPool, args: &HealthArgs) -> anyhow::Result<()> {
     let checks = collect(pool).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
-        println!("{}", render(&checks));
+        crate::outln!("{}", render(&checks));
     }
     Ok(())
 }
@@ -550,32 +550,32 @@ pub async fn observer_command(
     use stages::store::observer::upkeep;
     match command {
         Command::Vectorize(_) => {
-            println!("Nothing to vectorize: civicload writes every page of civic-observer's tables with its vector ({generation}).");
+            crate::outln!("Nothing to vectorize: civicload writes every page of civic-observer's tables with its vector ({generation}).");
         }
         Command::Maintain(_) => {
             let done = upkeep::maintain(pool, generation).await?;
-            println!("Vacuumed and analyzed meetings_meetingpage, meetings_meetingdocument and municipalities_muni.");
+            crate::outln!("Vacuumed and analyzed meetings_meetingpage, meetings_meetingdocument and municipalities_muni.");
             for b in &done.built {
-                println!("Built the missing index: {b}.");
+                crate::outln!("Built the missing index: {b}.");
             }
             for n in &done.notes {
-                println!("Note: {n}.");
+                crate::outln!("Note: {n}.");
             }
         }
         Command::Health(args) => {
             let checks = observer_checks(pool, generation).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&checks)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&checks)?);
             } else {
-                println!("{}", render(&checks));
+                crate::outln!("{}", render(&checks));
             }
         }
         Command::SearchBench(args) => {
             // The application's own search, timed like civicload's (pipeline/search_bench.rs).
             let report = crate::search_bench::run_observer(pool, generation, args).await?;
             match args.json {
-                true => println!("{}", serde_json::to_string(&report)?),
-                false => println!("{}", crate::search_bench::render(&report, args.show)),
+                true => crate::outln!("{}", serde_json::to_string(&report)?),
+                false => crate::outln!("{}", crate::search_bench::render(&report, args.show)),
             }
         }
         _ => unreachable!("only the upkeep commands come here"),

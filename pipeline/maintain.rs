@@ -339,14 +339,14 @@ pub async fn run_maintain(pool: &PgPool, args: &MaintainArgs) -> anyhow::Result<
     };
     let started = Instant::now();
     let steps = maintain(pool, &plan).await?;
-    println!("{}", render_steps(&steps));
-    println!(
+    crate::outln!("{}", render_steps(&steps));
+    crate::outln!(
         "Maintenance done in {:.1} s. `civicload health` shows the result.",
         started.elapsed().as_secs_f64()
     );
     let missing = search::missing_count(pool, search::VectorTarget::Pages).await?;
     if missing > 0 {
-        println!("{missing} pages have no search vector yet: run `civicload vectorize`.");
+        crate::outln!("{missing} pages have no search vector yet: run `civicload vectorize`.");
     }
     Ok(())
 }
@@ -469,12 +469,12 @@ async fn finish_load(
         "building search vectors after the load (the pages are loaded; run `civicload vectorize`, then `civicload maintain`)",
     )?;
     if vectorized.interrupted {
-        println!("{}", vectorized.describe());
-        println!("Stopped while building search vectors: run `civicload vectorize`, then `civicload maintain`.");
+        crate::outln!("{}", vectorized.describe());
+        crate::outln!("Stopped while building search vectors: run `civicload vectorize`, then `civicload maintain`.");
         return Ok(());
     }
     if vectorized.pages_updated() > 0 || mode.is_bulk() {
-        println!("{}", vectorized.describe());
+        crate::outln!("{}", vectorized.describe());
     }
     let table_rows = maintenance::counts(pool).await?.pages_estimated;
     let plan = after_load_plan(
@@ -502,9 +502,9 @@ async fn finish_load(
             "stopped while preparing the database for search: the pages and vectors are in; run `civicload maintain` to finish"
         ),
     };
-    println!("{}", render_steps(steps.iter().chain(&references)));
+    crate::outln!("{}", render_steps(steps.iter().chain(&references)));
     let sizes = maintenance::rel_sizes(pool, "meeting_pages").await?;
-    println!(
+    crate::outln!(
         "Search ready in {:.1} s: meeting_pages heap {}, with TOAST {}, indexes {}, total {}.",
         started.elapsed().as_secs_f64(),
         bytes(sizes.heap),
@@ -608,11 +608,11 @@ pub async fn run_vectorize(pool: &PgPool, args: &VectorizeArgs) -> anyhow::Resul
     .await;
     signals.abort();
     let report = report?;
-    println!("{}", report.describe());
+    crate::outln!("{}", report.describe());
     if !report.interrupted {
         for index in &SEARCH_INDEXES {
             if search::index_state(pool, index.name).await?.is_none() {
-                println!(
+                crate::outln!(
                     "The search index {} does not exist yet: run `civicload maintain` to build it.",
                     index.name
                 );

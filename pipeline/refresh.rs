@@ -307,9 +307,9 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
             warn!(error = %e, "Could not refresh meeting_page_stats; `civicload maintain` refreshes it.");
         }
     }
-    println!("{}", table(&done));
+    crate::outln!("{}", table(&done));
     let total = client.usage().total();
-    println!(
+    crate::outln!(
         "{} jobs refreshed in {:.1} s: {} requests, {} bytes from the source.",
         done.len(),
         started.elapsed().as_secs_f64(),
@@ -317,7 +317,7 @@ pub async fn command(cli: &Cli, args: &RefreshArgs) -> anyhow::Result<u8> {
         total.bytes
     );
     if cancel.is_cancelled() {
-        println!("Stopped: committed batches stay; run the same command again to finish.");
+        crate::outln!("Stopped: committed batches stay; run the same command again to finish.");
         return Ok(EXIT_INCOMPLETE);
     }
     let all = done.len() == ids.len() && done.iter().all(|f| f.status == RunStatus::Verified);

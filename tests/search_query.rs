@@ -297,6 +297,25 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         .unwrap();
         assert_eq!(counted, n.min(50), "{case:?}");
     }
+    // A phrase whose words are common takes its candidates from the pairs' index alone
+    // (migration 0015; on this small corpus only when told every word is common): the
+    // same rows, both orders, both routes.
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION civicload_search_common_words() RETURNS float8
+         LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 0",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for case in classes
+        .iter()
+        .chain(&filtered)
+        .filter(|c| c.query.contains('"'))
+    {
+        assert_date_order_exact(&mut conn, case).await;
+        assert_rank_order(&mut conn, case).await;
+    }
+
     // By rank, a term the statistics put well above the exact-ranking limit takes the
     // window of the newest matches without counting them (migration 0015): the same rows
     // as ranking the 1,000 newest matches, and the route search-bench reports says so.

@@ -130,8 +130,8 @@ async fn report_and_prepare(
 ) -> anyhow::Result<()> {
     // Start to the last job's end; an ANALYZE still running then counts as preparation.
     let load_phase = started.elapsed() - (result.wall - result.loaded);
-    println!("{}", report::summary(&result.jobs, result.wall));
-    println!("{}", report::stage_breakdown(&result.jobs));
+    crate::outln!("{}", report::summary(&result.jobs, result.wall));
+    crate::outln!("{}", report::stage_breakdown(&result.jobs));
     if target.observer().is_some() {
         // civic-observer's indexes are the application's: nothing to build after a load.
     } else if result.interrupted {
@@ -144,7 +144,7 @@ async fn report_and_prepare(
             ..load_mode
         };
         prepare_for_search(pool, load_mode, owner).await?;
-        println!(
+        crate::outln!(
             "{}",
             report::phases(&result.jobs, load_phase, started.elapsed())
         );
@@ -227,18 +227,20 @@ async fn end_of_run(pool: &PgPool, ids: &[i64], interrupted: bool) -> anyhow::Re
         .map(Unfinished::from)
         .collect();
     if interrupted {
-        println!("Stopped: in-flight batches were committed and unfinished jobs are paused. Run the same command again (or add --resume) to continue from their checkpoints.");
+        crate::outln!("Stopped: in-flight batches were committed and unfinished jobs are paused. Run the same command again (or add --resume) to continue from their checkpoints.");
         return Ok(EXIT_INCOMPLETE);
     }
     if unfinished.is_empty() {
-        println!("All {} jobs completed and verified.", rows.len());
+        crate::outln!("All {} jobs completed and verified.", rows.len());
         Ok(EXIT_OK)
     } else {
-        println!(
+        crate::outln!(
             "{}",
             report::unfinished(&unfinished, rows.len(), "completed and verified")
         );
-        println!("See `civicload status --incomplete`; rerun the same command to continue them.");
+        crate::outln!(
+            "See `civicload status --incomplete`; rerun the same command to continue them."
+        );
         Ok(EXIT_INCOMPLETE)
     }
 }
@@ -274,11 +276,11 @@ async fn prepare_for_search(
 ) -> anyhow::Result<()> {
     let others = jobs::running_elsewhere(pool, owner).await?;
     if others > 0 {
-        println!("{others} jobs are still being loaded by other workers: the last to finish builds the search vectors and indexes (or run `civicload vectorize`, then `civicload maintain`).");
+        crate::outln!("{others} jobs are still being loaded by other workers: the last to finish builds the search vectors and indexes (or run `civicload vectorize`, then `civicload maintain`).");
         return Ok(());
     }
     let Some(lease) = Lease::try_acquire(pool, jobs::POST_LOAD_LEASE, owner).await? else {
-        println!("Another civicload process is preparing the database for search; leaving it to that one.");
+        crate::outln!("Another civicload process is preparing the database for search; leaving it to that one.");
         return Ok(());
     };
     let result = crate::maintain::after_backfill(pool, mode).await;
@@ -299,7 +301,7 @@ async fn verify_only(backfill: &Backfill, ids: &[i64]) -> anyhow::Result<u8> {
         )
         .await?;
         all_verified &= r.verdict == stages::reconcile::Verdict::Verified;
-        println!("{key}: {}", r.describe());
+        crate::outln!("{key}: {}", r.describe());
     }
     Ok(if all_verified {
         EXIT_OK

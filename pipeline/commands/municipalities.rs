@@ -42,12 +42,12 @@ pub async fn sync(cli: &Cli, from: &str) -> anyhow::Result<u8> {
             .cloned()
             .collect();
         let (added, changed) = observer::upsert_sites(&pool, o.generation, &fit).await?;
-        println!("civic-observer's municipalities_muni: {added} new, {changed} changed.");
+        crate::outln!("civic-observer's municipalities_muni: {added} new, {changed} changed.");
         if !unfit.is_empty() {
             return Ok(EXIT_INCOMPLETE);
         }
     }
     let pages: i64 = sites.iter().filter_map(|s| s.pages).sum();
-    println!("Synced {} municipalities from {from}: {inserted} new, {updated} updated; {pages} pages expected in all.", sites.len());
+    crate::outln!("Synced {} municipalities from {from}: {inserted} new, {updated} updated; {pages} pages expected in all.", sites.len());
     Ok(EXIT_OK)
 }

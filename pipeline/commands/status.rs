@@ -17,9 +17,9 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     if args.totals {
         let totals = jobs::totals(&pool).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&totals)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&totals)?);
         } else {
-            println!("{}", report::totals_table(&totals));
+            crate::outln!("{}", report::totals_table(&totals));
         }
         return Ok(EXIT_OK);
     }
@@ -30,11 +30,11 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
         .filter(|j| !args.incomplete || !j.completed_and_verified())
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!("No jobs match. Start with `civicload backfill --subdomain <SUB>`.");
+        crate::outln!("No jobs match. Start with `civicload backfill --subdomain <SUB>`.");
     } else {
-        println!("{}", report::status_table(&rows));
+        crate::outln!("{}", report::status_table(&rows));
     }
     Ok(EXIT_OK)
 }
@@ -57,7 +57,7 @@ async fn report_kept(pool: &PgPool, json: bool) -> anyhow::Result<()> {
     if json {
         eprintln!("{}", lines.join("\n"));
     } else {
-        println!("{}", lines.join("\n"));
+        crate::outln!("{}", lines.join("\n"));
     }
     Ok(())
 }

@@ -28,12 +28,12 @@ pub async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<u8> {
             Ok(v) => {
                 all_verified &= v.verified;
                 for line in &v.lines {
-                    println!("{}: {line}", v.job);
+                    crate::outln!("{}: {line}", v.job);
                 }
             }
             Err(e) => {
                 all_verified = false;
-                println!(
+                crate::outln!(
                     "{}/{}: FAILED: {}",
                     row.subdomain,
                     row.document_type,

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod log;
+pub mod out;
 pub mod progress;
 pub mod report;
 pub mod term;
