@@ -168,7 +168,7 @@ impl<'a> CopyRows<'a> {
             out.put_i32(self.dates.value(i) - PG_EPOCH_OFFSET_DAYS);
         }
         match self.vectors {
-            Some(v) => out.put_slice(v.keys_field(i)),
+            Some(v) => v.put_keys_field(i, out),
             None => out.put_i32(-1),
         }
     }
@@ -216,7 +216,7 @@ mod tests {
         let mut expected = Vec::new();
         expected.extend_from_slice(SIGNATURE);
         expected.extend_from_slice(&[0; 8]);
-        expected.extend_from_slice(&9i16.to_be_bytes());
+        expected.extend_from_slice(&10i16.to_be_bytes());
         expected.extend_from_slice(&2i32.to_be_bytes());
         expected.extend_from_slice(b"ab");
         expected.extend_from_slice(&1i32.to_be_bytes());
@@ -227,7 +227,8 @@ mod tests {
         expected.extend_from_slice(&7i32.to_be_bytes());
         expected.extend_from_slice(&3i32.to_be_bytes());
         expected.extend_from_slice("hé".as_bytes());
-        for _ in 0..4 {
+        // page_image, entities, votes, search_vector, phrase_keys: NULL.
+        for _ in 0..5 {
             expected.extend_from_slice(&(-1i32).to_be_bytes());
         }
         expected.extend_from_slice(&(-1i16).to_be_bytes());

@@ -72,7 +72,7 @@ fn pair_key(buf: &mut Vec<u8>, a: &[u8], b: &[u8]) -> i32 {
 }
 
 /// Appends the binary COPY field of an `int4[]` (length prefix included).
-pub(crate) fn encode_keys_field(keys: &[i32], out: &mut bytes::BytesMut) {
+pub(crate) fn encode_keys_field(keys: &[u16], out: &mut bytes::BytesMut) {
     use bytes::BufMut;
     const INT4_OID: u32 = 23;
     if keys.is_empty() {
@@ -90,7 +90,7 @@ pub(crate) fn encode_keys_field(keys: &[i32], out: &mut bytes::BytesMut) {
     out.put_i32(1); // lower bound
     for &k in keys {
         out.put_i32(4);
-        out.put_i32(k);
+        out.put_i32(i32::from(k));
     }
 }
 
