@@ -38,6 +38,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 2000;
 CREATE FUNCTION civicload_search_surely_above(threshold bigint) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 1.2 * threshold;
 
+-- The phrase narrowing (0014) only while the pairs' index is in service: without it (a
+-- load that dropped it and has not rebuilt it yet, an interrupted build) the containment
+-- test has no index to use, and for common words, whose vector test is written so the
+-- planner leaves the vector index alone, that would be a scan of every page.
+CREATE OR REPLACE FUNCTION civicload_phrase_filter(tsq tsquery) RETURNS text
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+DECLARE
+    keys int4[] := civicload_phrase_pairs(tsq);
+BEGIN
+    IF coalesce(cardinality(keys), 0) = 0
+       OR NOT EXISTS (SELECT 1 FROM pg_index
+                      WHERE indexrelid = to_regclass('meeting_pages_phrase_keys_gin') AND indisvalid)
+       OR EXISTS (SELECT 1 FROM meeting_pages WHERE phrase_keys IS NULL AND search_vector IS NOT NULL) THEN
+        RETURN '';
+    END IF;
+    RETURN format(' AND p.phrase_keys @> %L::int4[]', keys);
+END $$;
+
 -- Estimated matches of the words alone at or above which a phrase's candidates come from
 -- the pairs' index alone: the words' own index then costs more than it removes (at 1M
 -- pages `"fiscal year"`: 17 ms of vector-index scan per partition to drop a quarter of

@@ -316,6 +316,21 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         assert_rank_order(&mut conn, case).await;
     }
 
+    // Without the pairs' index (dropped, or not built yet) phrases are searched as before,
+    // still exact.
+    sqlx::query("DROP INDEX meeting_pages_phrase_keys_gin")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let filter: String = sqlx::query_scalar(
+        "SELECT civicload_phrase_filter(websearch_to_tsquery('simple', '\"fiscal year\"'))",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(filter, "");
+    assert_date_order_exact(&mut conn, &classes[2]).await;
+
     // By rank, a term the statistics put well above the exact-ranking limit takes the
     // window of the newest matches without counting them (migration 0015): the same rows
     // as ranking the 1,000 newest matches, and the route search-bench reports says so.
