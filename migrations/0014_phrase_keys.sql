@@ -109,9 +109,53 @@ BEGIN
     RETURN ARRAY(SELECT DISTINCT k FROM unnest(keys) AS k ORDER BY k);
 END $$;
 
+
+-- Part two: search decisions from the planner's statistics where they are clear (issue 16).
+--
+-- At 1M pages two searches still paid for a step whose answer the statistics already
+-- gave (the vectors and dates carry statistics targets of 1000: the planner's estimate of
+-- a term's matches was within ~15% of the count on every class at 200k pages):
+--   - by rank, a common term (or one within a year) counted its matches up to 20,001, a
+--     heap visit per match (1.1-1.3 s p95 within one year), only to learn there were more
+--     than can be ranked exactly. Now, when the estimate is at least 1.2 x that limit,
+--     the search takes the window of the newest matches without counting;
+--   - newest first, a rare term or a word that matches nothing first walked up to 1,000
+--     newest pages looking for 100 matches (the probe). Now, when the estimate is under
+--     2,000 matches, it goes straight to collecting every match (at most a few thousand).
+-- Both are shortcuts to the route the exact steps would mostly take; when the estimate is
+-- wrong, the result stays exact by date (the capped pass walks newest first if it finds
+-- more than expected) and by rank the 20,000 limit is applied on the estimate's word.
+-- Phrases keep the exact count (the planner takes a phrase for an AND of its words), and
+-- a phrase of common words takes its candidates from the pairs' index alone (below).
+
+-- The planner's estimate of the rows `pred` matches, for the same values (EXPLAIN is not
+-- allowed in a non-volatile function, hence VOLATILE; it reads nothing but statistics).
+CREATE FUNCTION civicload_search_estimate(
+    pred text, tsq tsquery, munis bigint[], date_from date, date_to date, doc_type text
+) RETURNS float8 LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    plan json;
+BEGIN
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM meeting_pages p WHERE ' || pred
+        INTO plan USING tsq, munis, date_from, date_to, doc_type;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
+END $$;
+
+-- Below this estimate newest first skips the probe.
+CREATE FUNCTION civicload_search_rare_below() RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 2000;
+
+-- At or above this estimate, by rank, the matches are taken to exceed `threshold`.
+CREATE FUNCTION civicload_search_surely_above(threshold bigint) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 1.2 * threshold;
+
 -- The search's extra condition for a phrase: ' AND p.phrase_keys @> ...' (a GIN-indexable
--- containment of literal integers), or '' when the query has no usable pair or some page
--- with a vector has no keys yet.
+-- containment of literal integers), or '' when the query has no usable pair, some page
+-- with a vector has no keys yet, or the pairs' index is not in service: without it (a
+-- load that dropped it and has not rebuilt it yet, an interrupted build) the containment
+-- test has no index to use, and for common words, whose vector test is written so the
+-- planner leaves the vector index alone, that would be a scan of every page.
 CREATE FUNCTION civicload_phrase_filter(tsq tsquery) RETURNS text
 LANGUAGE plpgsql STABLE
 SET enable_seqscan = off
@@ -120,14 +164,38 @@ DECLARE
     keys int4[] := civicload_phrase_pairs(tsq);
 BEGIN
     IF coalesce(cardinality(keys), 0) = 0
+       OR NOT EXISTS (SELECT 1 FROM pg_index
+                      WHERE indexrelid = to_regclass('meeting_pages_phrase_keys_gin') AND indisvalid)
        OR EXISTS (SELECT 1 FROM meeting_pages WHERE phrase_keys IS NULL AND search_vector IS NOT NULL) THEN
         RETURN '';
     END IF;
     RETURN format(' AND p.phrase_keys @> %L::int4[]', keys);
 END $$;
 
--- civicload_search_count (0009) and civicload_search (0013), each with the phrase filter
--- added to its predicate; nothing else changed.
+-- Estimated matches of the words alone at or above which a phrase's candidates come from
+-- the pairs' index alone: the words' own index then costs more than it removes (at 1M
+-- pages `"fiscal year"`: 17 ms of vector-index scan per partition to drop a quarter of
+-- the pairs' candidates; 38 ms warm in all instead of 153 ms).
+CREATE FUNCTION civicload_search_common_words() RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN 20000;
+
+-- The predicate with the phrase narrowing (migration 0014) added: for common words the
+-- vector test is written `ts_match_vq(...)`, the same test as `@@`, which the planner
+-- does not take to the vector index, so the pairs' index alone makes the bitmap.
+CREATE FUNCTION civicload_search_narrowed(pred text, tsq tsquery, words_estimate float8)
+RETURNS text LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    phrase text := civicload_phrase_filter(tsq);
+BEGIN
+    IF phrase = '' THEN
+        RETURN pred;
+    ELSIF words_estimate >= civicload_search_common_words() THEN
+        RETURN replace(pred, 'p.search_vector @@ $1', 'ts_match_vq(p.search_vector, $1)') || phrase;
+    END IF;
+    RETURN pred || phrase;
+END $$;
+
 CREATE OR REPLACE FUNCTION civicload_search_count(
     query text,
     municipality text DEFAULT NULL,
@@ -143,17 +211,86 @@ DECLARE
     tsq tsquery := websearch_to_tsquery('simple', public.unaccent(coalesce(query, '')));
     munis bigint[] := civicload_search_municipalities(municipality, state);
     n bigint;
+    pred text;
 BEGIN
     IF numnode(tsq) = 0 OR munis = '{}' THEN
         RETURN 0;
     END IF;
-    EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM meeting_pages p WHERE '
-            || civicload_search_where(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
-                                      date_to IS NOT NULL, doc_type IS NOT NULL)
-            || civicload_phrase_filter(tsq)
+    pred := civicload_search_where(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
+                                   date_to IS NOT NULL, doc_type IS NOT NULL);
+    IF strpos(tsq::text, '<') > 0 THEN
+        pred := civicload_search_narrowed(pred, tsq,
+            civicload_search_estimate(pred, tsq, munis, date_from, date_to, doc_type));
+    END IF;
+    EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM meeting_pages p WHERE ' || pred
             || ' LIMIT $6) AS capped'
         INTO n USING tsq, munis, date_from, date_to, doc_type, cap;
     RETURN n;
+END $$;
+
+-- The probe (0013), with a phrase's pairs tested before its vector.
+CREATE OR REPLACE FUNCTION civicload_search_probe(
+    tsq tsquery, munis bigint[], date_from date, date_to date, doc_type text,
+    wanted int, probe int
+) RETURNS bool LANGUAGE plpgsql STABLE
+SET enable_seqscan = off SET enable_indexscan = on SET enable_bitmapscan = off SET jit = off
+AS $$
+DECLARE
+    n int;
+BEGIN
+    IF wanted <= 0 OR probe < wanted THEN
+        RETURN false;
+    END IF;
+    -- A phrase's pairs (migration 0014) are checked first: an array test instead of
+    -- decompressing the vector for most of the pages walked.
+    EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM (SELECT p.search_vector, p.phrase_keys FROM meeting_pages p WHERE '
+            || civicload_search_filters(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
+                                        date_to IS NOT NULL, doc_type IS NOT NULL)
+            || ' ORDER BY p.meeting_date DESC, p.id DESC LIMIT $7) AS w WHERE true'
+            || replace(civicload_phrase_filter(tsq), 'p.phrase_keys', 'w.phrase_keys')
+            || ' AND w.search_vector @@ $1 LIMIT $6) AS found'
+        INTO n USING tsq, munis, date_from, date_to, doc_type, wanted, probe;
+    RETURN n >= wanted;
+END $$;
+
+CREATE OR REPLACE FUNCTION civicload_search_route(
+    query text,
+    order_by text DEFAULT 'date',
+    municipality text DEFAULT NULL,
+    state text DEFAULT NULL,
+    date_from date DEFAULT NULL,
+    date_to date DEFAULT NULL,
+    doc_type text DEFAULT NULL,
+    page_size int DEFAULT 100,
+    page_offset int DEFAULT 0,
+    rank_exact_up_to int DEFAULT 20000
+) RETURNS text LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    tsq tsquery := websearch_to_tsquery('simple', public.unaccent(coalesce(query, '')));
+    munis bigint[] := civicload_search_municipalities(municipality, state);
+    wanted int := greatest(page_offset, 0) + greatest(page_size, 0);
+    threshold bigint := civicload_search_threshold(order_by, wanted, rank_exact_up_to);
+    pred text;
+    estimate float8;
+BEGIN
+    IF numnode(tsq) = 0 OR munis = '{}' OR page_size <= 0 THEN
+        RETURN 'all_matches';
+    END IF;
+    pred := civicload_search_where(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
+                                   date_to IS NOT NULL, doc_type IS NOT NULL);
+    estimate := civicload_search_estimate(pred, tsq, munis, date_from, date_to, doc_type);
+    IF order_by = 'date' AND estimate >= civicload_search_rare_below()
+       AND civicload_search_probe(tsq, munis, date_from, date_to, doc_type, wanted, 10 * wanted) THEN
+        RETURN 'newest_first_walk';
+    END IF;
+    IF order_by = 'rank' AND strpos(tsq::text, '<') = 0
+       AND estimate >= civicload_search_surely_above(threshold) THEN
+        RETURN 'newest_first_walk';
+    END IF;
+    RETURN CASE WHEN civicload_search_count(query, municipality, state, date_from, date_to,
+                                            doc_type, least(threshold, 2147483647)::int) < threshold
+                THEN 'all_matches' ELSE 'newest_first_walk' END;
 END $$;
 
 CREATE OR REPLACE FUNCTION civicload_search(
@@ -183,6 +320,7 @@ DECLARE
     pred text;
     threshold bigint;
     walk bool := false;
+    estimate float8;
     n bigint;
     ids bigint[];
     muni_ids bigint[];
@@ -198,11 +336,14 @@ BEGIN
         RETURN;
     END IF;
     pred := civicload_search_where(coalesce(cardinality(munis), 0), date_from IS NOT NULL,
-                                   date_to IS NOT NULL, doc_type IS NOT NULL)
-        || civicload_phrase_filter(tsq);
+                                   date_to IS NOT NULL, doc_type IS NOT NULL);
     threshold := coalesce(common_from, civicload_search_threshold(order_by, wanted, rank_exact_up_to));
+    IF common_from IS NULL THEN
+        estimate := civicload_search_estimate(pred, tsq, munis, date_from, date_to, doc_type);
+    END IF;
+    pred := civicload_search_narrowed(pred, tsq, coalesce(estimate, 0));
     -- 0. Newest first: the probe (an index walk of at most 10 x wanted pages).
-    IF order_by = 'date' AND common_from IS NULL THEN
+    IF order_by = 'date' AND common_from IS NULL AND estimate >= civicload_search_rare_below() THEN
         walk := civicload_search_probe(tsq, munis, date_from, date_to, doc_type, wanted, 10 * wanted);
     END IF;
     -- 1. The matches from the GIN bitmap, up to the threshold.
@@ -211,10 +352,14 @@ BEGIN
         -- By rank, no phrase: a capped count (no vector read), then, when fewer, every
         -- match ranked in a second bitmap pass (0009's route: cheaper than collecting
         -- 20,000 rows for a common term that then takes the walk).
-        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM meeting_pages p WHERE ' || pred
-                || ' LIMIT $6) AS capped'
-            INTO n USING tsq, munis, date_from, date_to, doc_type, least(threshold, 2147483647);
-        walk := n >= threshold;
+        IF estimate >= civicload_search_surely_above(threshold) THEN
+            walk := true;
+        ELSE
+            EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM meeting_pages p WHERE ' || pred
+                    || ' LIMIT $6) AS capped'
+                INTO n USING tsq, munis, date_from, date_to, doc_type, least(threshold, 2147483647);
+            walk := n >= threshold;
+        END IF;
         rows_sql := 'SELECT p.id, p.municipality_id, p.meeting_date, ts_rank(p.search_vector, $1) AS rank
                      FROM meeting_pages p WHERE ' || pred;
     ELSIF NOT walk AND threshold > 0 THEN

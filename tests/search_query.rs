@@ -298,7 +298,7 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
         assert_eq!(counted, n.min(50), "{case:?}");
     }
     // A phrase whose words are common takes its candidates from the pairs' index alone
-    // (migration 0015; on this small corpus only when told every word is common): the
+    // (migration 0014; on this small corpus only when told every word is common): the
     // same rows, both orders, both routes.
     sqlx::query(
         "CREATE OR REPLACE FUNCTION civicload_search_common_words() RETURNS float8
@@ -332,7 +332,7 @@ async fn newest_first_top_100_equals_brute_force_for_every_class_and_filter() {
     assert_date_order_exact(&mut conn, &classes[2]).await;
 
     // By rank, a term the statistics put well above the exact-ranking limit takes the
-    // window of the newest matches without counting them (migration 0015): the same rows
+    // window of the newest matches without counting them (migration 0014): the same rows
     // as ranking the 1,000 newest matches, and the route search-bench reports says so.
     let all = classes[0].brute_force_matches();
     let expected = ids(
