@@ -25,9 +25,25 @@ impl Tsv {
     /// positions, hashed, sorted and distinct. Equal to the server's
     /// `civicload_phrase_keys(search_vector)`.
     pub fn phrase_keys(&self) -> Vec<i32> {
+        let mut keys = Vec::new();
+        self.append_phrase_keys(&mut keys);
+        keys.into_iter().map(i32::from).collect()
+    }
+
+    /// Appends [`Tsv::phrase_keys`] to `out` as 16-bit values, with this thread's scratch
+    /// buffers: no allocation per page in the load's transform threads.
+    pub(crate) fn append_phrase_keys(&self, out: &mut Vec<u16>) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Scratch> = Default::default();
+        }
+        SCRATCH.with(|s| self.keys_into(&mut s.borrow_mut(), out));
+    }
+
+    fn keys_into(&self, s: &mut Scratch, out: &mut Vec<u16>) {
         // Every (position, lexeme) packed in one u64, sorted: position-major, so the
         // lexemes at p + 1 follow those at p.
-        let mut at: Vec<u64> = Vec::with_capacity(self.positions.len());
+        let at = &mut s.at;
+        at.clear();
         for (i, e) in self.entries.iter().enumerate() {
             let p = e.pos_start as usize;
             at.extend(
@@ -41,8 +57,8 @@ impl Tsv {
             let e = &self.entries[(packed & 0xFFFF_FFFF) as usize];
             &self.lexemes[e.start as usize..e.start as usize + e.len as usize]
         };
-        let mut keys = Vec::with_capacity(at.len());
-        let mut buf = Vec::with_capacity(64);
+        let keys = &mut s.keys;
+        keys.clear();
         // `next`: the first entry at a position after the current one's.
         let mut next = 0;
         for i in 0..at.len() {
@@ -52,23 +68,31 @@ impl Tsv {
             }
             let mut j = next;
             while j < at.len() && at[j] >> 32 == pos + 1 {
-                keys.push(pair_key(&mut buf, lexeme(at[i]), lexeme(at[j])));
+                keys.push(pair_key(&mut s.buf, lexeme(at[i]), lexeme(at[j])));
                 j += 1;
             }
         }
         keys.sort_unstable();
         keys.dedup();
-        keys
+        out.extend_from_slice(keys);
     }
 }
 
+/// Buffers reused from page to page by one thread.
+#[derive(Default)]
+struct Scratch {
+    at: Vec<u64>,
+    keys: Vec<u16>,
+    buf: Vec<u8>,
+}
+
 /// `hashtext(a || ' ' || b) & 65535`, with `buf` as scratch space.
-fn pair_key(buf: &mut Vec<u8>, a: &[u8], b: &[u8]) -> i32 {
+fn pair_key(buf: &mut Vec<u8>, a: &[u8], b: &[u8]) -> u16 {
     buf.clear();
     buf.extend_from_slice(a);
     buf.push(b' ');
     buf.extend_from_slice(b);
-    (hash_bytes(buf) & KEY_MASK) as i32
+    (hash_bytes(buf) & KEY_MASK) as u16
 }
 
 /// Appends the binary COPY field of an `int4[]` (length prefix included).
