@@ -78,6 +78,8 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
 AS $$
 DECLARE
     t text := tsq::text;
+    -- The operators alone: the query's text without its quoted lexemes.
+    ops text := regexp_replace(t, '''(?:[^''\\]|''''|\\.)*''', '', 'g');
     tok text[];
     prev text;
     joined bool := false;
@@ -85,8 +87,7 @@ DECLARE
     lexeme text;
     keys int4[] := '{}';
 BEGIN
-    IF strpos(regexp_replace(t, '''(?:[^''\\]|''''|\\.)*''', '', 'g'), '<->') = 0
-       OR regexp_replace(t, '''(?:[^''\\]|''''|\\.)*''', '', 'g') ~ '[|:]|!\s*\(' THEN
+    IF strpos(ops, '<->') = 0 OR ops ~ '[|:]|!\s*\(' THEN
         RETURN '{}';
     END IF;
     FOR tok IN SELECT regexp_matches(t, '''((?:[^''\\]|''''|\\.)*)''|(<->)|(<\d+>|[&!()])', 'g') LOOP

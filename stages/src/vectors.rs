@@ -12,9 +12,9 @@ use bytes::{BufMut, BytesMut};
 pub struct VectorFields {
     buf: BytesMut,
     ends: Vec<usize>,
-    /// The phrase keys of each vector, back to back; `None` ends where the vector is NULL.
+    /// The phrase keys of each vector, back to back (none where the vector is NULL).
     keys: Vec<u16>,
-    key_ends: Vec<Option<u32>>,
+    key_ends: Vec<u32>,
     /// How many rows got no vector from civicload.
     pub missing: usize,
 }
@@ -30,17 +30,15 @@ impl VectorFields {
             match builder.vector(text) {
                 Some(tsv) => {
                     tsv.encode_copy_field(&mut v.buf);
-                    v.keys
-                        .extend(tsv.phrase_keys().into_iter().map(|k| k as u16));
-                    v.key_ends.push(Some(v.keys.len() as u32));
+                    tsv.append_phrase_keys(&mut v.keys);
                 }
                 None => {
                     v.buf.put_i32(-1);
-                    v.key_ends.push(None);
                     v.missing += 1;
                 }
             }
             v.ends.push(v.buf.len());
+            v.key_ends.push(v.keys.len() as u32);
         }
         v
     }
@@ -68,16 +66,15 @@ impl VectorFields {
 
     /// Appends row `i`'s phrase keys as a binary COPY field (NULL where its vector is).
     pub(crate) fn put_keys_field(&self, i: usize, out: &mut BytesMut) {
-        let Some(end) = self.key_ends[i] else {
+        if self.field(i) == (-1i32).to_be_bytes() {
             out.put_i32(-1);
             return;
-        };
-        let start = self.key_ends[..i]
-            .iter()
-            .rev()
-            .find_map(|e| *e)
-            .unwrap_or(0);
-        crate::tsvector::encode_keys_field(&self.keys[start as usize..end as usize], out);
+        }
+        let start = if i == 0 { 0 } else { self.key_ends[i - 1] };
+        crate::tsvector::encode_keys_field(
+            &self.keys[start as usize..self.key_ends[i] as usize],
+            out,
+        );
     }
 
     /// The encoded size of every field, in bytes.

@@ -250,50 +250,59 @@ pub struct SearchIndex {
     pub(crate) fastupdate_off: &'static str,
 }
 
+/// A [`SearchIndex`] whose statements are written out from its name, table and column.
+macro_rules! search_index {
+    ($name:literal, $table:literal, $column:literal) => {
+        SearchIndex {
+            name: $name,
+            table: $table,
+            column: $column,
+            create: concat!(
+                "CREATE INDEX IF NOT EXISTS ",
+                $name,
+                " ON ",
+                $table,
+                " USING gin (",
+                $column,
+                ") WITH (fastupdate = off)"
+            ),
+            create_concurrently: concat!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ",
+                $name,
+                " ON ",
+                $table,
+                " USING gin (",
+                $column,
+                ") WITH (fastupdate = off)"
+            ),
+            drop: concat!("DROP INDEX IF EXISTS ", $name),
+            drop_concurrently: concat!("DROP INDEX CONCURRENTLY IF EXISTS ", $name),
+            fastupdate_on: concat!("ALTER INDEX ", $name, " SET (fastupdate = on)"),
+            fastupdate_off: concat!("ALTER INDEX ", $name, " SET (fastupdate = off)"),
+        }
+    };
+}
+
 /// The search indexes. `fastupdate = off`: no pending list, so a search never pays for
 /// merging one and results never lag behind writes (seed 000); each write updates the
 /// index itself, which is why the bulk load builds them only at its end.
 pub const SEARCH_INDEXES: [SearchIndex; 3] = [
-    SearchIndex {
-        name: "meeting_pages_search_vector_gin",
-        table: "meeting_pages",
-        column: "search_vector",
-        create: "CREATE INDEX IF NOT EXISTS meeting_pages_search_vector_gin
-                 ON meeting_pages USING gin (search_vector) WITH (fastupdate = off)",
-        create_concurrently: "CREATE INDEX CONCURRENTLY IF NOT EXISTS meeting_pages_search_vector_gin
-                 ON meeting_pages USING gin (search_vector) WITH (fastupdate = off)",
-        drop: "DROP INDEX IF EXISTS meeting_pages_search_vector_gin",
-        drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_pages_search_vector_gin",
-        fastupdate_on: "ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = on)",
-        fastupdate_off: "ALTER INDEX meeting_pages_search_vector_gin SET (fastupdate = off)",
-    },
+    search_index!(
+        "meeting_pages_search_vector_gin",
+        "meeting_pages",
+        "search_vector"
+    ),
     // The pages' phrase keys (migration 0014): which pages hold a phrase's adjacent pairs.
-    SearchIndex {
-        name: "meeting_pages_phrase_keys_gin",
-        table: "meeting_pages",
-        column: "phrase_keys",
-        create: "CREATE INDEX IF NOT EXISTS meeting_pages_phrase_keys_gin
-                 ON meeting_pages USING gin (phrase_keys) WITH (fastupdate = off)",
-        create_concurrently: "CREATE INDEX CONCURRENTLY IF NOT EXISTS meeting_pages_phrase_keys_gin
-                 ON meeting_pages USING gin (phrase_keys) WITH (fastupdate = off)",
-        drop: "DROP INDEX IF EXISTS meeting_pages_phrase_keys_gin",
-        drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_pages_phrase_keys_gin",
-        fastupdate_on: "ALTER INDEX meeting_pages_phrase_keys_gin SET (fastupdate = on)",
-        fastupdate_off: "ALTER INDEX meeting_pages_phrase_keys_gin SET (fastupdate = off)",
-    },
-    SearchIndex {
-        name: "meeting_documents_name_vector_gin",
-        table: "meeting_documents",
-        column: "meeting_name_search_vector",
-        create: "CREATE INDEX IF NOT EXISTS meeting_documents_name_vector_gin
-                 ON meeting_documents USING gin (meeting_name_search_vector) WITH (fastupdate = off)",
-        create_concurrently: "CREATE INDEX CONCURRENTLY IF NOT EXISTS meeting_documents_name_vector_gin
-                 ON meeting_documents USING gin (meeting_name_search_vector) WITH (fastupdate = off)",
-        drop: "DROP INDEX IF EXISTS meeting_documents_name_vector_gin",
-        drop_concurrently: "DROP INDEX CONCURRENTLY IF EXISTS meeting_documents_name_vector_gin",
-        fastupdate_on: "ALTER INDEX meeting_documents_name_vector_gin SET (fastupdate = on)",
-        fastupdate_off: "ALTER INDEX meeting_documents_name_vector_gin SET (fastupdate = off)",
-    },
+    search_index!(
+        "meeting_pages_phrase_keys_gin",
+        "meeting_pages",
+        "phrase_keys"
+    ),
+    search_index!(
+        "meeting_documents_name_vector_gin",
+        "meeting_documents",
+        "meeting_name_search_vector"
+    ),
 ];
 
 /// What the catalog says about an index.
