@@ -1,8 +1,8 @@
 //! The search vectors civicload computed for a batch's pages (`tsvector`) and their phrase
-//! keys (`int4[]`, migration 0014), carried with the batch to the load stage: the vectors
-//! encoded once as binary COPY fields, the keys as 16-bit values (each key is below
-//! 65,536), expanded to their COPY field as the stream is encoded: 2 bytes a key held in
-//! memory instead of 8 (~275 keys a page; a 1M-page load held ~20 batches at once).
+//! keys (`int4[]`, migrations 0014 and 0015), carried with the batch to the load stage:
+//! the vectors encoded once as binary COPY fields, the keys as plain values, expanded to
+//! their COPY field as the stream is encoded: 4 bytes a key held in memory instead of 8
+//! (~280 keys a page; a 1M-page load held ~20 batches at once).
 
 use bytes::{BufMut, BytesMut};
 
@@ -13,7 +13,7 @@ pub struct VectorFields {
     buf: BytesMut,
     ends: Vec<usize>,
     /// The phrase keys of each vector, back to back (none where the vector is NULL).
-    keys: Vec<u16>,
+    keys: Vec<i32>,
     key_ends: Vec<u32>,
     /// How many rows got no vector from civicload.
     pub missing: usize,

@@ -1,6 +1,6 @@
-//! Phrase keys: a page's adjacent word pairs, hashed into 65,536 buckets, for the GIN
-//! index that lets a phrase search read only the pages that can hold the phrase
-//! (`meeting_pages.phrase_keys`, migration 0014).
+//! Phrase keys: a page's adjacent word pairs, hashed to 32 bits, for the GIN index that
+//! lets a phrase search read only the pages that can hold the phrase
+//! (`meeting_pages.phrase_keys`, migrations 0014 and 0015).
 //!
 //! The GIN index over `search_vector` knows which pages hold every word of a phrase, not
 //! where: a phrase of common words ("fiscal year appropriation") has hundreds of thousands
@@ -8,17 +8,13 @@
 //! `a <-> b` only if some position p holds `a` and p + 1 holds `b` in its stored vector,
 //! so the key of the pair (a, b) is a necessary condition the index can test.
 //!
-//! The key is PostgreSQL's own `hashtext(a || ' ' || b) & 65535` (`hash_bytes`, Bob
+//! The key is PostgreSQL's own `hashtext(a || ' ' || b)` (`hash_bytes`, Bob
 //! Jenkins' lookup3 as in `src/common/hashfn.c`), so the server computes the same keys
 //! for a query's pairs and, through the trigger, for any page civicload did not write.
 //! Lexemes of the `simple` configuration never hold a space, so the separator is
 //! unambiguous.
 
 use super::Tsv;
-
-/// Buckets of the key space: 65,536 measured best for build time against candidates
-/// (README, "Search at scale").
-const KEY_MASK: u32 = 0xFFFF;
 
 impl Tsv {
     /// The phrase keys of this vector: every pair of lexemes at consecutive stored
@@ -27,19 +23,19 @@ impl Tsv {
     pub fn phrase_keys(&self) -> Vec<i32> {
         let mut keys = Vec::new();
         self.append_phrase_keys(&mut keys);
-        keys.into_iter().map(i32::from).collect()
+        keys
     }
 
-    /// Appends [`Tsv::phrase_keys`] to `out` as 16-bit values, with this thread's scratch
-    /// buffers: no allocation per page in the load's transform threads.
-    pub(crate) fn append_phrase_keys(&self, out: &mut Vec<u16>) {
+    /// Appends [`Tsv::phrase_keys`] to `out`, with this thread's scratch buffers: no
+    /// allocation per page in the load's transform threads.
+    pub(crate) fn append_phrase_keys(&self, out: &mut Vec<i32>) {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Scratch> = Default::default();
         }
         SCRATCH.with(|s| self.keys_into(&mut s.borrow_mut(), out));
     }
 
-    fn keys_into(&self, s: &mut Scratch, out: &mut Vec<u16>) {
+    fn keys_into(&self, s: &mut Scratch, out: &mut Vec<i32>) {
         // Every (position, lexeme) packed in one u64, sorted: position-major, so the
         // lexemes at p + 1 follow those at p.
         let at = &mut s.at;
@@ -82,21 +78,22 @@ impl Tsv {
 #[derive(Default)]
 struct Scratch {
     at: Vec<u64>,
-    keys: Vec<u16>,
+    keys: Vec<i32>,
     buf: Vec<u8>,
 }
 
-/// `hashtext(a || ' ' || b) & 65535`, with `buf` as scratch space.
-fn pair_key(buf: &mut Vec<u8>, a: &[u8], b: &[u8]) -> u16 {
+/// `hashtext(a || ' ' || b)`, with `buf` as scratch space. Sorted as the server sorts
+/// `int4` (signed), so the arrays are equal element for element.
+fn pair_key(buf: &mut Vec<u8>, a: &[u8], b: &[u8]) -> i32 {
     buf.clear();
     buf.extend_from_slice(a);
     buf.push(b' ');
     buf.extend_from_slice(b);
-    (hash_bytes(buf) & KEY_MASK) as u16
+    hash_bytes(buf) as i32
 }
 
 /// Appends the binary COPY field of an `int4[]` (length prefix included).
-pub(crate) fn encode_keys_field(keys: &[u16], out: &mut bytes::BytesMut) {
+pub(crate) fn encode_keys_field(keys: &[i32], out: &mut bytes::BytesMut) {
     use bytes::BufMut;
     const INT4_OID: u32 = 23;
     if keys.is_empty() {
@@ -114,7 +111,7 @@ pub(crate) fn encode_keys_field(keys: &[u16], out: &mut bytes::BytesMut) {
     out.put_i32(1); // lower bound
     for &k in keys {
         out.put_i32(4);
-        out.put_i32(i32::from(k));
+        out.put_i32(k);
     }
 }
 
