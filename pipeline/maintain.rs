@@ -220,7 +220,7 @@ async fn fill_page_columns(pool: &PgPool, steps: &mut Vec<Step>) -> anyhow::Resu
     let keyed = stages::store::search_fn::fill_missing_phrase_keys(pool).await?;
     if keyed > 0 {
         steps.push(Step {
-            step: "phrase keys computed by the server".into(),
+            step: "phrase keys computed".into(),
             seconds: t.elapsed().as_secs_f64(),
             detail: format!("{keyed} pages"),
         });

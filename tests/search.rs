@@ -661,6 +661,41 @@ async fn the_search_uses_the_gin_index_and_maintain_keeps_it_healthy() {
     let checks = health(&db);
     assert!(warnings(&checks, "search index").is_empty());
     assert!(warnings(&checks, "dead tuples").is_empty());
+
+    // Pages without phrase keys (a bulk write, or a database migrated with pages in it):
+    // phrases are searched without them, and maintain computes them, equal to the
+    // server's own, after which the search uses them again.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('civicload.bulk', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let cleared = sqlx::query("UPDATE meeting_pages SET phrase_keys = NULL WHERE id % 3 = 0")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    tx.commit().await.unwrap();
+    assert!(cleared > 500, "{cleared}");
+    let phrase_filter =
+        "SELECT length(civicload_phrase_filter(websearch_to_tsquery('simple', '\"fiscal year\"')))::int8";
+    assert_eq!(scalar_i64(&pool, phrase_filter).await, 0);
+    let out = run_ok(civicload(&db).arg("maintain"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("phrase keys computed") && text.contains(&format!("{cleared} pages")),
+        "{text}"
+    );
+    assert_eq!(
+        scalar_i64(
+            &pool,
+            "SELECT count(*) FROM meeting_pages
+             WHERE phrase_keys IS DISTINCT FROM civicload_phrase_keys(search_vector)"
+        )
+        .await,
+        0
+    );
+    assert!(scalar_i64(&pool, phrase_filter).await > 0);
     pool.close().await;
 }
 

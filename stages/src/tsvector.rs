@@ -755,6 +755,36 @@ impl Tsv {
         }
     }
 
+    /// Reads the binary send format (`tsvectorsend(v)`, [`Tsv::encode_binary`]'s layout),
+    /// positions without their weight bits; None if the bytes are not one.
+    pub fn decode_binary(bytes: &[u8]) -> Option<Tsv> {
+        fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Option<&'a [u8]> {
+            let s = bytes.get(*at..at.checked_add(n)?)?;
+            *at += n;
+            Some(s)
+        }
+        let at = &mut 0;
+        let count = i32::from_be_bytes(take(bytes, at, 4)?.try_into().ok()?);
+        let mut v = Tsv::default();
+        for _ in 0..usize::try_from(count).ok()? {
+            let len = bytes.get(*at..)?.iter().position(|&b| b == 0)?;
+            let lexeme = take(bytes, at, len + 1)?;
+            let npos = u16::from_be_bytes(take(bytes, at, 2)?.try_into().ok()?);
+            v.entries.push(Entry {
+                start: v.lexemes.len() as u32,
+                len: u16::try_from(len).ok()?,
+                pos_start: v.positions.len() as u32,
+                npos,
+            });
+            v.lexemes.extend_from_slice(&lexeme[..len]);
+            for p in take(bytes, at, 2 * npos as usize)?.chunks_exact(2) {
+                v.positions.push(u16::from_be_bytes([p[0], p[1]]) & 0x3FFF);
+            }
+        }
+        v.lexeme_bytes = v.lexemes.len();
+        (*at == bytes.len() && std::str::from_utf8(&v.lexemes).is_ok()).then_some(v)
+    }
+
     /// One binary COPY field: the int32 length, then [`Tsv::encode_binary`].
     pub fn encode_copy_field(&self, out: &mut BytesMut) {
         out.reserve(4 + self.binary_len());
@@ -775,6 +805,29 @@ mod tests {
             lexemes.add(start, *p);
         }
         lexemes.finish().unwrap()
+    }
+
+    #[test]
+    fn binary_form_reads_back_and_malformed_bytes_do_not() {
+        let v = tsv(&[("fiscal", 1), ("year", 2), ("fiscal", 7), ("zürich", 3)]);
+        let mut out = BytesMut::new();
+        v.encode_binary(&mut out);
+        assert_eq!(Tsv::decode_binary(&out), Some(v.clone()));
+        assert_eq!(
+            Tsv::decode_binary(&out).unwrap().phrase_keys(),
+            v.phrase_keys()
+        );
+        // Weight bits (setweight) are not positions.
+        let mut weighted = out.to_vec();
+        let at = weighted.len() - 2;
+        weighted[at] |= 0xC0;
+        assert_eq!(Tsv::decode_binary(&weighted), Some(v));
+        for bad in [&out[..out.len() - 1], &[0, 0, 0, 1, b'a'][..], &[0, 0][..]] {
+            assert_eq!(Tsv::decode_binary(bad), None, "{bad:?}");
+        }
+        let mut trailing = out.to_vec();
+        trailing.push(0);
+        assert_eq!(Tsv::decode_binary(&trailing), None);
     }
 
     /// Rules with ASCII classes, every non-ASCII letter of Rust's Unicode tables a letter,

@@ -305,6 +305,9 @@ pub const SEARCH_INDEXES: [SearchIndex; 3] = [
     ),
 ];
 
+/// The pages' phrase keys' index (migration 0014).
+pub const PHRASE_KEYS_INDEX: &SearchIndex = &SEARCH_INDEXES[1];
+
 /// What the catalog says about an index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexState {
