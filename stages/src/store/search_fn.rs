@@ -200,28 +200,45 @@ pub async fn fill_missing_meeting_dates(pool: &PgPool) -> Result<u64, SearchErro
 ///
 /// The UPDATE, not the keys, is the cost: each page's new row version enters every index
 /// of the table, the GIN indexes included (~2 ms a page at 1M pages). So when
-/// [`MASS_FILL`] pages or more lack keys, the keys' own index is dropped first: the search
-/// does not use it while any page lacks keys, and `maintain` (or the load that called
-/// this) builds it again right after, on every core.
+/// [`MASS_FILL`] pages or more lack keys (or a tenth of the pages), the keys' own index is dropped first (the search
+/// does not use it while any page lacks keys, and `maintain`, or the load that called
+/// this, builds it again right after, on every core), and the page index collects the new
+/// row versions in its pending list meanwhile, merged in bulk at the end, as `vectorize`
+/// does (killed in between, `maintain` switches it back).
 pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError> {
     const ADVICE: &str = "Rerun `civicload maintain`: it computes the keys that are still missing.";
     let failed = |what| SearchError::sql(what, "meeting_pages", ADVICE);
-    let missing: i64 = sql::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM meeting_pages
-         WHERE phrase_keys IS NULL AND search_vector IS NOT NULL LIMIT $1) AS m",
+    let mass: bool = sql::query_scalar(
+        "SELECT count(*) >= $1 OR count(*) * 10 >= (SELECT greatest(reltuples, 0)
+                FROM pg_class WHERE oid = to_regclass('meeting_pages'))
+         FROM (SELECT 1 FROM meeting_pages
+               WHERE phrase_keys IS NULL AND search_vector IS NOT NULL LIMIT $1) AS m",
     )
     .bind(MASS_FILL)
     .fetch_one(pool)
     .await
     .map_err(failed("counting the pages without phrase keys"))?;
-    if missing >= MASS_FILL {
-        sql::query(super::search::PHRASE_KEYS_INDEX.drop)
-            .execute(autocommit(pool))
-            .await
-            .map_err(failed(
-                "dropping the phrase keys' index before filling the keys",
-            ))?;
+    if !mass {
+        return fill_keys_in_batches(pool).await;
     }
+    sql::query(super::search::PHRASE_KEYS_INDEX.drop)
+        .execute(autocommit(pool))
+        .await
+        .map_err(failed(
+            "dropping the phrase keys' index before filling the keys",
+        ))?;
+    let pages_index = super::search::VectorTarget::Pages.index();
+    let relaxed = super::search_index::relax_fastupdate(pool, pages_index).await?;
+    let filled = fill_keys_in_batches(pool).await;
+    if relaxed {
+        super::search_index::restore_fastupdate_off(pool, pages_index).await?;
+    }
+    filled
+}
+
+async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
+    const ADVICE: &str = "Rerun `civicload maintain`: it computes the keys that are still missing.";
+    let failed = |what| SearchError::sql(what, "meeting_pages", ADVICE);
     let mut filled = 0;
     loop {
         let rows: Vec<(i64, i64, String, Vec<u8>)> = sql::query_as(
@@ -282,7 +299,8 @@ pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError>
     }
 }
 
-/// Pages without keys from which [`fill_missing_phrase_keys`] drops the keys' index first.
+/// Pages without keys from which [`fill_missing_phrase_keys`] drops the keys' index first
+/// (and from a tenth of the pages, on a smaller table).
 pub const MASS_FILL: i64 = 20_000;
 
 /// One batch of pages' keys as arrays for `unnest`: every page's keys back to back in
