@@ -257,29 +257,19 @@ macro_rules! search_index {
             name: $name,
             table: $table,
             column: $column,
-            create: concat!(
-                "CREATE INDEX IF NOT EXISTS ",
-                $name,
-                " ON ",
-                $table,
-                " USING gin (",
-                $column,
-                ") WITH (fastupdate = off)"
-            ),
-            create_concurrently: concat!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ",
-                $name,
-                " ON ",
-                $table,
-                " USING gin (",
-                $column,
-                ") WITH (fastupdate = off)"
-            ),
+            create: search_index!(@create "", $name, $table, $column),
+            create_concurrently: search_index!(@create "CONCURRENTLY ", $name, $table, $column),
             drop: concat!("DROP INDEX IF EXISTS ", $name),
             drop_concurrently: concat!("DROP INDEX CONCURRENTLY IF EXISTS ", $name),
             fastupdate_on: concat!("ALTER INDEX ", $name, " SET (fastupdate = on)"),
             fastupdate_off: concat!("ALTER INDEX ", $name, " SET (fastupdate = off)"),
         }
+    };
+    (@create $how:literal, $name:literal, $table:literal, $column:literal) => {
+        concat!(
+            "CREATE INDEX ", $how, "IF NOT EXISTS ", $name, " ON ", $table,
+            " USING gin (", $column, ") WITH (fastupdate = off)"
+        )
     };
 }
 

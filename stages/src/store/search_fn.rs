@@ -200,14 +200,12 @@ pub async fn fill_missing_meeting_dates(pool: &PgPool) -> Result<u64, SearchErro
 ///
 /// The UPDATE, not the keys, is the cost: each page's new row version enters every index
 /// of the table, the GIN indexes included (~2 ms a page at 1M pages). So when
-/// [`MASS_FILL`] pages or more lack keys (or a tenth of the pages), the keys' own index is dropped first (the search
-/// does not use it while any page lacks keys, and `maintain`, or the load that called
-/// this, builds it again right after, on every core), and the page index collects the new
-/// row versions in its pending list meanwhile, merged in bulk at the end, as `vectorize`
-/// does (killed in between, `maintain` switches it back).
+/// [`MASS_FILL`] pages or more lack keys (or a tenth of the pages), the keys' own index is
+/// dropped first (the search does not use it while any page lacks keys, and `maintain`,
+/// or the load that called this, builds it again right after, on every core), and the
+/// page index collects the new row versions in its pending list meanwhile, merged in bulk
+/// at the end, as `vectorize` does (killed in between, `maintain` switches it back).
 pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError> {
-    const ADVICE: &str = "Rerun `civicload maintain`: it computes the keys that are still missing.";
-    let failed = |what| SearchError::sql(what, "meeting_pages", ADVICE);
     let mass: bool = sql::query_scalar(
         "SELECT count(*) >= $1 OR count(*) * 10 >= (SELECT greatest(reltuples, 0)
                 FROM pg_class WHERE oid = to_regclass('meeting_pages'))
@@ -217,14 +215,14 @@ pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError>
     .bind(MASS_FILL)
     .fetch_one(pool)
     .await
-    .map_err(failed("counting the pages without phrase keys"))?;
+    .map_err(keys_failed("counting the pages without phrase keys"))?;
     if !mass {
         return fill_keys_in_batches(pool).await;
     }
     sql::query(super::search::PHRASE_KEYS_INDEX.drop)
         .execute(autocommit(pool))
         .await
-        .map_err(failed(
+        .map_err(keys_failed(
             "dropping the phrase keys' index before filling the keys",
         ))?;
     let pages_index = super::search::VectorTarget::Pages.index();
@@ -236,9 +234,17 @@ pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError>
     filled
 }
 
+/// A failed step of [`fill_missing_phrase_keys`].
+fn keys_failed(step: &'static str) -> impl FnOnce(sqlx::Error) -> SearchError {
+    SearchError::sql(
+        step,
+        "meeting_pages",
+        "Rerun `civicload maintain`: it computes the keys that are still missing.",
+    )
+}
+
 async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
-    const ADVICE: &str = "Rerun `civicload maintain`: it computes the keys that are still missing.";
-    let failed = |what| SearchError::sql(what, "meeting_pages", ADVICE);
+    const WRITING: &str = "writing the pages' phrase keys";
     let mut filled = 0;
     loop {
         let rows: Vec<(i64, i64, String, Vec<u8>)> = sql::query_as(
@@ -248,7 +254,9 @@ async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
         )
         .fetch_all(pool)
         .await
-        .map_err(failed("reading the vectors of pages without phrase keys"))?;
+        .map_err(keys_failed(
+            "reading the vectors of pages without phrase keys",
+        ))?;
         if rows.is_empty() {
             return Ok(filled);
         }
@@ -258,10 +266,7 @@ async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
         }
         // Joined row by row through each partition's primary key: a hash join instead
         // (the planner's choice once, at 1M pages) read the whole table for 5,000 rows.
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(failed("writing the pages' phrase keys"))?;
+        let mut tx = pool.begin().await.map_err(keys_failed(WRITING))?;
         sql::query(
             "SELECT set_config('enable_hashjoin', 'off', true),
                     set_config('enable_mergejoin', 'off', true),
@@ -269,7 +274,7 @@ async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
         )
         .execute(&mut *tx)
         .await
-        .map_err(failed("writing the pages' phrase keys"))?;
+        .map_err(keys_failed(WRITING))?;
         let done = sql::query(
             "UPDATE meeting_pages p
              SET phrase_keys = CASE WHEN k.first > 0 THEN ($5::int4[])[k.first:k.last]
@@ -287,10 +292,8 @@ async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
         .bind(&batch.last)
         .execute(&mut *tx)
         .await
-        .map_err(failed("writing the pages' phrase keys"))?;
-        tx.commit()
-            .await
-            .map_err(failed("writing the pages' phrase keys"))?;
+        .map_err(keys_failed(WRITING))?;
+        tx.commit().await.map_err(keys_failed(WRITING))?;
         if done.rows_affected() == 0 {
             // Every page of the batch was rewritten since it was read: read them again.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
