@@ -3,10 +3,14 @@
 # application's search (`civicload_search` through `civicload search-bench`) for every
 # query class in both orders.
 #
-#   scripts/bench-search.sh --pages N [--seed S] [--runs R] [--port P] [--reuse] [--no-build]
+#   scripts/bench-search.sh --pages N [--copies K] [--seed S] [--runs R] [--port P] [--reuse] [--no-build]
 #
 #   --pages N   corpus size (fixtures/generate.py, cached in fixtures/generated/bench-N,
 #               shared with scripts/bench.sh)
+#   --copies K  serve the N-page corpus K times, under K sets of municipality names
+#               (scripts/bench/replicate_corpus.py: hard links, no extra disk), and load N x K
+#               pages: for sizes whose generated corpus would not fit beside the database.
+#               Every text is then K times in it (K times the matches of each query)
 #   --seed S    another generated corpus (fixtures/generated/bench-N-seed-S)
 #   --runs R    timed runs per class and order, after one warm-up run (default 20)
 #   --reuse     keep the database of an earlier run when it holds N pages (no reload)
@@ -18,21 +22,23 @@
 # (scripts/bench/search_suite.py) prints a Markdown table (p50 / p95 / max per class and
 # order, rows, capped match count, the plan the function chose) and appends to
 # bench-results/search.csv. The database is kept for later runs (--reuse); drop it with
-# `dropdb bench_search_N`.
+# `dropdb bench_search_N` (`bench_search_NxK` with --copies).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PAGES=""
 SEED=1
+COPIES=1
 RUNS=20
 PORT="${BENCH_SEARCH_PORT:-8893}"
 REUSE=0
 BUILD=1
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --pages) PAGES="${2:?}"; shift 2 ;;
+        --copies) COPIES="${2:?}"; shift 2 ;;
         --seed) SEED="${2:?}"; shift 2 ;;
         --runs) RUNS="${2:?}"; shift 2 ;;
         --port) PORT="${2:?}"; shift 2 ;;
@@ -43,7 +49,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ "$PAGES" =~ ^[0-9]+$ ]] && [ "$PAGES" -gt 0 ] || { echo "bench-search: --pages takes a positive number" >&2; usage; }
-[[ "$SEED" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ ]] || { echo "bench-search: --seed and --runs take numbers" >&2; exit 2; }
+[[ "$SEED" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$COPIES" =~ ^[1-9][0-9]*$ ]] || { echo "bench-search: --seed, --runs and --copies take numbers" >&2; exit 2; }
 say() { echo "bench-search: $*" >&2; }
 
 [ -x .venv/bin/datasette ] || { say "no .venv: running scripts/setup.sh"; scripts/setup.sh; }
@@ -62,6 +68,14 @@ else
     say "generating $PAGES pages (seed $SEED) into $CORPUS ..."
     rm -rf "$CORPUS"
     python3 fixtures/generate.py --out "$CORPUS" --pages "$PAGES" --seed "$SEED" >&2
+fi
+if [ "$COPIES" -gt 1 ]; then
+    BASE="$CORPUS"
+    CORPUS="${BASE}-x$COPIES"
+    DB="${DB}x$COPIES"
+    PAGES=$((PAGES * COPIES))
+    say "serving $BASE $COPIES times ($PAGES pages) from $CORPUS"
+    python3 scripts/bench/replicate_corpus.py "$BASE" "$CORPUS" "$COPIES" >&2
 fi
 URL="postgres:///$DB?host=/var/run/postgresql"
 mkdir -p "$ROOT/bench-results/tmp"
