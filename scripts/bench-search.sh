@@ -3,7 +3,8 @@
 # application's search (`civicload_search` through `civicload search-bench`) for every
 # query class in both orders.
 #
-#   scripts/bench-search.sh --pages N [--copies K] [--seed S] [--runs R] [--port P] [--reuse] [--no-build]
+#   scripts/bench-search.sh --pages N [--copies K] [--seed S] [--vocabulary civic|large]
+#                           [--runs R] [--port P] [--reuse] [--no-build]
 #
 #   --pages N   corpus size (fixtures/generate.py, cached in fixtures/generated/bench-N,
 #               shared with scripts/bench.sh)
@@ -12,6 +13,8 @@
 #               pages: for sizes whose generated corpus would not fit beside the database.
 #               Every text is then K times in it (K times the matches of each query)
 #   --seed S    another generated corpus (fixtures/generated/bench-N-seed-S)
+#   --vocabulary large  a corpus with a large Zipf vocabulary and OCR-like errors
+#               (fixtures/generated/bench-N-vocab-large, database bench_search_N_large)
 #   --runs R    timed runs per class and order, after one warm-up run (default 20)
 #   --reuse     keep the database of an earlier run when it holds N pages (no reload)
 #   --no-build  use target/release/civicload as it is
@@ -29,6 +32,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PAGES=""
 SEED=1
+VOCAB=civic
 COPIES=1
 RUNS=20
 PORT="${BENCH_SEARCH_PORT:-8893}"
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
         --pages) PAGES="${2:?}"; shift 2 ;;
         --copies) COPIES="${2:?}"; shift 2 ;;
         --seed) SEED="${2:?}"; shift 2 ;;
+        --vocabulary) VOCAB="${2:?}"; shift 2 ;;
         --runs) RUNS="${2:?}"; shift 2 ;;
         --port) PORT="${2:?}"; shift 2 ;;
         --reuse) REUSE=1; shift ;;
@@ -50,6 +55,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$PAGES" =~ ^[0-9]+$ ]] && [ "$PAGES" -gt 0 ] || { echo "bench-search: --pages takes a positive number" >&2; usage; }
 [[ "$SEED" =~ ^[0-9]+$ && "$RUNS" =~ ^[0-9]+$ && "$COPIES" =~ ^[1-9][0-9]*$ ]] || { echo "bench-search: --seed, --runs and --copies take numbers" >&2; exit 2; }
+[[ "$VOCAB" =~ ^(civic|large)$ ]] || { echo "bench-search: --vocabulary takes civic or large" >&2; exit 2; }
 say() { echo "bench-search: $*" >&2; }
 
 [ -x .venv/bin/datasette ] || { say "no .venv: running scripts/setup.sh"; scripts/setup.sh; }
@@ -62,12 +68,13 @@ CIVICLOAD="$ROOT/target/release/civicload"
 CORPUS="$ROOT/fixtures/generated/bench-$PAGES"
 DB="bench_search_$PAGES"
 if [ "$SEED" != 1 ]; then CORPUS="$CORPUS-seed-$SEED"; DB="${DB}_s$SEED"; fi
+if [ "$VOCAB" != civic ]; then CORPUS="$CORPUS-vocab-$VOCAB"; DB="${DB}_$VOCAB"; fi
 if [ -f "$CORPUS/summary.json" ] && [ -f "$CORPUS/sites.db" ]; then
     say "reusing the corpus in $CORPUS"
 else
-    say "generating $PAGES pages (seed $SEED) into $CORPUS ..."
+    say "generating $PAGES pages (seed $SEED, $VOCAB vocabulary) into $CORPUS ..."
     rm -rf "$CORPUS"
-    python3 fixtures/generate.py --out "$CORPUS" --pages "$PAGES" --seed "$SEED" >&2
+    python3 fixtures/generate.py --out "$CORPUS" --pages "$PAGES" --seed "$SEED" --vocabulary "$VOCAB" >&2
 fi
 if [ "$COPIES" -gt 1 ]; then
     BASE="$CORPUS"

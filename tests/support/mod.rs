@@ -246,17 +246,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The servers of this test binary, one per corpus folder (the script keeps one per folder).
+type Servers = std::collections::HashMap<PathBuf, std::sync::Weak<Datasette>>;
+
+fn servers() -> std::sync::MutexGuard<'static, Servers> {
+    static SERVERS: std::sync::OnceLock<std::sync::Mutex<Servers>> = std::sync::OnceLock::new();
+    SERVERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 impl Datasette {
     /// The server for this corpus, shared by the tests of one binary that use it (the
     /// script keeps one server per corpus folder); stopped when the last user drops it.
     pub fn start(corpus: &Corpus) -> std::sync::Arc<Datasette> {
-        use std::sync::{Arc, Mutex, OnceLock, Weak};
-        static SERVERS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Weak<Datasette>>>> =
-            OnceLock::new();
-        let mut servers = SERVERS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        use std::sync::{Arc, Weak};
+        let mut servers = servers();
         if let Some(live) = servers.get(&corpus.dir).and_then(Weak::upgrade) {
             return live;
         }
@@ -295,6 +301,17 @@ impl Datasette {
 
 impl Drop for Datasette {
     fn drop(&mut self) {
+        // Under the registry's lock, and only when no other test has started a new server
+        // for this folder meanwhile: between the last user's drop and this line, another
+        // test may have found this one dead and started its own, which the script's `stop`
+        // (it stops whatever server the folder's pidfile names) would otherwise kill.
+        let mut servers = servers();
+        if let Some(entry) = servers.get(&self.corpus.dir) {
+            if entry.strong_count() > 0 {
+                return;
+            }
+        }
+        servers.remove(&self.corpus.dir);
         let _ = Command::new(repo_root().join("scripts/fixture-server.sh"))
             .arg("stop")
             .arg(&self.corpus.dir)
