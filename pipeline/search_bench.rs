@@ -155,6 +155,7 @@ pub fn render(r: &BenchReport, show: usize) -> String {
     let route = match r.route {
         SearchRoute::AllMatches => "every match from the GIN index, then a top-N sort",
         SearchRoute::NewestFirstWalk => "newest-first walk of the date index",
+        SearchRoute::NewestInDateWindows => "the newest matches from date windows of the GIN index",
         SearchRoute::ApplicationQuery => "civic-observer's own G1 query, as the planner plans it",
     };
     let matches = match r.matches >= r.count_cap {

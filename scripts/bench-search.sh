@@ -4,7 +4,7 @@
 # query class in both orders.
 #
 #   scripts/bench-search.sh --pages N [--copies K] [--seed S] [--vocabulary civic|large]
-#                           [--runs R] [--port P] [--reuse] [--no-build]
+#                           [--runs R] [--more] [--port P] [--reuse] [--no-build]
 #
 #   --pages N   corpus size (fixtures/generate.py, cached in fixtures/generated/bench-N,
 #               shared with scripts/bench.sh)
@@ -16,6 +16,7 @@
 #   --vocabulary large  a corpus with a large Zipf vocabulary and OCR-like errors
 #               (fixtures/generated/bench-N-vocab-large, database bench_search_N_large)
 #   --runs R    timed runs per class and order, after one warm-up run (default 20)
+#   --more      also the other shapes of scripts/bench/search_suite.py (MORE)
 #   --reuse     keep the database of an earlier run when it holds N pages (no reload)
 #   --no-build  use target/release/civicload as it is
 #
@@ -37,8 +38,9 @@ COPIES=1
 RUNS=20
 PORT="${BENCH_SEARCH_PORT:-8893}"
 REUSE=0
+MORE=()
 BUILD=1
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --pages) PAGES="${2:?}"; shift 2 ;;
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS="${2:?}"; shift 2 ;;
         --port) PORT="${2:?}"; shift 2 ;;
         --reuse) REUSE=1; shift ;;
+        --more) MORE=(--more); shift ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage ;;
         *) echo "bench-search: unknown argument $1" >&2; usage ;;
@@ -113,4 +116,4 @@ COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT="$COMMIT-dirty"; fi
 python3 scripts/bench/search_suite.py --civicload "$CIVICLOAD" --database-url "$URL" \
     --pages "$PAGES" --runs "$RUNS" --municipality "$LARGEST" \
-    --csv "$ROOT/bench-results/search.csv" --commit "$COMMIT"
+    --csv "$ROOT/bench-results/search.csv" --commit "$COMMIT" "${MORE[@]}"

@@ -1,5 +1,5 @@
-// sqlx::migrate! embeds ../migrations at compile time; rebuild when a migration is added
-// or edited (cargo does not watch that directory by itself).
+// Rebuild when a migration is added or changed: `sqlx::migrate!` embeds them, and stable
+// Rust cannot tell cargo which files a macro read.
 fn main() {
     println!("cargo:rerun-if-changed=../migrations");
 }

@@ -59,6 +59,27 @@ impl Case {
         a.join(", ")
     }
 
+    /// The ids `civicload_search_newest` finds (the `k` newest matches from date windows
+    /// sized for `density`), sorted.
+    fn newest_from_windows(&self, k: i32, density: f64) -> String {
+        let opt = |v: Option<&str>| v.map(lit).unwrap_or_else(|| "NULL".into());
+        format!(
+            "SELECT unnest(n.ids) AS id FROM (SELECT civicload_search_municipalities({m}, {s}) AS munis) AS f,
+             civicload_search_newest(
+                 civicload_search_where(coalesce(cardinality(f.munis), 0), {from} IS NOT NULL,
+                                        {to} IS NOT NULL, {t} IS NOT NULL),
+                 websearch_to_tsquery('simple', unaccent({q})), f.munis, {from}::date, {to}::date,
+                 {t}, {k}, {density}, false) AS n
+             ORDER BY 1",
+            m = opt(self.municipality.as_deref()),
+            s = opt(self.state.as_deref()),
+            from = opt(self.from),
+            to = opt(self.to),
+            t = opt(self.doc_type),
+            q = lit(&self.query),
+        )
+    }
+
     /// Every match, with the document's date (not the page's copy of it).
     fn brute_force_matches(&self) -> String {
         let mut w = vec![format!(
@@ -128,10 +149,23 @@ async fn assert_date_order_exact(conn: &mut PgConnection, case: &Case) -> usize 
         ),
     )
     .await;
-    for route in ["", ", common_from => 100000000", ", common_from => 0"] {
+    // Default; every match collected; the walk; the date windows (more matches than the
+    // collection's limit of 1).
+    for route in [
+        "",
+        ", common_from => 100000000",
+        ", common_from => 0",
+        ", common_from => 1",
+    ] {
         let got = searched(conn, case, &format!(", order_by => 'date'{route}")).await;
         assert_eq!(got, expected, "newest first, {case:?}{route}");
     }
+    // The date windows themselves, sized for a density far above the real one so that the
+    // first window is too small and is widened (migration 0016).
+    let windowed = ids(conn, &case.newest_from_windows(100, 1.0)).await;
+    let mut sorted = expected.clone();
+    sorted.sort_unstable();
+    assert_eq!(windowed, sorted, "date windows, {case:?}");
     expected.len()
 }
 
@@ -157,13 +191,19 @@ async fn assert_rank_order(conn: &mut PgConnection, case: &Case) {
         ),
     )
     .await;
-    let got = searched(
-        conn,
-        case,
-        ", order_by => 'rank', rank_window => 150, common_from => 0",
-    )
-    .await;
-    assert_eq!(got, expected, "by rank among the newest 150, {case:?}");
+    // The walk (threshold 0), then the date windows or the walk as the density decides.
+    for route in [", common_from => 0", ", common_from => 1"] {
+        let got = searched(
+            conn,
+            case,
+            &format!(", order_by => 'rank', rank_window => 150{route}"),
+        )
+        .await;
+        assert_eq!(
+            got, expected,
+            "by rank among the newest 150, {case:?}{route}"
+        );
+    }
 }
 
 /// A lexeme on a few pages: the rare class.

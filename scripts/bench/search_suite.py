@@ -3,7 +3,10 @@
 Markdown table and appended to bench-results/search.csv.
 
     python3 scripts/bench/search_suite.py --civicload BIN --database-url URL --pages N
-            [--runs R] [--municipality SUB] [--csv FILE] [--commit C]
+            [--runs R] [--municipality SUB] [--csv FILE] [--commit C] [--more]
+
+--more adds MORE: other shapes the application may send (longer phrases, phrases with
+filters, phrases in OR and negated, filters combined).
 """
 
 import argparse
@@ -27,6 +30,26 @@ CLASSES = [
     ("no match", "xyzzyplugh", []),
 ]
 
+MORE = [
+    ("3-word phrase", '"fiscal year budget"', []),
+    ("phrase of common words", '"city council"', []),
+    ("phrase, no match, common words", '"water main"', []),
+    ("phrase across a stopword", '"city of"', []),
+    ("phrase + municipality", '"fiscal year"', ["--municipality", None]),
+    ("phrase + one year", '"fiscal year"', ["--from", "2024-01-01", "--to", "2024-12-31"]),
+    ("term + type + one year", "budget", ["--document-type", "agenda", "--from", "2023-01-01",
+                                          "--to", "2023-12-31"]),
+    ("OR of common terms", "budget or council", []),
+    ("negation of a common term", "council -budget", []),
+    ("rare term + three years", "arbor", ["--from", "2020-01-01", "--to", "2022-12-31"]),
+    ("municipality + one year", "budget", ["--municipality", None, "--from", "2024-01-01",
+                                           "--to", "2024-12-31"]),
+    ("municipality + minutes", "council", ["--municipality", None, "--document-type", "minutes"]),
+    ("phrase, no match", '"xyzzy plugh"', []),
+    ("negated phrase", 'budget -"fiscal year"', []),
+    ("phrase or term", '"fiscal year" or bicycle', []),
+]
+
 
 def bench(a, query, extra, order, runs):
     cmd = [a.civicload, "--database-url", a.database_url, "search-bench", "--query", query,
@@ -44,10 +67,11 @@ def main():
     ap.add_argument("--municipality", required=True)
     ap.add_argument("--csv", default="")
     ap.add_argument("--commit", default="")
+    ap.add_argument("--more", action="store_true", help="also the shapes in MORE")
     a = ap.parse_args()
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = []
-    for name, query, extra in CLASSES:
+    for name, query, extra in CLASSES + (MORE if a.more else []):
         extra = [a.municipality if x is None else x for x in extra]
         for order in ("date", "rank"):
             bench(a, query, extra, order, 1)  # warm-up

@@ -99,6 +99,9 @@ pub enum SearchRoute {
     AllMatches,
     /// At least the threshold: the newest-first btree walk, stopping at enough matches.
     NewestFirstWalk,
+    /// At least the threshold, sparse among the newest pages: the newest matches from
+    /// date windows (migration 0016), a bitmap per window.
+    NewestInDateWindows,
     /// civic-observer G1: the application's own query, as the planner plans it.
     ApplicationQuery,
 }
@@ -166,6 +169,7 @@ pub async fn route(pool: &PgPool, req: &SearchRequest) -> Result<SearchRoute, Se
             ))?;
     Ok(match route.as_str() {
         "newest_first_walk" => SearchRoute::NewestFirstWalk,
+        "newest_in_date_windows" => SearchRoute::NewestInDateWindows,
         _ => SearchRoute::AllMatches,
     })
 }
