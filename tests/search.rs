@@ -337,6 +337,25 @@ async fn bulk_and_trigger_paths_give_identical_exact_vectors_at_about_the_same_s
     assert_search_index_ready(&bulk).await;
     assert_search_index_ready(&trigger).await;
 
+    // Both paths store the wide columns with lz4 (migrations 0005, 0017), on every
+    // partition: no page compressed with pglz.
+    for pool in [&bulk, &trigger] {
+        let (lz4, pglz): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE pg_column_compression(text) = 'lz4'
+                                       OR pg_column_compression(search_vector) = 'lz4'),
+                    count(*) FILTER (WHERE pg_column_compression(text) = 'pglz'
+                                       OR pg_column_compression(search_vector) = 'pglz')
+             FROM meeting_pages",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert!(
+            lz4 > 0 && pglz == 0,
+            "{lz4} pages with lz4, {pglz} with pglz"
+        );
+    }
+
     // Bloat: the bulk path rewrote every row once; it must stay close to the table the
     // trigger path wrote directly.
     let ((bulk_heap, bulk_total), (trig_heap, trig_total)) =
