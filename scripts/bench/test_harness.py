@@ -6,6 +6,7 @@ it extracts, including stages civicload does not print yet (spool, vectorize, in
 
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +117,17 @@ class CsvFields(unittest.TestCase):
     def test_blank_json_is_null_like_civicload(self):
         self.assertIsNone(recipe_export.blank_to_none("  "))
         self.assertEqual(recipe_export.blank_to_none("[]"), "[]")
+
+
+class MachineCpu(unittest.TestCase):
+    def test_counts_the_cpu_this_process_burns(self):
+        before = harness.machine_cpu_seconds()
+        mine = time.process_time()
+        while time.process_time() - mine < 0.3:
+            pass
+        # The whole machine was busy at least as long as this process was (ticks are
+        # 10 ms, so allow two of them).
+        self.assertGreaterEqual(harness.machine_cpu_seconds() - before, 0.28)
 
 
 if __name__ == "__main__":
