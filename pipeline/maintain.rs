@@ -25,6 +25,7 @@ use sqlx::{PgConnection, PgPool};
 use stages::store::leases::Lease;
 use stages::store::maintenance::{self, Toast};
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
+use stages::store::search_index;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
@@ -142,7 +143,7 @@ async fn maintain_locked(
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     drop_leftovers(pool, conn, &mut steps).await?;
-    reindex(pool, conn, plan.reindex, &mut steps).await?;
+    reindex(pool, conn, plan, &mut steps).await?;
     fill_page_columns(pool, &mut steps).await?;
     ensure_search_indexes(pool, conn, plan, owner, &mut steps).await?;
     resume_pages_autovacuum(pool, &mut steps).await?;
@@ -171,26 +172,40 @@ async fn drop_leftovers(
     Ok(())
 }
 
-/// REINDEX CONCURRENTLY the valid indexes `which` names, one step each.
+/// REINDEX CONCURRENTLY the valid indexes `plan.reindex` names, one step each. A GIN
+/// index is rebuilt on a session of its own with the memory a GIN build gets
+/// (`search_index::gin_build_memory`, at most 64MB: more builds it slower and larger).
 async fn reindex(
     pool: &PgPool,
     conn: &mut PgConnection,
-    which: Reindex,
+    plan: &MaintainPlan,
     steps: &mut Vec<Step>,
 ) -> anyhow::Result<()> {
     let targets: Vec<_> = maintenance::indexes(pool)
         .await?
         .into_iter()
         .filter(|i| i.valid)
-        .filter(|i| match which {
+        .filter(|i| match plan.reindex {
             Reindex::None => false,
             Reindex::All => true,
             Reindex::PagesBtrees => i.table == "meeting_pages" && i.method == "btree",
         })
         .collect();
+    let gin_memory = search_index::gin_build_memory(&plan.maintenance_work_mem);
+    let mut gin_conn: Option<PgConnection> = None;
     for index in targets {
         let t = Instant::now();
-        maintenance::reindex_concurrently(conn, &index.index).await?;
+        let (session, memory) = if index.method == "gin" {
+            let session = match &mut gin_conn {
+                Some(c) => c,
+                None => gin_conn
+                    .insert(maintenance_session(&pool.connect_options(), &gin_memory).await?),
+            };
+            (session, &gin_memory)
+        } else {
+            (&mut *conn, &plan.maintenance_work_mem)
+        };
+        maintenance::reindex_concurrently(session, &index.index).await?;
         let after = search::index_state(pool, &index.index)
             .await?
             .map(|s| s.bytes)
@@ -198,8 +213,15 @@ async fn reindex(
         steps.push(Step {
             step: format!("REINDEX CONCURRENTLY {}", index.index),
             seconds: t.elapsed().as_secs_f64(),
-            detail: format!("{} -> {}", bytes(index.bytes), bytes(after)),
+            detail: format!(
+                "{} -> {}, maintenance_work_mem {memory}",
+                bytes(index.bytes),
+                bytes(after)
+            ),
         });
+    }
+    if let Some(c) = gin_conn {
+        let _ = sqlx::Connection::close(c).await;
     }
     Ok(())
 }
@@ -238,7 +260,7 @@ async fn ensure_search_indexes(
     steps: &mut Vec<Step>,
 ) -> anyhow::Result<()> {
     for index in &SEARCH_INDEXES {
-        let build = stages::store::search_index::ensure_search_index(
+        let build = search_index::ensure_search_index(
             pool,
             conn,
             index,

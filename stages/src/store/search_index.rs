@@ -111,7 +111,7 @@ const GIN_BUILD_MEMORY_KB: u64 = 64 * 1024;
 
 /// `maintenance_work_mem` for a GIN build: the setting, capped at [`GIN_BUILD_MEMORY_KB`].
 /// A value this cannot read (the server validates it) is passed on as it is.
-fn gin_build_memory(maintenance_work_mem: &str) -> String {
+pub fn gin_build_memory(maintenance_work_mem: &str) -> String {
     let s = maintenance_work_mem.trim();
     let digits = s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (number, unit) = s.split_at(digits);
