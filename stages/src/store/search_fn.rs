@@ -217,7 +217,7 @@ pub async fn fill_missing_phrase_keys(pool: &PgPool) -> Result<u64, SearchError>
                WHERE phrase_keys IS NULL AND search_vector IS NOT NULL LIMIT $1) AS m",
     )
     .bind(MASS_FILL)
-    .fetch_one(pool)
+    .fetch_one(autocommit(pool))
     .await
     .map_err(keys_failed("counting the pages without phrase keys"))?;
     if !mass {
@@ -256,7 +256,7 @@ async fn fill_keys_in_batches(pool: &PgPool) -> Result<u64, SearchError> {
              FROM meeting_pages WHERE phrase_keys IS NULL AND search_vector IS NOT NULL
              LIMIT 5000",
         )
-        .fetch_all(pool)
+        .fetch_all(autocommit(pool))
         .await
         .map_err(keys_failed(
             "reading the vectors of pages without phrase keys",
