@@ -24,6 +24,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool};
 use stages::store::leases::Lease;
 use stages::store::maintenance::{self, Toast};
+use stages::store::partitions;
 use stages::store::search::{self, BuildMode, SEARCH_INDEXES};
 use stages::store::search_index;
 use tokio_util::sync::CancellationToken;
@@ -172,9 +173,11 @@ async fn drop_leftovers(
     Ok(())
 }
 
-/// REINDEX CONCURRENTLY the valid indexes `plan.reindex` names, one step each. A GIN
-/// index is rebuilt on a session of its own with the memory a GIN build gets
-/// (`search_index::gin_build_memory`, at most 64MB: more builds it slower and larger).
+/// REINDEX CONCURRENTLY the valid indexes `plan.reindex` names, one step each. A
+/// partitioned index is rebuilt partition by partition on every core
+/// (`partitions::reindex_partitioned_index`). A GIN index gets the memory a GIN build gets
+/// (`search_index::gin_build_memory`, at most 64MB: more builds it slower and larger), on
+/// sessions of its own.
 async fn reindex(
     pool: &PgPool,
     conn: &mut PgConnection,
@@ -192,20 +195,31 @@ async fn reindex(
         })
         .collect();
     let gin_memory = search_index::gin_build_memory(&plan.maintenance_work_mem);
+    let options = pool.connect_options();
     let mut gin_conn: Option<PgConnection> = None;
     for index in targets {
         let t = Instant::now();
-        let (session, memory) = if index.method == "gin" {
-            let session = match &mut gin_conn {
-                Some(c) => c,
-                None => gin_conn
-                    .insert(maintenance_session(&pool.connect_options(), &gin_memory).await?),
-            };
-            (session, &gin_memory)
+        let gin = index.method == "gin";
+        let memory = if gin {
+            &gin_memory
         } else {
-            (&mut *conn, &plan.maintenance_work_mem)
+            &plan.maintenance_work_mem
         };
-        maintenance::reindex_concurrently(session, &index.index).await?;
+        let workers = search_index::build_workers();
+        let partitioned =
+            partitions::reindex_partitioned_index(pool, &options, &index.index, memory, workers)
+                .await?;
+        let side_by_side = partitioned
+            .map(|n| format!(", {n} partitions, {} at a time", workers.min(n)))
+            .unwrap_or_default();
+        if partitioned.is_none() {
+            let session = match (&mut gin_conn, gin) {
+                (_, false) => &mut *conn,
+                (Some(c), true) => c,
+                (None, true) => gin_conn.insert(maintenance_session(&options, memory).await?),
+            };
+            maintenance::reindex_concurrently(session, &index.index).await?;
+        }
         let after = search::index_state(pool, &index.index)
             .await?
             .map(|s| s.bytes)
@@ -214,7 +228,7 @@ async fn reindex(
             step: format!("REINDEX CONCURRENTLY {}", index.index),
             seconds: t.elapsed().as_secs_f64(),
             detail: format!(
-                "{} -> {}, maintenance_work_mem {memory}",
+                "{} -> {}, maintenance_work_mem {memory}{side_by_side}",
                 bytes(index.bytes),
                 bytes(after)
             ),

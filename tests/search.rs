@@ -689,7 +689,18 @@ async fn the_search_uses_the_gin_index_and_maintain_keeps_it_healthy() {
 
     // maintain --reindex rebuilds every index concurrently and keeps the GIN as it was.
     // The GIN indexes get at most 64MB however much the run is given (more builds them
-    // slower and larger); the btrees get what it is given.
+    // slower and larger); the btrees get what it is given. A partitioned index is rebuilt
+    // partition by partition, side by side: every partition's index is a new one.
+    const PARTITION_INDEXES: &str = "SELECT c.relname::text, c.oid::int8 FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent IN ('meeting_pages_search_vector_gin'::regclass,
+                               'meeting_pages_phrase_keys_gin'::regclass,
+                               'meeting_pages_newest'::regclass)
+         ORDER BY 1";
+    let before: Vec<(String, i64)> = sqlx::query_as(PARTITION_INDEXES)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let out =
         run_ok(civicload(&db).args(["maintain", "--reindex", "--maintenance-work-mem", "1GB"]));
     let text =
@@ -712,6 +723,28 @@ async fn the_search_uses_the_gin_index_and_maintain_keeps_it_healthy() {
     }
     let btree = reindexed("meeting_pages_newest");
     assert!(btree.contains("maintenance_work_mem 1GB"), "{btree}");
+    let partitions = scalar_i64(
+        &pool,
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'meeting_pages'::regclass",
+    )
+    .await;
+    assert!(
+        btree.contains(&format!(", {partitions} partitions, ")),
+        "{btree}"
+    );
+    let after: Vec<(String, i64)> = sqlx::query_as(PARTITION_INDEXES)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(before.len() as i64, 3 * partitions, "{before:?}");
+    let names = |v: &[(String, i64)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&before),
+        names(&after),
+        "the partitions' indexes keep their names"
+    );
+    let kept: Vec<_> = before.iter().filter(|b| after.contains(b)).collect();
+    assert!(kept.is_empty(), "not rebuilt: {kept:?}");
     assert_search_index_ready(&pool).await;
     let invalid = scalar_i64(
         &pool,

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use futures::future::BoxFuture;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -160,28 +161,25 @@ pub async fn build_partitioned_index(
 ) -> Result<(), SearchError> {
     let parts = page_partitions(pool).await?;
     let done = attached(pool, parent).await?;
-    let queue: Mutex<VecDeque<String>> = Mutex::new(
-        parts
-            .iter()
-            .map(|p| p.name.clone())
-            .filter(|p| !done.iter().any(|(t, _, valid)| t == p && *valid))
-            .collect(),
-    );
-    let worker = || async {
-        let mut conn = maintenance_session(options, maintenance_work_mem).await?;
-        loop {
-            let Some(part) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
-                break;
-            };
-            build_one(&mut conn, &part, column, mode)
-                .await
-                .map_err(err("building a partition's index"))?;
-        }
-        let _ = conn.close().await;
-        Ok::<(), SearchError>(())
-    };
-    let n = workers.clamp(1, parts.len().max(1));
-    futures::future::try_join_all((0..n).map(|_| worker())).await?;
+    let missing = parts
+        .iter()
+        .map(|p| p.name.clone())
+        .filter(|p| !done.iter().any(|(t, _, valid)| t == p && *valid))
+        .collect();
+    on_sessions(
+        options,
+        maintenance_work_mem,
+        workers,
+        missing,
+        |conn, part| {
+            Box::pin(async move {
+                build_one(conn, &part, column, mode)
+                    .await
+                    .map_err(err("building a partition's index"))
+            })
+        },
+    )
+    .await?;
 
     let mut conn = maintenance_session(options, maintenance_work_mem).await?;
     let statement = compose(
@@ -212,6 +210,74 @@ pub async fn build_partitioned_index(
     }
     let _ = conn.close().await;
     Ok(())
+}
+
+/// Runs `job` on each of `items`, in their order, on `workers` maintenance sessions at
+/// once (each with `maintenance_work_mem`): PostgreSQL 15 builds an index on one core, so
+/// the partitions' indexes are built and rebuilt side by side.
+async fn on_sessions<F>(
+    options: &PgConnectOptions,
+    maintenance_work_mem: &str,
+    workers: usize,
+    items: Vec<String>,
+    job: F,
+) -> Result<(), SearchError>
+where
+    F: for<'c> Fn(&'c mut PgConnection, String) -> BoxFuture<'c, Result<(), SearchError>>,
+{
+    let n = workers.clamp(1, items.len().max(1));
+    let queue = Mutex::new(VecDeque::from(items));
+    let worker = || async {
+        let mut conn = maintenance_session(options, maintenance_work_mem).await?;
+        loop {
+            let Some(item) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                break;
+            };
+            job(&mut conn, item).await?;
+        }
+        let _ = conn.close().await;
+        Ok::<(), SearchError>(())
+    };
+    futures::future::try_join_all((0..n).map(|_| worker())).await?;
+    Ok(())
+}
+
+/// REINDEX INDEX CONCURRENTLY of a partitioned index: each partition's index on a session
+/// of its own, `workers` at a time, largest first (a REINDEX of the partitioned index
+/// itself rebuilds them one after the other, on one core). Returns how many partition
+/// indexes it rebuilt, or None, having done nothing, when `index` is not partitioned.
+pub async fn reindex_partitioned_index(
+    pool: &PgPool,
+    options: &PgConnectOptions,
+    index: &str,
+    maintenance_work_mem: &str,
+    workers: usize,
+) -> Result<Option<usize>, SearchError> {
+    let parts: Vec<String> = sql::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+         WHERE i.inhparent = to_regclass(quote_ident($1)) AND p.relkind = 'I'
+         ORDER BY pg_relation_size(c.oid) DESC, c.relname",
+    )
+    .bind(index)
+    .fetch_all(autocommit(pool))
+    .await
+    .map_err(err("reading the partitions' indexes"))?;
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let n = parts.len();
+    on_sessions(
+        options,
+        maintenance_work_mem,
+        workers,
+        parts,
+        |conn, part| {
+            Box::pin(async move { super::maintenance::reindex_concurrently(conn, &part).await })
+        },
+    )
+    .await?;
+    Ok(Some(n))
 }
 
 /// Builds one partition's index if it is missing; drops an invalid leftover first.

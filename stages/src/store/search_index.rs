@@ -196,7 +196,7 @@ async fn build_on_partitions(
 }
 
 /// How many partition indexes are built at once: one per core the machine reports.
-fn build_workers() -> usize {
+pub fn build_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
