@@ -144,7 +144,7 @@ async fn maintain_locked(
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     drop_leftovers(pool, conn, &mut steps).await?;
-    reindex(pool, conn, plan, &mut steps).await?;
+    reindex(pool, plan, &mut steps).await?;
     fill_page_columns(pool, &mut steps).await?;
     ensure_search_indexes(pool, conn, plan, owner, &mut steps).await?;
     resume_pages_autovacuum(pool, &mut steps).await?;
@@ -173,17 +173,11 @@ async fn drop_leftovers(
     Ok(())
 }
 
-/// REINDEX CONCURRENTLY the valid indexes `plan.reindex` names, one step each. A
-/// partitioned index is rebuilt partition by partition on every core
-/// (`partitions::reindex_partitioned_index`). A GIN index gets the memory a GIN build gets
-/// (`search_index::gin_build_memory`, at most 64MB: more builds it slower and larger), on
-/// sessions of its own.
-async fn reindex(
-    pool: &PgPool,
-    conn: &mut PgConnection,
-    plan: &MaintainPlan,
-    steps: &mut Vec<Step>,
-) -> anyhow::Result<()> {
+/// REINDEX CONCURRENTLY the valid indexes `plan.reindex` names, one step each, on
+/// sessions of their own (`partitions::reindex_side_by_side`: a partitioned index
+/// partition by partition on every core). A GIN index gets the memory a GIN build gets
+/// (`search_index::gin_build_memory`, at most 64MB: more builds it slower and larger).
+async fn reindex(pool: &PgPool, plan: &MaintainPlan, steps: &mut Vec<Step>) -> anyhow::Result<()> {
     let targets: Vec<_> = maintenance::indexes(pool)
         .await?
         .into_iter()
@@ -195,31 +189,23 @@ async fn reindex(
         })
         .collect();
     let gin_memory = search_index::gin_build_memory(&plan.maintenance_work_mem);
-    let options = pool.connect_options();
-    let mut gin_conn: Option<PgConnection> = None;
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name("civicload maintain");
+    let workers = search_index::build_workers();
     for index in targets {
         let t = Instant::now();
-        let gin = index.method == "gin";
-        let memory = if gin {
-            &gin_memory
-        } else {
-            &plan.maintenance_work_mem
+        let memory = match index.method.as_str() {
+            "gin" => &gin_memory,
+            _ => &plan.maintenance_work_mem,
         };
-        let workers = search_index::build_workers();
-        let partitioned =
-            partitions::reindex_partitioned_index(pool, &options, &index.index, memory, workers)
-                .await?;
-        let side_by_side = partitioned
+        let partitions =
+            partitions::reindex_side_by_side(pool, &options, &index.index, memory, workers).await?;
+        let side_by_side = partitions
             .map(|n| format!(", {n} partitions, {} at a time", workers.min(n)))
             .unwrap_or_default();
-        if partitioned.is_none() {
-            let session = match (&mut gin_conn, gin) {
-                (_, false) => &mut *conn,
-                (Some(c), true) => c,
-                (None, true) => gin_conn.insert(maintenance_session(&options, memory).await?),
-            };
-            maintenance::reindex_concurrently(session, &index.index).await?;
-        }
         let after = search::index_state(pool, &index.index)
             .await?
             .map(|s| s.bytes)
@@ -233,9 +219,6 @@ async fn reindex(
                 bytes(after)
             ),
         });
-    }
-    if let Some(c) = gin_conn {
-        let _ = sqlx::Connection::close(c).await;
     }
     Ok(())
 }

@@ -242,11 +242,12 @@ where
     Ok(())
 }
 
-/// REINDEX INDEX CONCURRENTLY of a partitioned index: each partition's index on a session
-/// of its own, `workers` at a time, largest first (a REINDEX of the partitioned index
-/// itself rebuilds them one after the other, on one core). Returns how many partition
-/// indexes it rebuilt, or None, having done nothing, when `index` is not partitioned.
-pub async fn reindex_partitioned_index(
+/// REINDEX INDEX CONCURRENTLY of `index` on sessions of its own (each with
+/// `maintenance_work_mem`). A partitioned index is rebuilt partition by partition,
+/// `workers` at a time, largest first (a REINDEX of the partitioned index itself rebuilds
+/// them one after the other, on one core). Returns how many partition indexes it rebuilt,
+/// or None when `index` is not partitioned (then rebuilt in one statement).
+pub async fn reindex_side_by_side(
     pool: &PgPool,
     options: &PgConnectOptions,
     index: &str,
@@ -263,21 +264,22 @@ pub async fn reindex_partitioned_index(
     .fetch_all(autocommit(pool))
     .await
     .map_err(err("reading the partitions' indexes"))?;
-    if parts.is_empty() {
-        return Ok(None);
-    }
-    let n = parts.len();
+    let partitions = (!parts.is_empty()).then_some(parts.len());
+    let items = match partitions {
+        Some(_) => parts,
+        None => vec![index.to_string()],
+    };
     on_sessions(
         options,
         maintenance_work_mem,
         workers,
-        parts,
-        |conn, part| {
-            Box::pin(async move { super::maintenance::reindex_concurrently(conn, &part).await })
+        items,
+        |conn, item| {
+            Box::pin(async move { super::maintenance::reindex_concurrently(conn, &item).await })
         },
     )
     .await?;
-    Ok(Some(n))
+    Ok(partitions)
 }
 
 /// Builds one partition's index if it is missing; drops an invalid leftover first.
